@@ -1,0 +1,193 @@
+package base
+
+import (
+	"archive/tar"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+
+	"github.com/klauspost/compress/zstd"
+)
+
+// An export is a zstd-compressed tar stream: manifest.json first, then the files of the
+// manifest in a fixed order. The manifest travels byte for byte, so an import has the same ID.
+// zstd makes the zero-filled parts of the images nearly free.
+
+// Export writes the base to w.
+func (b *Base) Export(ctx context.Context, w io.Writer, p Progress) error {
+	p = orNone(p)
+	zw, err := zstd.NewWriter(w, zstd.WithEncoderLevel(zstd.SpeedDefault))
+	if err != nil {
+		return fmt.Errorf("export base %s: %w", b.ID, err)
+	}
+	tw := tar.NewWriter(zw)
+	raw, err := os.ReadFile(b.Path(ManifestFile))
+	if err != nil {
+		return fmt.Errorf("export base %s: %w", b.ID, err)
+	}
+	hdr := func(name string, size int64) *tar.Header {
+		return &tar.Header{Name: name, Size: size, Mode: 0o644, ModTime: b.Manifest.Created, Typeflag: tar.TypeReg}
+	}
+	if err := tw.WriteHeader(hdr(ManifestFile, int64(len(raw)))); err != nil {
+		return fmt.Errorf("export base %s: %w", b.ID, err)
+	}
+	if _, err := tw.Write(raw); err != nil {
+		return fmt.Errorf("export base %s: %w", b.ID, err)
+	}
+	for _, name := range sortedNames(b.Manifest) {
+		if err := exportFile(ctx, tw, hdr(name, b.Manifest.Files[name].Size), b.Path(name), p); err != nil {
+			return fmt.Errorf("export base %s: %s: %w", b.ID, name, err)
+		}
+	}
+	if err := tw.Close(); err != nil {
+		return fmt.Errorf("export base %s: %w", b.ID, err)
+	}
+	if err := zw.Close(); err != nil {
+		return fmt.Errorf("export base %s: %w", b.ID, err)
+	}
+	return nil
+}
+
+func exportFile(ctx context.Context, tw *tar.Writer, h *tar.Header, path string, p Progress) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	if err := tw.WriteHeader(h); err != nil {
+		return err
+	}
+	p.Begin("export "+h.Name, h.Size)
+	defer p.End()
+	// A file that changed size since the manifest was written makes CopyN fail: the export
+	// never silently carries bytes the manifest does not describe.
+	_, err = io.CopyN(tw, &progressReader{ctx: ctx, r: f, p: p}, h.Size)
+	return err
+}
+
+// ImportError says what is wrong with an archive handed to Import.
+type ImportError struct {
+	Reason string
+	Err    error
+}
+
+func (e *ImportError) Error() string {
+	if e.Err != nil {
+		return fmt.Sprintf("%s: %v", e.Reason, e.Err)
+	}
+	return e.Reason
+}
+func (e *ImportError) Unwrap() error { return e.Err }
+
+// Import reads an export and adds its base to the store. It returns the base and whether it
+// was new: importing a base that is already there changes nothing. Every file is checked
+// against the manifest before the base becomes visible.
+func (s *Store) Import(ctx context.Context, r io.Reader, p Progress) (*Base, bool, error) {
+	p = orNone(p)
+	zr, err := zstd.NewReader(r, zstd.WithDecoderMaxMemory(64<<20))
+	if err != nil {
+		return nil, false, &ImportError{"not a base export (zstd)", err}
+	}
+	defer zr.Close()
+	tr := tar.NewReader(zr)
+	corrupt := func(err error) error {
+		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+			return &ImportError{"archive is truncated", err}
+		}
+		return &ImportError{"archive is corrupt", err}
+	}
+
+	h, err := tr.Next()
+	if err != nil {
+		return nil, false, corrupt(err)
+	}
+	if h.Name != ManifestFile || h.Size > maxManifestBytes {
+		return nil, false, &ImportError{Reason: fmt.Sprintf("archive starts with %q (%d bytes), want %s", h.Name, h.Size, ManifestFile)}
+	}
+	raw, err := io.ReadAll(io.LimitReader(tr, maxManifestBytes))
+	if err != nil {
+		return nil, false, corrupt(err)
+	}
+	m, id, err := parseManifest(raw)
+	if err != nil {
+		return nil, false, &ImportError{"archive manifest", err}
+	}
+	if b, err := s.Get(id); err == nil {
+		return b, false, nil
+	}
+
+	d, err := s.NewDraft()
+	if err != nil {
+		return nil, false, err
+	}
+	sealed := false
+	defer func() {
+		if !sealed {
+			d.Discard()
+		}
+	}()
+	seen := map[string]bool{}
+	for {
+		h, err := tr.Next()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			return nil, false, corrupt(err)
+		}
+		want, ok := m.Files[h.Name]
+		if !ok || seen[h.Name] || h.Name != filepath.Base(h.Name) {
+			return nil, false, &ImportError{Reason: fmt.Sprintf("archive holds unexpected entry %q", h.Name)}
+		}
+		if h.Size != want.Size {
+			return nil, false, &ImportError{Reason: fmt.Sprintf("%s: archive entry has %d bytes, manifest says %d", h.Name, h.Size, want.Size)}
+		}
+		seen[h.Name] = true
+		p.Begin("import "+h.Name, h.Size)
+		got, err := copySparse(ctx, d.Path(h.Name), &progressReader{ctx: ctx, r: tr, p: p}, nil)
+		p.End()
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil, false, ctx.Err()
+			}
+			return nil, false, corrupt(fmt.Errorf("%s: %w", h.Name, err))
+		}
+		if got.Size < want.Size {
+			return nil, false, &ImportError{Reason: fmt.Sprintf("archive is truncated: %s has %d of %d bytes", h.Name, got.Size, want.Size)}
+		}
+		if got != want {
+			return nil, false, &ImportError{Reason: fmt.Sprintf("%s: got %d bytes with sha256 %s, want %d bytes with sha256 %s",
+				h.Name, got.Size, got.SHA256, want.Size, want.SHA256)}
+		}
+	}
+	for name := range m.Files {
+		if !seen[name] {
+			return nil, false, &ImportError{Reason: fmt.Sprintf("archive lacks %s", name)}
+		}
+	}
+	b, err := d.seal(raw)
+	if err != nil {
+		return nil, false, err
+	}
+	sealed = true
+	return b, true, nil
+}
+
+// progressReader counts bytes into a Progress and stops on cancellation.
+type progressReader struct {
+	ctx context.Context
+	r   io.Reader
+	p   Progress
+}
+
+func (r *progressReader) Read(b []byte) (int, error) {
+	if err := r.ctx.Err(); err != nil {
+		return 0, err
+	}
+	n, err := r.r.Read(b)
+	r.p.Add(int64(n))
+	return n, err
+}
