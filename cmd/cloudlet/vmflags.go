@@ -1,0 +1,84 @@
+package main
+
+import (
+	"fmt"
+	"io"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/cloudlet/cloudlet/probe"
+	"github.com/cloudlet/cloudlet/vm"
+)
+
+// runFlags are the flags of every command that runs a VM.
+func runFlags() []cli.Flag {
+	return []cli.Flag{
+		&cli.StringSliceFlag{Name: "hostfwd", Usage: "forward a host port into the guest: tcp:[HOSTADDR:]HOSTPORT-:GUESTPORT (repeatable)"},
+		&cli.StringFlag{Name: "accel", Value: "auto", Usage: "accelerator: auto (KVM with kvm_intel/kvm_amd, else TCG), kvm or tcg"},
+		&cli.StringFlag{Name: "vnc", Usage: "serve the display over VNC, e.g. 127.0.0.1:1 (QEMU -vnc syntax)"},
+		&cli.BoolFlag{Name: "keep-hugepage-advice", Usage: "let QEMU advise MADV_HUGEPAGE on guest RAM (for benchmarks; see README)"},
+		&cli.StringFlag{Name: "serial-log", Usage: "append the guest's serial output to this file"},
+	}
+}
+
+// runOptions is the parsed form of runFlags.
+type runOptions struct {
+	forwards           []vm.Forward
+	accel              vm.Accel
+	vnc                string
+	keepHugepageAdvice bool
+	serialLog          string
+}
+
+func parseRunOptions(c *cli.Context) (runOptions, error) {
+	var o runOptions
+	for _, s := range c.StringSlice("hostfwd") {
+		f, err := vm.ParseForward(s)
+		if err != nil {
+			return o, err
+		}
+		o.forwards = append(o.forwards, f)
+	}
+	var err error
+	if o.accel, err = vm.ParseAccel(c.String("accel")); err != nil {
+		return o, err
+	}
+	o.vnc = c.String("vnc")
+	o.keepHugepageAdvice = c.Bool("keep-hugepage-advice")
+	o.serialLog = c.String("serial-log")
+	return o, nil
+}
+
+// apply copies the run options into a VM's options; log receives driver notes.
+func (o runOptions) apply(v *vm.Options, log io.Writer) {
+	v.Forwards = o.forwards
+	v.Accel = o.accel
+	v.VNC = o.vnc
+	v.KeepHugepageAdvice = o.keepHugepageAdvice
+	v.Log = log
+}
+
+func parseProbe(s string) (*probe.Probe, error) {
+	if s == "" {
+		return nil, nil
+	}
+	p, err := probe.Parse(s)
+	if err != nil {
+		return nil, err
+	}
+	return &p, nil
+}
+
+// reachability tells a user how to get at a running guest.
+func reachability(w io.Writer, o runOptions) {
+	for _, f := range o.forwards {
+		host := f.HostAddr
+		if host == "" {
+			host = "0.0.0.0"
+		}
+		fmt.Fprintf(w, "  guest %s port %d is at %s:%d\n", f.Proto, f.GuestPort, host, f.HostPort)
+	}
+	if o.vnc != "" {
+		fmt.Fprintf(w, "  display: vnc %s\n", o.vnc)
+	}
+}

@@ -1,0 +1,135 @@
+package probe_test
+
+import (
+	"context"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/cloudlet/cloudlet/probe"
+)
+
+func TestParse(t *testing.T) {
+	tests := []struct {
+		in, wantErr string
+	}{
+		{"http://127.0.0.1:8080/", ""},
+		{"https://example.test/x", ""},
+		{"tcp://127.0.0.1:22", ""},
+		{"serial:login:", ""},
+		{"http://", "bad URL"},
+		{"tcp://nohost", "HOST:PORT"},
+		{"serial:", "no text"},
+		{"ftp://x", "want http"},
+		{"", "want http"},
+	}
+	for _, tc := range tests {
+		_, err := probe.Parse(tc.in)
+		if tc.wantErr == "" && err != nil || tc.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tc.wantErr)) {
+			t.Errorf("Parse(%q) = %v, want error %q", tc.in, err, tc.wantErr)
+		}
+	}
+}
+
+// TestHTTPWaitsForSuccess: non-2xx answers are retried until the server answers 200.
+func TestHTTPWaitsForSuccess(t *testing.T) {
+	var calls atomic.Int32
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if calls.Add(1) < 3 {
+			w.WriteHeader(http.StatusServiceUnavailable)
+		}
+	}))
+	defer srv.Close()
+	p, err := probe.Parse(srv.URL + "/ready")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := p.Wait(ctx, nil); err != nil {
+		t.Fatal(err)
+	}
+	if calls.Load() != 3 {
+		t.Fatalf("%d calls, want 3", calls.Load())
+	}
+}
+
+// TestTimeoutSaysWhy: a dead target ends with the deadline and the last attempt's error.
+func TestTimeoutSaysWhy(t *testing.T) {
+	l, _ := net.Listen("tcp", "127.0.0.1:0")
+	addr := l.Addr().String()
+	l.Close()
+	for _, s := range []string{"tcp://" + addr, "http://" + addr + "/"} {
+		p, _ := probe.Parse(s)
+		ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+		err := p.Wait(ctx, nil)
+		cancel()
+		if err == nil || !strings.Contains(err.Error(), "deadline") || !strings.Contains(err.Error(), "refused") {
+			t.Errorf("%s: %v", s, err)
+		}
+	}
+}
+
+// TestTCPNeedsAnOpenConnection: a listener that accepts and closes at once (what QEMU's
+// user-net forward does when the guest refuses) is not ready; one that keeps it open is.
+func TestTCPNeedsAnOpenConnection(t *testing.T) {
+	tests := []struct {
+		name  string
+		serve func(net.Conn)
+		ready bool
+	}{
+		{"closes at once", func(c net.Conn) { c.Close() }, false},
+		{"stays open", func(c net.Conn) { time.Sleep(time.Second); c.Close() }, true},
+		{"speaks first", func(c net.Conn) { c.Write([]byte("SSH-2.0\r\n")); time.Sleep(time.Second); c.Close() }, true},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			l, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer l.Close()
+			go func() {
+				for {
+					c, err := l.Accept()
+					if err != nil {
+						return
+					}
+					go tc.serve(c)
+				}
+			}()
+			p, _ := probe.Parse("tcp://" + l.Addr().String())
+			ctx, cancel := context.WithTimeout(context.Background(), 700*time.Millisecond)
+			defer cancel()
+			if err := p.Wait(ctx, nil); (err == nil) != tc.ready {
+				t.Fatalf("ready = %v (%v), want %v", err == nil, err, tc.ready)
+			}
+		})
+	}
+}
+
+type fakeConsole struct{ text string }
+
+func (f fakeConsole) WaitFor(ctx context.Context, text string) error {
+	if strings.Contains(f.text, text) {
+		return nil
+	}
+	<-ctx.Done()
+	return ctx.Err()
+}
+
+func TestSerial(t *testing.T) {
+	p, _ := probe.Parse("serial:ready")
+	if err := p.Wait(context.Background(), fakeConsole{"guest: ready\n"}); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	if err := p.Wait(ctx, fakeConsole{"booting"}); err == nil {
+		t.Fatal("serial probe passed without its text")
+	}
+}
