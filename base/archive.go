@@ -94,6 +94,9 @@ func (s *Store) Import(ctx context.Context, r io.Reader, p Progress) (*Base, boo
 	defer zr.Close()
 	tr := tar.NewReader(zr)
 	corrupt := func(err error) error {
+		if errors.Is(err, zstd.ErrMagicMismatch) {
+			return &ImportError{"not a base export (not zstd-compressed)", err}
+		}
 		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
 			return &ImportError{"archive is truncated", err}
 		}

@@ -37,6 +37,12 @@ func Open(home string) (*Store, error) {
 	if home == "" {
 		return nil, errors.New("base store: no home directory")
 	}
+	// Base paths go to QEMU and into qcow2 backing references, which resolve relative to
+	// other directories.
+	home, err := filepath.Abs(home)
+	if err != nil {
+		return nil, fmt.Errorf("base store: %w", err)
+	}
 	for _, d := range []string{"bases", "tmp"} {
 		if err := os.MkdirAll(filepath.Join(home, d), 0o755); err != nil {
 			return nil, fmt.Errorf("base store: %w", err)

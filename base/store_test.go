@@ -212,7 +212,7 @@ func TestExportImport(t *testing.T) {
 		{"truncated", good[:len(good)/2], "truncated"},
 		{"empty", nil, "truncated"},
 		{"flipped byte", flipped, ""},
-		{"not an export", []byte("hello, this is not zstd"), "corrupt"},
+		{"not an export", []byte("hello, this is not zstd"), "not a base export"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

@@ -72,6 +72,9 @@ func runBaseResume(ctx context.Context, o baseResumeOptions, stdout, stderr io.W
 		return err
 	}
 	start := time.Now()
+	if err := b.VerifyFiles(ctx, nil, base.DevstateFile, base.KernelFile, base.InitrdFile); err != nil {
+		return err
+	}
 	// The guest's disk writes go to a qcow2 layer over the base disk, and RAM is mapped
 	// privately: the base is never written.
 	work, err := os.MkdirTemp("", "cloudlet-resume-")

@@ -1,0 +1,50 @@
+# cloudlet: VM synthesis with early start.
+#   make deps    install the Debian packages cloudlet needs (idempotent; root or sudo)
+#   make demo    build the test guest, make a base, resume it and print time-to-first-response
+#   make test    run all tests (real QEMU guests, FUSE mounts and HTTP servers)
+
+GO       ?= go
+BUILD    := build
+BIN      := $(BUILD)/cloudlet
+# The Debian packages the project uses, at run time and to build the test guest.
+DEB_PKGS := qemu-system-x86 qemu-utils fuse3 busybox-static cpio kmod e2fsprogs libvirt-dev \
+            pkg-config gcc ca-certificates
+SUDO     := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: all deps build guest demo test test-short vet clean
+
+all: build
+
+# Installs only what is missing, so a second run changes nothing and needs no network.
+deps:
+	@missing=$$(for p in $(DEB_PKGS); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "installing:" $$missing; \
+		$(SUDO) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing; \
+	else echo "deps: all Debian packages present"; fi
+	@# apt-cache must know the current kernel package for the guest recipe.
+	@apt-cache show linux-image-amd64 >/dev/null 2>&1 || $(SUDO) apt-get update -qq
+
+build:
+	$(GO) build -o $(BIN) ./cmd/cloudlet
+
+guest:
+	testdata/guest/build.sh $(BUILD)/guest
+
+demo: deps build guest
+	testdata/demo.sh $(BIN) $(BUILD)/guest $(BUILD)/demo-home
+
+vet:
+	$(GO) vet ./...
+	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo "gofmt needed"; exit 1; }
+
+test: deps guest vet
+	$(GO) test -count=1 -timeout 20m ./...
+
+# Without the QEMU end-to-end tests, for quick iterations.
+test-short:
+	$(GO) test -short ./...
+
+clean:
+	rm -rf $(BUILD)
