@@ -29,15 +29,6 @@ func TestMain(m *testing.M) {
 }
 
 // freePort finds a loopback port that nothing listens on.
-func freePort(t *testing.T) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
-}
 
 // guestOptions is a VM on a private copy of the test guest's disk, with RAM in a file.
 func guestOptions(t *testing.T, port int) vm.Options {
@@ -130,7 +121,7 @@ func ramFlags(t *testing.T, pid int, memPath string) string {
 func TestBootSnapshotResume(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	port := freePort(t)
+	port := testguest.FreePort(t)
 	opts := guestOptions(t, port)
 
 	v, err := vm.Boot(ctx, opts)
@@ -265,7 +256,7 @@ func TestStartErrors(t *testing.T) {
 				Initrd:   g.Initrd,
 				Disk:     vm.Disk{Path: g.RootFS},
 				Memory:   vm.Memory{Path: filepath.Join(dir, "mem-"+strconv.Itoa(len(tc.name)))},
-				Forwards: []vm.Forward{{Proto: "tcp", HostAddr: "127.0.0.1", HostPort: freePort(t), GuestPort: 80}},
+				Forwards: []vm.Forward{{Proto: "tcp", HostAddr: "127.0.0.1", HostPort: testguest.FreePort(t), GuestPort: 80}},
 			}
 			tc.modify(&opts)
 			v, err := vm.Boot(ctx, opts)
@@ -287,7 +278,7 @@ func TestStartErrors(t *testing.T) {
 func TestContextCancelKillsQEMU(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	opts := guestOptions(t, freePort(t))
+	opts := guestOptions(t, testguest.FreePort(t))
 	v, err := vm.Boot(ctx, opts)
 	if err != nil {
 		t.Fatal(err)

@@ -78,6 +78,16 @@ func baseJSON(b *base.Base) baseInfo {
 		MemoryBytes: b.Manifest.VM.MemoryBytes, DiskBytes: b.Manifest.Files[base.DiskFile].Size}
 }
 
+// openBase opens the store and finds a base by ID or prefix.
+func openBase(g globals, id string) (*base.Store, *base.Base, error) {
+	s, err := openStore(g)
+	if err != nil {
+		return nil, nil, err
+	}
+	b, err := s.Get(id)
+	return s, b, err
+}
+
 func runBaseList(g globals, stdout, stderr io.Writer) error {
 	s, err := openStore(g)
 	if err != nil {
@@ -104,11 +114,7 @@ func runBaseList(g globals, stdout, stderr io.Writer) error {
 }
 
 func runBaseShow(g globals, id string, stdout io.Writer) error {
-	s, err := openStore(g)
-	if err != nil {
-		return err
-	}
-	b, err := s.Get(id)
+	_, b, err := openBase(g, id)
 	if err != nil {
 		return err
 	}
@@ -137,11 +143,7 @@ func runBaseShow(g globals, id string, stdout io.Writer) error {
 }
 
 func runBaseDelete(g globals, id string, stderr io.Writer) error {
-	s, err := openStore(g)
-	if err != nil {
-		return err
-	}
-	b, err := s.Get(id)
+	s, b, err := openBase(g, id)
 	if err != nil {
 		return err
 	}
@@ -153,11 +155,7 @@ func runBaseDelete(g globals, id string, stderr io.Writer) error {
 }
 
 func runBaseVerify(ctx context.Context, g globals, id string, stderr io.Writer) error {
-	s, err := openStore(g)
-	if err != nil {
-		return err
-	}
-	b, err := s.Get(id)
+	_, b, err := openBase(g, id)
 	if err != nil {
 		return err
 	}
@@ -171,11 +169,7 @@ func runBaseVerify(ctx context.Context, g globals, id string, stderr io.Writer) 
 // runBaseExport writes to a temporary file beside the output and renames it when complete,
 // so an interrupted export never leaves a file that looks whole.
 func runBaseExport(ctx context.Context, g globals, id, output string, stderr io.Writer) error {
-	s, err := openStore(g)
-	if err != nil {
-		return err
-	}
-	b, err := s.Get(id)
+	_, b, err := openBase(g, id)
 	if err != nil {
 		return err
 	}

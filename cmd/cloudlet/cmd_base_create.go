@@ -130,13 +130,11 @@ func runBaseCreate(ctx context.Context, o baseCreateOptions, stdin io.Reader, st
 	if o.initrd != "" {
 		opts.Initrd = draft.Path(base.InitrdFile)
 	}
-	o.run.apply(&opts, stderr)
-	serialLog, err := openSerialLog(o.run.serialLog)
+	closeLog, err := o.run.apply(&opts, stderr)
 	if err != nil {
 		return err
 	}
-	defer serialLog.Close()
-	opts.SerialLog = serialLog
+	defer closeLog()
 
 	start := time.Now()
 	v, err := vm.Boot(ctx, opts)
@@ -217,21 +215,6 @@ func waitEnter(ctx context.Context, stdin io.Reader, v *vm.VM) error {
 		return ctx.Err()
 	}
 }
-
-func openSerialLog(path string) (io.WriteCloser, error) {
-	if path == "" {
-		return nopCloser{io.Discard}, nil
-	}
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
-	if err != nil {
-		return nil, fmt.Errorf("--serial-log: %w", err)
-	}
-	return f, nil
-}
-
-type nopCloser struct{ io.Writer }
-
-func (nopCloser) Close() error { return nil }
 
 func indent(s string) string {
 	s = strings.ReplaceAll(strings.TrimRight(s, "\r\n"), "\r", "")

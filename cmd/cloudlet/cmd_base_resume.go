@@ -5,9 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"os"
 	"os/exec"
-	"path/filepath"
 	"time"
 
 	"github.com/urfave/cli/v2"
@@ -63,11 +61,7 @@ type resumeTimes struct {
 }
 
 func runBaseResume(ctx context.Context, o baseResumeOptions, stdout, stderr io.Writer) error {
-	store, err := openStore(o.globals)
-	if err != nil {
-		return err
-	}
-	b, err := store.Get(o.id)
+	store, b, err := openBase(o.globals, o.id)
 	if err != nil {
 		return err
 	}
@@ -77,12 +71,14 @@ func runBaseResume(ctx context.Context, o baseResumeOptions, stdout, stderr io.W
 	}
 	// The guest's disk writes go to a qcow2 layer over the base disk, and RAM is mapped
 	// privately: the base is never written.
-	work, err := os.MkdirTemp("", "cloudlet-resume-")
+	// The layer lives in a draft of the store: locked while we run, and removed by the next
+	// store user if we are killed.
+	work, err := store.NewDraft()
 	if err != nil {
 		return err
 	}
-	defer os.RemoveAll(work)
-	layer := filepath.Join(work, "disk.qcow2")
+	defer work.Discard()
+	layer := work.Path("disk.qcow2")
 	if out, err := exec.CommandContext(ctx, "qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw",
 		"-b", b.Path(base.DiskFile), layer).CombinedOutput(); err != nil {
 		return fmt.Errorf("disk layer over base %s: qemu-img: %w: %s", b.ID, err, out)
@@ -91,13 +87,11 @@ func runBaseResume(ctx context.Context, o baseResumeOptions, stdout, stderr io.W
 	opts := b.VMOptions()
 	opts.Disk = vm.Disk{Path: layer, Format: "qcow2"}
 	opts.Memory = vm.Memory{Path: b.Path(base.MemoryFile), Share: false}
-	o.run.apply(&opts, stderr)
-	serialLog, err := openSerialLog(o.run.serialLog)
+	closeLog, err := o.run.apply(&opts, stderr)
 	if err != nil {
 		return err
 	}
-	defer serialLog.Close()
-	opts.SerialLog = serialLog
+	defer closeLog()
 
 	v, err := vm.Resume(ctx, opts, b.Path(base.DevstateFile))
 	if err != nil {

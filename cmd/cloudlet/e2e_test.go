@@ -64,16 +64,6 @@ func run(t *testing.T, ctx context.Context, home string, args ...string) result 
 	return result{stdout.String(), stderr.String(), code}
 }
 
-func freePort(t *testing.T) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
-}
-
 // noQEMULeft fails if a QEMU process that uses files under dir is still running.
 func noQEMULeft(t *testing.T, dir string) {
 	t.Helper()
@@ -112,7 +102,7 @@ func TestBaseEndToEnd(t *testing.T) {
 	home := t.TempDir()
 	t.Cleanup(func() { noQEMULeft(t, home) })
 
-	port := freePort(t)
+	port := testguest.FreePort(t)
 	r := run(t, ctx, home, "base", "create", "--disk", g.RootFS, "--kernel", g.Kernel, "--initrd", g.Initrd,
 		"--memory", "128M", "--name", "e2e",
 		"--ready", fmt.Sprintf("http://127.0.0.1:%d/", port), "--hostfwd", fmt.Sprintf("tcp:127.0.0.1:%d-:80", port))
@@ -127,9 +117,9 @@ func TestBaseEndToEnd(t *testing.T) {
 	baseDir := filepath.Join(home, "bases", id)
 	before := fileDigests(t, baseDir)
 
-	for i := range 2 {
-		resumeAndGet(t, ctx, home, id[:8+i*4])
-	}
+	resumeAndGet(t, ctx, home, id[:8], syscall.SIGINT)
+	resumeAndGet(t, ctx, home, id[:12], syscall.SIGTERM)
+	resumeAndGet(t, ctx, home, id, syscall.SIGKILL)
 	if after := fileDigests(t, baseDir); fmt.Sprint(after) != fmt.Sprint(before) {
 		t.Fatalf("resume changed the base:\nbefore %v\nafter  %v", before, after)
 	}
@@ -203,10 +193,11 @@ func TestBaseEndToEnd(t *testing.T) {
 }
 
 // resumeAndGet resumes the base, waits for the probe line, fetches pages through the forward
-// and stops the VM with SIGINT, as a user's Ctrl-C would.
-func resumeAndGet(t *testing.T, ctx context.Context, home, id string) {
+// and ends the command with sig: SIGINT and SIGTERM stop it cleanly; after SIGKILL the kernel
+// must take QEMU down with it.
+func resumeAndGet(t *testing.T, ctx context.Context, home, id string, sig syscall.Signal) {
 	t.Helper()
-	port := freePort(t)
+	port := testguest.FreePort(t)
 	url := fmt.Sprintf("http://127.0.0.1:%d", port)
 	cmd := exec.CommandContext(ctx, cloudletBin, "base", "resume", id,
 		"--hostfwd", fmt.Sprintf("tcp:127.0.0.1:%d-:80", port), "--probe", url+"/")
@@ -243,16 +234,28 @@ func resumeAndGet(t *testing.T, ctx context.Context, home, id string) {
 			t.Fatalf("GET %s: %d %q", page.path, resp.StatusCode, body)
 		}
 	}
-	cmd.Process.Signal(syscall.SIGINT)
+	cmd.Process.Signal(sig)
 	done := make(chan error, 1)
 	go func() { done <- cmd.Wait() }()
 	select {
 	case err := <-done:
-		if err != nil {
-			t.Fatalf("resume after Ctrl-C: %v\n%s", err, stderr.String())
+		if err != nil && sig != syscall.SIGKILL {
+			t.Fatalf("resume after %v: %v\n%s", sig, err, stderr.String())
 		}
 	case <-time.After(30 * time.Second):
-		t.Fatal("resume did not stop within 30 s of SIGINT")
+		t.Fatalf("resume did not stop within 30 s of %v", sig)
+	}
+	// QEMU goes with its owner, however the owner ends.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		out, _ := exec.Command("pgrep", "-f", "qemu-system.*"+regexp.QuoteMeta(home)).Output()
+		if len(out) == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("QEMU still runs 10 s after %v of its owner: %s", sig, out)
+		}
+		time.Sleep(100 * time.Millisecond)
 	}
 }
 
@@ -267,7 +270,7 @@ func TestBaseCreateErrors(t *testing.T) {
 		noise[i] = byte(i*7 + i>>9)
 	}
 	os.WriteFile(junk, noise, 0o644)
-	port := freePort(t)
+	port := testguest.FreePort(t)
 	guest := []string{"--kernel", g.Kernel, "--initrd", g.Initrd, "--memory", "128M"}
 
 	tests := []struct {

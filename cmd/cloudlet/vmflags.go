@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"io"
+	"os"
 
 	"github.com/urfave/cli/v2"
 
@@ -49,13 +50,23 @@ func parseRunOptions(c *cli.Context) (runOptions, error) {
 	return o, nil
 }
 
-// apply copies the run options into a VM's options; log receives driver notes.
-func (o runOptions) apply(v *vm.Options, log io.Writer) {
+// apply copies the run options into a VM's options; log receives driver notes. The returned
+// function closes the serial log.
+func (o runOptions) apply(v *vm.Options, log io.Writer) (func(), error) {
 	v.Forwards = o.forwards
 	v.Accel = o.accel
 	v.VNC = o.vnc
 	v.KeepHugepageAdvice = o.keepHugepageAdvice
 	v.Log = log
+	if o.serialLog == "" {
+		return func() {}, nil
+	}
+	f, err := os.OpenFile(o.serialLog, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
+	if err != nil {
+		return nil, fmt.Errorf("--serial-log: %w", err)
+	}
+	v.SerialLog = f
+	return func() { f.Close() }, nil
 }
 
 func parseProbe(s string) (*probe.Probe, error) {

@@ -4,6 +4,7 @@
 package testguest
 
 import (
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -86,4 +87,15 @@ func RepoRoot(t testing.TB) string {
 		}
 		dir = parent
 	}
+}
+
+// FreePort returns a loopback TCP port that nothing listens on.
+func FreePort(t testing.TB) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
 }
