@@ -1,0 +1,234 @@
+package cloudletfs
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log"
+	"syscall"
+
+	"github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
+)
+
+// The FUSE layer is a thin adapter: nodes translate requests into calls on Image and FS, and
+// toErrno is the one place errors become errno values.
+
+// rootNode builds the tree: IMAGE/image for each image, stats/IMAGE, streams/KIND.
+type rootNode struct {
+	fs.Inode
+	fsys *FS
+	log  *log.Logger
+}
+
+var _ = (fs.NodeOnAdder)((*rootNode)(nil))
+
+func (r *rootNode) OnAdd(ctx context.Context) {
+	stats := r.NewPersistentInode(ctx, &fs.Inode{}, fs.StableAttr{Mode: fuse.S_IFDIR})
+	r.AddChild("stats", stats, false)
+	streamsDir := r.NewPersistentInode(ctx, &fs.Inode{}, fs.StableAttr{Mode: fuse.S_IFDIR})
+	r.AddChild("streams", streamsDir, false)
+	for _, img := range r.fsys.images {
+		dir := r.NewPersistentInode(ctx, &fs.Inode{}, fs.StableAttr{Mode: fuse.S_IFDIR})
+		r.AddChild(img.name, dir, false)
+		dir.AddChild("image", r.NewPersistentInode(ctx, &imageNode{img: img, log: r.log}, fs.StableAttr{Mode: fuse.S_IFREG}), false)
+		stats.AddChild(img.name, r.NewPersistentInode(ctx, &statsNode{img: img}, fs.StableAttr{Mode: fuse.S_IFREG}), false)
+	}
+	for k, name := range streamNames {
+		streamsDir.AddChild(name, r.NewPersistentInode(ctx, &streamNode{open: func() streamReader {
+			return &follower[ChunkEvent]{log: r.fsys.ev.chunks[k]}
+		}}, fs.StableAttr{Mode: fuse.S_IFREG}), false)
+	}
+	streamsDir.AddChild("io", r.NewPersistentInode(ctx, &streamNode{open: func() streamReader {
+		return &follower[IOEvent]{log: r.fsys.ev.ioLog}
+	}}, fs.StableAttr{Mode: fuse.S_IFREG}), false)
+}
+
+// imageNode is disk/image or memory/image: handle-less, served through the page cache with
+// constant attributes, so QEMU can mmap it (shared or private).
+type imageNode struct {
+	fs.Inode
+	img *Image
+	log *log.Logger
+}
+
+var (
+	_ = (fs.NodeGetattrer)((*imageNode)(nil))
+	_ = (fs.NodeSetattrer)((*imageNode)(nil))
+	_ = (fs.NodeOpener)((*imageNode)(nil))
+	_ = (fs.NodeReader)((*imageNode)(nil))
+	_ = (fs.NodeWriter)((*imageNode)(nil))
+	_ = (fs.NodeFsyncer)((*imageNode)(nil))
+	_ = (fs.NodeFlusher)((*imageNode)(nil))
+)
+
+func (n *imageNode) Getattr(ctx context.Context, f fs.FileHandle, out *fuse.AttrOut) syscall.Errno {
+	out.Mode = fuse.S_IFREG | 0o644
+	out.Size = uint64(n.img.size)
+	out.Blocks = (out.Size + 511) / 512
+	out.Blksize = 4096
+	out.Nlink = 1
+	return 0
+}
+
+// Setattr accepts what QEMU and tools do to an image of the right size (a truncate to its
+// own size, times, modes) and refuses resizing.
+func (n *imageNode) Setattr(ctx context.Context, f fs.FileHandle, in *fuse.SetAttrIn, out *fuse.AttrOut) syscall.Errno {
+	if sz, ok := in.GetSize(); ok && int64(sz) != n.img.size {
+		return syscall.EPERM
+	}
+	return n.Getattr(ctx, f, out)
+}
+
+func (n *imageNode) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, syscall.Errno) {
+	// KEEP_CACHE: the bytes behind a page never change except through this mount, so the
+	// kernel may keep what it has read across opens.
+	return nil, fuse.FOPEN_KEEP_CACHE, 0
+}
+
+func (n *imageNode) Read(ctx context.Context, f fs.FileHandle, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
+	got, err := n.img.ReadAt(ctx, dest, off)
+	if err != nil {
+		return nil, toErrno(n.log, err)
+	}
+	return fuse.ReadResultData(dest[:got]), 0
+}
+
+func (n *imageNode) Write(ctx context.Context, f fs.FileHandle, data []byte, off int64) (uint32, syscall.Errno) {
+	got, err := n.img.WriteAt(ctx, data, off)
+	if err != nil {
+		return 0, toErrno(n.log, err)
+	}
+	return uint32(got), 0
+}
+
+func (n *imageNode) Fsync(ctx context.Context, f fs.FileHandle, flags uint32) syscall.Errno {
+	return toErrno(n.log, n.img.Sync())
+}
+
+func (n *imageNode) Flush(ctx context.Context, f fs.FileHandle) syscall.Errno { return 0 }
+
+// statsNode is stats/IMAGE: each open gets its own snapshot of the counters.
+type statsNode struct {
+	fs.Inode
+	img *Image
+}
+
+var (
+	_ = (fs.NodeOpener)((*statsNode)(nil))
+	_ = (fs.NodeGetattrer)((*statsNode)(nil))
+)
+
+func (n *statsNode) Getattr(ctx context.Context, f fs.FileHandle, out *fuse.AttrOut) syscall.Errno {
+	out.Mode = fuse.S_IFREG | 0o444
+	out.Nlink = 1
+	return 0
+}
+
+func (n *statsNode) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, syscall.Errno) {
+	if flags&(syscall.O_WRONLY|syscall.O_RDWR) != 0 {
+		return nil, 0, syscall.EACCES
+	}
+	// DIRECT_IO: the file's size is unknown until it is opened.
+	return &bytesHandle{b: []byte(n.img.Stats().String())}, fuse.FOPEN_DIRECT_IO, 0
+}
+
+type bytesHandle struct{ b []byte }
+
+var _ = (fs.FileReader)((*bytesHandle)(nil))
+
+func (h *bytesHandle) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
+	if off >= int64(len(h.b)) {
+		return fuse.ReadResultData(nil), 0
+	}
+	return fuse.ReadResultData(h.b[off:min(int64(len(h.b)), off+int64(len(dest)))]), 0
+}
+
+// streamNode is streams/KIND: each open follows the stream from its start, live.
+type streamNode struct {
+	fs.Inode
+	open func() streamReader
+}
+
+type streamReader interface {
+	read(ctx context.Context, p []byte) (int, error)
+}
+
+var (
+	_ = (fs.NodeOpener)((*streamNode)(nil))
+	_ = (fs.NodeGetattrer)((*streamNode)(nil))
+)
+
+func (n *streamNode) Getattr(ctx context.Context, f fs.FileHandle, out *fuse.AttrOut) syscall.Errno {
+	out.Mode = fuse.S_IFREG | 0o444
+	out.Nlink = 1
+	return 0
+}
+
+func (n *streamNode) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, syscall.Errno) {
+	if flags&(syscall.O_WRONLY|syscall.O_RDWR) != 0 {
+		return nil, 0, syscall.EACCES
+	}
+	return &streamHandle{r: n.open()}, fuse.FOPEN_DIRECT_IO | fuse.FOPEN_NONSEEKABLE, 0
+}
+
+type streamHandle struct{ r streamReader }
+
+var _ = (fs.FileReader)((*streamHandle)(nil))
+
+func (h *streamHandle) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
+	n, err := h.r.read(ctx, dest)
+	if err != nil {
+		return nil, syscall.EINTR
+	}
+	return fuse.ReadResultData(dest[:n]), 0
+}
+
+// toErrno is the one place where errors become errno values. A cancelled request (the reader
+// was interrupted) is EINTR; everything else is EIO and logged, since the kernel passes no
+// message on.
+func toErrno(l *log.Logger, err error) syscall.Errno {
+	switch {
+	case err == nil:
+		return 0
+	case errors.Is(err, context.Canceled):
+		return syscall.EINTR
+	}
+	if l != nil {
+		l.Printf("cloudletfs: %v", err)
+	}
+	return syscall.EIO
+}
+
+// Stats are one image's counters.
+type Stats struct {
+	Image         string
+	BytesRead     int64
+	BytesWritten  int64
+	ChunksRead    int64
+	ChunksWritten int64
+	ChunksFetched int64
+	DemandMisses  int64
+	StallSeconds  float64
+	ChunksPresent int64
+	ChunksTotal   int64
+}
+
+// Stats returns the image's counters now.
+func (img *Image) Stats() Stats {
+	s := &img.stats
+	return Stats{
+		Image: img.name, BytesRead: s.bytesRead.Load(), BytesWritten: s.bytesWritten.Load(),
+		ChunksRead: s.chunksRead.Load(), ChunksWritten: s.chunksWritten.Load(),
+		ChunksFetched: s.chunksFetched.Load(), DemandMisses: s.demandMisses.Load(),
+		StallSeconds: float64(s.stallNanos.Load()) / 1e9, ChunksPresent: s.present.Load(), ChunksTotal: img.chunks,
+	}
+}
+
+// String renders the stats as "name value" lines, the format of stats/IMAGE.
+func (s Stats) String() string {
+	return fmt.Sprintf("bytes_read %d\nbytes_written %d\nchunks_read %d\nchunks_written %d\nchunks_fetched %d\n"+
+		"demand_misses %d\nstall_seconds %.6f\nchunks_present %d\nchunks_total %d\n",
+		s.BytesRead, s.BytesWritten, s.ChunksRead, s.ChunksWritten, s.ChunksFetched,
+		s.DemandMisses, s.StallSeconds, s.ChunksPresent, s.ChunksTotal)
+}

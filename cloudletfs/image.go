@@ -1,0 +1,480 @@
+package cloudletfs
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/cloudlet/cloudlet/chunk"
+)
+
+// ErrNoSource is returned for a pending chunk when no Demander can supply it.
+var ErrNoSource = errors.New("chunk is pending and there is no source for it")
+
+// Image is the FUSE-free chunk store behind one image file: a read-only base file, a sparse
+// cache file of the image's size, and a durable presence map. Reads are served from base,
+// zeros or cache by chunk state; pending chunks block until Deliver.
+type Image struct {
+	// Fixed after construction.
+	name     string
+	size     int64
+	chunks   int64
+	base     *os.File // nil: the base is all zeros (or absent)
+	cache    *os.File
+	presence *presenceMap
+	demander Demander
+	events   *streams
+	stats    imageStats
+
+	// writeMu serialises VM writes, whose read-modify-write of a partial chunk must not
+	// interleave with another write to the same chunk.
+	writeMu sync.Mutex
+
+	mu       sync.Mutex
+	state    []State                 // guarded by mu
+	waiters  map[int64]chan struct{} // guarded by mu: closed when the chunk leaves pending/busy
+	demanded []uint64                // guarded by mu: bitset, chunks already demanded
+	accessed []uint64                // guarded by mu: bitset, for first-access events
+	modified []uint64                // guarded by mu: bitset, for first-modification events
+	dirty    []dirtyChunk            // guarded by mu: cached but not yet durable in presence
+	closed   bool                    // guarded by mu
+}
+
+// dirtyChunk is a chunk whose bytes reached the cache file with the given state, not yet
+// recorded in the presence map.
+type dirtyChunk struct {
+	c int64
+	s State
+}
+
+// imageStats are counters for stats/; atomics, so the read path takes no extra lock.
+type imageStats struct {
+	bytesRead, bytesWritten   atomic.Int64
+	chunksRead, chunksWritten atomic.Int64
+	chunksFetched             atomic.Int64
+	demandMisses              atomic.Int64
+	stallNanos                atomic.Int64
+	present                   atomic.Int64 // chunks whose bytes are in the cache
+}
+
+// ImageConfig describes one image of a mount.
+type ImageConfig struct {
+	Name string // "disk" or "memory": the directory it appears in
+	Size int64
+	// Base is the base image file; "" means the base is all zeros. It is opened read-only
+	// and never written.
+	Base string
+	// Plan is the state of each chunk before anything is cached: StateBase, StateZero or
+	// StatePending. nil means every chunk comes from the base.
+	Plan []State
+}
+
+func bitGet(b []uint64, i int64) bool { return b[i/64]&(1<<(i%64)) != 0 }
+func bitSet(b []uint64, i int64)      { b[i/64] |= 1 << (i % 64) }
+
+// openImage opens an image's files in dir. With discardModified, chunks the VM wrote in an
+// earlier run fall back to their plan state: a synthesis re-run resumes the snapshot again,
+// and must not see a disk that a later moment of the previous run wrote.
+func openImage(cfg ImageConfig, dir string, discardModified bool, demander Demander, ev *streams) (_ *Image, err error) {
+	n := chunk.Count(cfg.Size)
+	if cfg.Size <= 0 {
+		return nil, fmt.Errorf("image %s: size %d", cfg.Name, cfg.Size)
+	}
+	if cfg.Plan != nil && int64(len(cfg.Plan)) != n {
+		return nil, fmt.Errorf("image %s: plan has %d chunks, want %d", cfg.Name, len(cfg.Plan), n)
+	}
+	img := &Image{name: cfg.Name, size: cfg.Size, chunks: n, demander: demander, events: ev,
+		waiters: map[int64]chan struct{}{}, demanded: make([]uint64, (n+63)/64),
+		accessed: make([]uint64, (n+63)/64), modified: make([]uint64, (n+63)/64)}
+	defer func() {
+		if err != nil {
+			img.closeFiles()
+		}
+	}()
+	if cfg.Base != "" {
+		if img.base, err = os.Open(cfg.Base); err != nil {
+			return nil, fmt.Errorf("image %s: base: %w", cfg.Name, err)
+		}
+		st, err := img.base.Stat()
+		if err != nil {
+			return nil, fmt.Errorf("image %s: base: %w", cfg.Name, err)
+		}
+		if st.Size() != cfg.Size {
+			return nil, fmt.Errorf("image %s: base %s has %d bytes, want %d", cfg.Name, cfg.Base, st.Size(), cfg.Size)
+		}
+	}
+	cachePath := dir + "/" + cfg.Name + ".cache"
+	if img.cache, err = os.OpenFile(cachePath, os.O_RDWR|os.O_CREATE, 0o644); err != nil {
+		return nil, fmt.Errorf("image %s: cache: %w", cfg.Name, err)
+	}
+	if err := img.cache.Truncate(cfg.Size); err != nil {
+		return nil, fmt.Errorf("image %s: cache: %w", cfg.Name, err)
+	}
+	if img.presence, err = openPresence(dir+"/"+cfg.Name+".presence", n); err != nil {
+		return nil, fmt.Errorf("image %s: %w", cfg.Name, err)
+	}
+	img.state = make([]State, n)
+	var discard []int64
+	for i := range n {
+		plan := StateBase
+		if cfg.Plan != nil {
+			plan = cfg.Plan[i]
+			if plan != StateBase && plan != StateZero && plan != StatePending {
+				return nil, fmt.Errorf("image %s: chunk %d: plan state %v", cfg.Name, i, plan)
+			}
+		}
+		if plan == StateBase && img.base == nil {
+			plan = StateZero
+		}
+		img.state[i] = img.presence.state(i, plan)
+		if img.state[i] == StateModified && discardModified {
+			img.state[i] = plan
+			discard = append(discard, i)
+		}
+		if img.state[i].cached() {
+			img.stats.present.Add(1)
+		}
+	}
+	if err := img.presence.forget(discard); err != nil {
+		return nil, fmt.Errorf("image %s: %w", cfg.Name, err)
+	}
+	return img, nil
+}
+
+// Name is the image's name.
+func (img *Image) Name() string { return img.name }
+
+// Size is the image's size in bytes.
+func (img *Image) Size() int64 { return img.size }
+
+// State returns a chunk's current state.
+func (img *Image) State(c int64) State {
+	img.mu.Lock()
+	defer img.mu.Unlock()
+	return img.state[c]
+}
+
+// chunkSpan is the byte range of chunk c within the image.
+func (img *Image) chunkSpan(c int64) (off, n int64) {
+	off = c * chunk.Size
+	return off, min(chunk.Size, img.size-off)
+}
+
+// waitReadable blocks until every chunk in [first, last] can be read (not pending or busy),
+// demanding pending ones that nobody demanded yet.
+func (img *Image) waitReadable(ctx context.Context, first, last int64) error {
+	var stalled time.Time
+	for {
+		var wait []chan struct{}
+		var demand []int64
+		img.mu.Lock()
+		if img.closed {
+			img.mu.Unlock()
+			return errClosed
+		}
+		for c := first; c <= last; c++ {
+			s := img.state[c]
+			if s != StatePending && s != stateBusy {
+				continue
+			}
+			ch, ok := img.waiters[c]
+			if !ok {
+				ch = make(chan struct{})
+				img.waiters[c] = ch
+			}
+			wait = append(wait, ch)
+			if s == StatePending && !bitGet(img.demanded, c) {
+				bitSet(img.demanded, c)
+				demand = append(demand, c)
+			}
+		}
+		img.mu.Unlock()
+		if len(wait) == 0 {
+			if !stalled.IsZero() {
+				img.stats.stallNanos.Add(int64(time.Since(stalled)))
+			}
+			return nil
+		}
+		if stalled.IsZero() {
+			stalled = time.Now()
+		}
+		if len(demand) > 0 {
+			if img.demander == nil {
+				return fmt.Errorf("image %s: chunk %d: %w", img.name, demand[0], ErrNoSource)
+			}
+			img.stats.demandMisses.Add(int64(len(demand)))
+			for _, c := range demand {
+				img.demander.Demand(img.name, c, PriorityDemand)
+			}
+		}
+		for _, ch := range wait {
+			select {
+			case <-ch:
+			case <-ctx.Done():
+				img.stats.stallNanos.Add(int64(time.Since(stalled)))
+				return fmt.Errorf("image %s: waiting for chunks %d-%d: %w", img.name, first, last, ctx.Err())
+			}
+		}
+		// Re-check: a woken chunk is readable now, but another in the range may have gone busy.
+	}
+}
+
+var errClosed = errors.New("cloudletfs: image is closed")
+
+// ReadAt reads len(p) bytes at off (fewer at the end of the image). It blocks on pending
+// chunks until they are delivered or ctx ends.
+func (img *Image) ReadAt(ctx context.Context, p []byte, off int64) (int, error) {
+	if off < 0 {
+		return 0, fmt.Errorf("image %s: read at %d: negative offset", img.name, off)
+	}
+	if off >= img.size || len(p) == 0 {
+		return 0, nil
+	}
+	p = p[:min(int64(len(p)), img.size-off)]
+	first, last := off/chunk.Size, (off+int64(len(p))-1)/chunk.Size
+	if err := img.waitReadable(ctx, first, last); err != nil {
+		return 0, err
+	}
+	img.stats.bytesRead.Add(int64(len(p)))
+	img.stats.chunksRead.Add(last - first + 1)
+	img.events.io(img.name, false, off, len(p))
+
+	// Snapshot the states, then copy runs of chunks that share a source.
+	states := make([]State, last-first+1)
+	img.mu.Lock()
+	copy(states, img.state[first:last+1])
+	img.noteAccessLocked(first, last)
+	img.mu.Unlock()
+
+	for i := 0; i < len(states); {
+		j := i + 1
+		for j < len(states) && states[j] == states[i] {
+			j++
+		}
+		lo := max(off, (first+int64(i))*chunk.Size)
+		hi := min(off+int64(len(p)), (first+int64(j))*chunk.Size)
+		dst := p[lo-off : hi-off]
+		var err error
+		switch states[i] {
+		case StateZero:
+			clear(dst)
+		case StateBase:
+			_, err = img.base.ReadAt(dst, lo)
+		case StatePresent, StateModified:
+			_, err = img.cache.ReadAt(dst, lo)
+		default:
+			// waitReadable guarantees no pending or busy chunk here; a busy one can only appear
+			// through a concurrent write, which the kernel does not issue against a read of
+			// the same page. Refuse rather than guess.
+			return 0, fmt.Errorf("image %s: chunk %d became %v during a read", img.name, first+int64(i), states[i])
+		}
+		if err != nil {
+			return 0, fmt.Errorf("image %s: read chunks %d-%d (%v): %w", img.name, first+int64(i), first+int64(j)-1, states[i], err)
+		}
+		i = j
+	}
+	return len(p), nil
+}
+
+func (img *Image) noteAccessLocked(first, last int64) {
+	for c := first; c <= last; c++ {
+		if !bitGet(img.accessed, c) {
+			bitSet(img.accessed, c)
+			img.events.chunk(kindAccessed, img.name, c)
+		}
+	}
+}
+
+// Deliver stores a verified chunk. It is a no-op for a chunk that is not pending (already
+// delivered, or overwritten by the VM). data must be the whole chunk.
+func (img *Image) Deliver(c int64, data []byte) error {
+	if c < 0 || c >= img.chunks {
+		return fmt.Errorf("image %s: deliver chunk %d: out of range (%d chunks)", img.name, c, img.chunks)
+	}
+	off, n := img.chunkSpan(c)
+	if int64(len(data)) != n {
+		return fmt.Errorf("image %s: deliver chunk %d: %d bytes, want %d", img.name, c, len(data), n)
+	}
+	img.mu.Lock()
+	if img.closed {
+		img.mu.Unlock()
+		return errClosed
+	}
+	if img.state[c] != StatePending {
+		img.mu.Unlock()
+		return nil
+	}
+	img.state[c] = stateBusy
+	img.mu.Unlock()
+
+	_, err := img.cache.WriteAt(data, off)
+	img.mu.Lock()
+	defer img.mu.Unlock()
+	if err != nil {
+		img.setLocked(c, StatePending)
+		return fmt.Errorf("image %s: cache chunk %d: %w", img.name, c, err)
+	}
+	img.setLocked(c, StatePresent)
+	img.stats.chunksFetched.Add(1)
+	img.events.chunk(kindFetched, img.name, c)
+	return nil
+}
+
+// setLocked changes a chunk's state and wakes its waiters.
+func (img *Image) setLocked(c int64, s State) {
+	was := img.state[c]
+	img.state[c] = s
+	if s.cached() {
+		img.dirty = append(img.dirty, dirtyChunk{c, s})
+		if !was.cached() {
+			img.stats.present.Add(1)
+		}
+	}
+	if ch, ok := img.waiters[c]; ok && s != stateBusy {
+		close(ch)
+		delete(img.waiters, c)
+	}
+}
+
+// WriteAt writes p at off, copy-on-write into the cache. A partial write to a chunk that is not
+// cached yet first fills the rest of the chunk from the base, zeros or (for a pending chunk,
+// demanded and awaited) the overlay. The base is never written.
+func (img *Image) WriteAt(ctx context.Context, p []byte, off int64) (int, error) {
+	if off < 0 || off+int64(len(p)) > img.size {
+		return 0, fmt.Errorf("image %s: write %d bytes at %d: beyond the image's %d bytes", img.name, len(p), off, img.size)
+	}
+	if len(p) == 0 {
+		return 0, nil
+	}
+	img.writeMu.Lock()
+	defer img.writeMu.Unlock()
+	first, last := off/chunk.Size, (off+int64(len(p))-1)/chunk.Size
+	img.events.io(img.name, true, off, len(p))
+	for c := first; c <= last; c++ {
+		cOff, cLen := img.chunkSpan(c)
+		lo, hi := max(off, cOff), min(off+int64(len(p)), cOff+cLen)
+		if err := img.writeChunk(ctx, c, p[lo-off:hi-off], lo-cOff); err != nil {
+			return 0, err
+		}
+	}
+	img.stats.bytesWritten.Add(int64(len(p)))
+	img.stats.chunksWritten.Add(last - first + 1)
+	return len(p), nil
+}
+
+func (img *Image) writeChunk(ctx context.Context, c int64, data []byte, within int64) error {
+	cOff, cLen := img.chunkSpan(c)
+	full := within == 0 && int64(len(data)) == cLen
+	if !full {
+		// The rest of the chunk must be readable before it can be merged.
+		if err := img.waitReadable(ctx, c, c); err != nil {
+			return err
+		}
+	}
+	img.mu.Lock()
+	for img.state[c] == stateBusy { // a delivery in flight; full writes must not race it
+		ch, ok := img.waiters[c]
+		if !ok {
+			ch = make(chan struct{})
+			img.waiters[c] = ch
+		}
+		img.mu.Unlock()
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		img.mu.Lock()
+	}
+	was := img.state[c]
+	img.state[c] = stateBusy
+	if !bitGet(img.modified, c) {
+		bitSet(img.modified, c)
+		img.events.chunk(kindModified, img.name, c)
+	}
+	img.mu.Unlock()
+
+	var err error
+	if full || was.cached() {
+		// The cache holds the whole chunk already, or the write covers it.
+		_, err = img.cache.WriteAt(data, cOff+within)
+	} else {
+		buf := make([]byte, cLen)
+		if was == StateBase {
+			_, err = img.base.ReadAt(buf, cOff)
+		}
+		if err == nil {
+			copy(buf[within:], data)
+			_, err = img.cache.WriteAt(buf, cOff)
+		}
+	}
+	img.mu.Lock()
+	defer img.mu.Unlock()
+	if err != nil {
+		img.setLocked(c, was)
+		return fmt.Errorf("image %s: write chunk %d: %w", img.name, c, err)
+	}
+	img.setLocked(c, StateModified)
+	return nil
+}
+
+// Sync makes every cached chunk durable: the cache file is fsynced, then the presence map
+// records the chunks. Until then, a crash makes them pending (or base) again.
+func (img *Image) Sync() error {
+	img.mu.Lock()
+	dirty := img.dirty
+	img.dirty = nil
+	img.mu.Unlock()
+	if len(dirty) == 0 {
+		return nil
+	}
+	// Every chunk in dirty had its bytes written before it was queued, so this fsync covers
+	// them; the state recorded is the one those bytes belong to.
+	err := img.cache.Sync()
+	if err == nil {
+		err = img.presence.record(dirty)
+	}
+	if err != nil {
+		img.mu.Lock()
+		img.dirty = append(dirty, img.dirty...)
+		img.mu.Unlock()
+		return fmt.Errorf("image %s: make cache durable: %w", img.name, err)
+	}
+	return nil
+}
+
+// stop refuses further requests and wakes waiting readers, which then get errClosed. The
+// files stay open so that what is cached can still be made durable.
+func (img *Image) stop() {
+	img.mu.Lock()
+	defer img.mu.Unlock()
+	img.closed = true
+	for c, ch := range img.waiters {
+		close(ch)
+		delete(img.waiters, c)
+	}
+}
+
+// close stops the image, syncs and closes its files.
+func (img *Image) close() error {
+	img.stop()
+	return errors.Join(img.Sync(), img.closeFiles())
+}
+
+func (img *Image) closeFiles() error {
+	var errs []error
+	if img.base != nil {
+		errs = append(errs, img.base.Close())
+	}
+	if img.cache != nil {
+		errs = append(errs, img.cache.Close())
+	}
+	if img.presence != nil {
+		errs = append(errs, img.presence.Close())
+	}
+	return errors.Join(errs...)
+}
