@@ -29,6 +29,14 @@ var imageSizes = map[string]int64{"disk": 96*chunk.Size + 1000, "memory": 128 * 
 // (i%4==1) or pending (otherwise), with seeded contents.
 func newFixture(t testing.TB, dir string, seed int64) *fixture {
 	t.Helper()
+	f, err := buildFixture(dir, seed)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return f
+}
+
+func buildFixture(dir string, seed int64) (*fixture, error) {
 	rng := rand.New(rand.NewSource(seed))
 	f := &fixture{dir: dir, want: map[string][]byte{}}
 	for _, name := range []string{"disk", "memory"} {
@@ -53,12 +61,12 @@ func newFixture(t testing.TB, dir string, seed int64) *fixture {
 		}
 		basePath := filepath.Join(dir, name+".base")
 		if err := os.WriteFile(basePath, base, 0o444); err != nil {
-			t.Fatal(err)
+			return nil, err
 		}
 		f.configs = append(f.configs, cloudletfs.ImageConfig{Name: name, Size: size, Base: basePath, Plan: plan})
 		f.want[name] = want
 	}
-	return f
+	return f, nil
 }
 
 // mounted is a live test mount.

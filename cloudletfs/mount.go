@@ -143,8 +143,13 @@ func CheckFUSE() error {
 // ClearStale detaches a dead FUSE mount at dir (its server crashed: every access fails with
 // ENOTCONN). It reports whether it cleared one.
 func ClearStale(dir string) (bool, error) {
-	_, err := os.Stat(dir)
-	if !errors.Is(err, syscall.ENOTCONN) {
+	if mounted, fstype := mountedAt(dir); !mounted || !strings.HasPrefix(fstype, "fuse") {
+		return false, nil
+	}
+	// statfs always asks the server (stat may be answered from cached attributes), so it
+	// tells a dead mount from a live one.
+	var sfs unix.Statfs_t
+	if err := unix.Statfs(dir, &sfs); !errors.Is(err, syscall.ENOTCONN) && !errors.Is(err, syscall.ECONNABORTED) {
 		return false, nil
 	}
 	if err := syscall.Unmount(dir, unix.MNT_DETACH); err != nil {
