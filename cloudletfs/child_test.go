@@ -18,6 +18,7 @@ import (
 
 	"github.com/cloudlet/cloudlet/chunk"
 	"github.com/cloudlet/cloudlet/cloudletfs"
+	"github.com/cloudlet/cloudlet/vm"
 )
 
 // Tests that touch the mount through mmap, or that kill the server, need a second process:
@@ -26,6 +27,7 @@ import (
 const childEnv = "CLOUDLETFS_TEST_CHILD"
 
 func TestMain(m *testing.M) {
+	vm.LauncherMain()
 	if role := os.Getenv(childEnv); role != "" {
 		if err := runChild(role, os.Args[len(os.Args)-1]); err != nil {
 			fmt.Fprintln(os.Stderr, "child:", err)
