@@ -126,18 +126,20 @@ func (m *Mount) Unmount() error {
 }
 
 // CheckFUSE says in one sentence why FUSE cannot be used here, or returns nil.
-func CheckFUSE() error {
-	f, err := os.OpenFile("/dev/fuse", os.O_RDWR, 0)
+func CheckFUSE() error { return checkFUSEDevice("/dev/fuse") }
+
+func checkFUSEDevice(path string) error {
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
 	switch {
 	case err == nil:
 		f.Close()
 		return nil
 	case errors.Is(err, os.ErrNotExist):
-		return errors.New("/dev/fuse does not exist: load the fuse module (modprobe fuse) or, in a container, pass /dev/fuse in")
+		return fmt.Errorf("%s does not exist: load the fuse module (modprobe fuse) or, in a container, pass the device in", path)
 	case errors.Is(err, os.ErrPermission):
-		return errors.New("no permission to open /dev/fuse: run as root, or give this user access to /dev/fuse")
+		return fmt.Errorf("no permission to open %s: run as root, or give this user access to the device", path)
 	}
-	return fmt.Errorf("cannot use /dev/fuse: %w", err)
+	return fmt.Errorf("cannot use %s: %w", path, err)
 }
 
 // ClearStale detaches a dead FUSE mount at dir (its server crashed: every access fails with

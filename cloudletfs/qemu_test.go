@@ -224,4 +224,3 @@ func waitHTTP(t *testing.T, ctx context.Context, url string) string {
 		}
 	}
 }
-

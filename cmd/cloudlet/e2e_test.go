@@ -123,6 +123,10 @@ func TestBaseEndToEnd(t *testing.T) {
 	if after := fileDigests(t, baseDir); fmt.Sprint(after) != fmt.Sprint(before) {
 		t.Fatalf("resume changed the base:\nbefore %v\nafter  %v", before, after)
 	}
+	t.Run("mount", func(t *testing.T) { testMount(t, ctx, home, id) })
+	if after := fileDigests(t, baseDir); fmt.Sprint(after) != fmt.Sprint(before) {
+		t.Fatal("mount changed the base")
+	}
 	if r := run(t, ctx, home, "base", "verify", id); r.code != 0 {
 		t.Fatalf("base verify: %s", r.stderr)
 	}

@@ -54,6 +54,7 @@ func newApp(stdin io.Reader, stdout, stderr io.Writer) *cli.App {
 		},
 		Commands: []*cli.Command{
 			baseCommand(),
+			mountCommand(),
 		},
 		Reader:          stdin,
 		Writer:          stdout,

@@ -1,0 +1,98 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/cloudlet/cloudlet/base"
+	"github.com/cloudlet/cloudlet/cloudletfs"
+)
+
+type mountOptions struct {
+	globals
+	id           string
+	mountpoint   string
+	cache        string
+	capture      bool
+	maxReadAhead int
+}
+
+func mountCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "mount",
+		Usage:     "serve a base's disk and memory images through cloudletfs",
+		UsageText: "cloudlet mount BASE_ID MOUNTPOINT [--cache DIR] [--capture]",
+		Description: "MOUNTPOINT gets disk/image, memory/image, stats/ and streams/. Writes go to the cache,\n" +
+			"never to the base. It runs until SIGINT or SIGTERM, then unmounts. Once it serves, it prints\n" +
+			"one line 'ready MOUNTPOINT' on stdout, for scripts to wait on.",
+		Flags: []cli.Flag{
+			&cli.StringFlag{Name: "cache", Usage: "cache directory, kept and reused across mounts (default: a temporary one)"},
+			&cli.BoolFlag{Name: "capture", Usage: "trace accessed and modified chunks into CACHE/trace.json at unmount"},
+			&cli.IntFlag{Name: "max-readahead", Usage: "kernel readahead limit in bytes (default: the kernel's 128 KiB)"},
+		},
+		Action: func(c *cli.Context) error {
+			if c.NArg() != 2 {
+				return fmt.Errorf("%w: mount takes a base ID and a mount point", errUsage)
+			}
+			return runMount(c.Context, mountOptions{globals: globalsOf(c), id: c.Args().Get(0), mountpoint: c.Args().Get(1),
+				cache: c.String("cache"), capture: c.Bool("capture"), maxReadAhead: c.Int("max-readahead")}, c.App.Writer, c.App.ErrWriter)
+		},
+	}
+}
+
+func runMount(ctx context.Context, o mountOptions, stdout, stderr io.Writer) error {
+	if o.capture && o.cache == "" {
+		return errors.New("--capture needs --cache DIR, where the trace is kept")
+	}
+	if err := cloudletfs.CheckFUSE(); err != nil {
+		return err
+	}
+	store, b, err := openBase(o.globals, o.id)
+	if err != nil {
+		return err
+	}
+	cache := o.cache
+	if cache == "" {
+		draft, err := store.NewDraft()
+		if err != nil {
+			return err
+		}
+		defer draft.Discard()
+		cache = draft.Path("cache")
+	}
+	fsys, err := cloudletfs.Open(cloudletfs.Config{
+		Dir:      cache,
+		Identity: "base " + b.ID,
+		Capture:  o.capture,
+		Images: []cloudletfs.ImageConfig{
+			{Name: "disk", Size: b.Manifest.Files[base.DiskFile].Size, Base: b.Path(base.DiskFile)},
+			{Name: "memory", Size: b.Manifest.Files[base.MemoryFile].Size, Base: b.Path(base.MemoryFile)},
+		},
+	})
+	if err != nil {
+		return err
+	}
+	logger := log.New(stderr, "", log.LstdFlags)
+	mnt, err := fsys.Mount(o.mountpoint, cloudletfs.MountOptions{MaxReadAhead: o.maxReadAhead, RaiseDirtyLimit: o.capture, Log: logger})
+	if err != nil {
+		fsys.Close()
+		return err
+	}
+	fmt.Fprintf(stdout, "ready %s\n", mnt.Dir)
+	<-ctx.Done()
+	fmt.Fprintf(stderr, "unmounting %s\n", mnt.Dir)
+	err = errors.Join(mnt.Unmount(), fsys.Close())
+	for _, img := range fsys.Images() {
+		s := img.Stats()
+		fmt.Fprintf(stderr, "%s: read %d bytes, wrote %d bytes, %d of %d chunks in the cache\n", s.Image, s.BytesRead, s.BytesWritten, s.ChunksPresent, s.ChunksTotal)
+	}
+	if o.capture && err == nil {
+		fmt.Fprintf(stderr, "trace: %s/%s\n", cache, cloudletfs.TraceFile)
+	}
+	return err
+}
