@@ -11,7 +11,7 @@ DEB_PKGS := qemu-system-x86 qemu-utils fuse3 busybox-static cpio kmod e2fsprogs 
             pkg-config gcc ca-certificates
 SUDO     := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: all deps build guest demo test test-short vet clean
+.PHONY: all deps build guest demo test test-short vet bench clean
 
 all: build
 
@@ -48,3 +48,8 @@ test-short:
 
 clean:
 	rm -rf $(BUILD)
+
+# Benchmarks: cloudletfs against its backing files (see bench/RESULTS.md).
+bench:
+	$(GO) test ./bench -run '^$$' -bench Sequential -benchtime 20x -count 3
+	$(GO) test ./bench -run '^$$' -bench 'Random|Demand' -benchtime 4000x -count 3

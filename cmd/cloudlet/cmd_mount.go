@@ -19,7 +19,7 @@ type mountOptions struct {
 	mountpoint   string
 	cache        string
 	capture      bool
-	maxReadAhead int
+	readAheadKB int
 }
 
 func mountCommand() *cli.Command {
@@ -33,14 +33,14 @@ func mountCommand() *cli.Command {
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "cache", Usage: "cache directory, kept and reused across mounts (default: a temporary one)"},
 			&cli.BoolFlag{Name: "capture", Usage: "trace accessed and modified chunks into CACHE/trace.json at unmount"},
-			&cli.IntFlag{Name: "max-readahead", Usage: "kernel readahead limit in bytes (default: the kernel's 128 KiB)"},
+			&cli.IntFlag{Name: "readahead-kb", Usage: "kernel readahead window of the mount in KiB (default 128; 4 for exact demand paging, 512 for fast sequential reads)"},
 		},
 		Action: func(c *cli.Context) error {
 			if c.NArg() != 2 {
 				return fmt.Errorf("%w: mount takes a base ID and a mount point", errUsage)
 			}
 			return runMount(c.Context, mountOptions{globals: globalsOf(c), id: c.Args().Get(0), mountpoint: c.Args().Get(1),
-				cache: c.String("cache"), capture: c.Bool("capture"), maxReadAhead: c.Int("max-readahead")}, c.App.Writer, c.App.ErrWriter)
+				cache: c.String("cache"), capture: c.Bool("capture"), readAheadKB: c.Int("readahead-kb")}, c.App.Writer, c.App.ErrWriter)
 		},
 	}
 }
@@ -78,7 +78,7 @@ func runMount(ctx context.Context, o mountOptions, stdout, stderr io.Writer) err
 		return err
 	}
 	logger := log.New(stderr, "", log.LstdFlags)
-	mnt, err := fsys.Mount(o.mountpoint, cloudletfs.MountOptions{MaxReadAhead: o.maxReadAhead, RaiseDirtyLimit: o.capture, Log: logger})
+	mnt, err := fsys.Mount(o.mountpoint, cloudletfs.MountOptions{ReadAheadKB: o.readAheadKB, RaiseDirtyLimit: o.capture, Log: logger})
 	if err != nil {
 		fsys.Close()
 		return err
