@@ -15,10 +15,10 @@ import (
 
 type mountOptions struct {
 	globals
-	id           string
-	mountpoint   string
-	cache        string
-	capture      bool
+	id          string
+	mountpoint  string
+	cache       string
+	capture     bool
 	readAheadKB int
 }
 
