@@ -32,15 +32,17 @@ func (r *rootNode) OnAdd(ctx context.Context) {
 		dir := r.NewPersistentInode(ctx, &fs.Inode{}, fs.StableAttr{Mode: fuse.S_IFDIR})
 		r.AddChild(img.name, dir, false)
 		dir.AddChild("image", r.NewPersistentInode(ctx, &imageNode{img: img, log: r.log}, fs.StableAttr{Mode: fuse.S_IFREG}), false)
-		stats.AddChild(img.name, r.NewPersistentInode(ctx, &statsNode{img: img}, fs.StableAttr{Mode: fuse.S_IFREG}), false)
-	}
-	for k, name := range streamNames {
-		streamsDir.AddChild(name, r.NewPersistentInode(ctx, &streamNode{open: func() streamReader {
-			return &follower[ChunkEvent]{log: r.fsys.ev.chunks[k]}
+		stats.AddChild(img.name, r.NewPersistentInode(ctx, &pseudoFile{open: func() fs.FileHandle {
+			return &bytesHandle{b: []byte(img.Stats().String())}
 		}}, fs.StableAttr{Mode: fuse.S_IFREG}), false)
 	}
-	streamsDir.AddChild("io", r.NewPersistentInode(ctx, &streamNode{open: func() streamReader {
-		return &follower[IOEvent]{log: r.fsys.ev.ioLog}
+	for k, name := range streamNames {
+		streamsDir.AddChild(name, r.NewPersistentInode(ctx, &pseudoFile{open: func() fs.FileHandle {
+			return &streamHandle{r: &follower[ChunkEvent]{log: r.fsys.ev.chunks[k]}}
+		}}, fs.StableAttr{Mode: fuse.S_IFREG}), false)
+	}
+	streamsDir.AddChild("io", r.NewPersistentInode(ctx, &pseudoFile{open: func() fs.FileHandle {
+		return &streamHandle{r: &follower[IOEvent]{log: r.fsys.ev.ioLog}}
 	}}, fs.StableAttr{Mode: fuse.S_IFREG}), false)
 }
 
@@ -108,31 +110,32 @@ func (n *imageNode) Fsync(ctx context.Context, f fs.FileHandle, flags uint32) sy
 
 func (n *imageNode) Flush(ctx context.Context, f fs.FileHandle) syscall.Errno { return 0 }
 
-// statsNode is stats/IMAGE: each open gets its own snapshot of the counters.
-type statsNode struct {
+// pseudoFile is a read-only file under stats/ or streams/ whose content is made per open: a
+// snapshot of counters, or a live stream. DIRECT_IO, since no size is known in advance.
+type pseudoFile struct {
 	fs.Inode
-	img *Image
+	open func() fs.FileHandle
 }
 
 var (
-	_ = (fs.NodeOpener)((*statsNode)(nil))
-	_ = (fs.NodeGetattrer)((*statsNode)(nil))
+	_ = (fs.NodeOpener)((*pseudoFile)(nil))
+	_ = (fs.NodeGetattrer)((*pseudoFile)(nil))
 )
 
-func (n *statsNode) Getattr(ctx context.Context, f fs.FileHandle, out *fuse.AttrOut) syscall.Errno {
+func (n *pseudoFile) Getattr(ctx context.Context, f fs.FileHandle, out *fuse.AttrOut) syscall.Errno {
 	out.Mode = fuse.S_IFREG | 0o444
 	out.Nlink = 1
 	return 0
 }
 
-func (n *statsNode) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, syscall.Errno) {
+func (n *pseudoFile) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, syscall.Errno) {
 	if flags&(syscall.O_WRONLY|syscall.O_RDWR) != 0 {
 		return nil, 0, syscall.EACCES
 	}
-	// DIRECT_IO: the file's size is unknown until it is opened.
-	return &bytesHandle{b: []byte(n.img.Stats().String())}, fuse.FOPEN_DIRECT_IO, 0
+	return n.open(), fuse.FOPEN_DIRECT_IO | fuse.FOPEN_NONSEEKABLE, 0
 }
 
+// bytesHandle serves one snapshot (stats/IMAGE).
 type bytesHandle struct{ b []byte }
 
 var _ = (fs.FileReader)((*bytesHandle)(nil))
@@ -144,34 +147,11 @@ func (h *bytesHandle) Read(ctx context.Context, dest []byte, off int64) (fuse.Re
 	return fuse.ReadResultData(h.b[off:min(int64(len(h.b)), off+int64(len(dest)))]), 0
 }
 
-// streamNode is streams/KIND: each open follows the stream from its start, live.
-type streamNode struct {
-	fs.Inode
-	open func() streamReader
-}
-
 type streamReader interface {
 	read(ctx context.Context, p []byte) (int, error)
 }
 
-var (
-	_ = (fs.NodeOpener)((*streamNode)(nil))
-	_ = (fs.NodeGetattrer)((*streamNode)(nil))
-)
-
-func (n *streamNode) Getattr(ctx context.Context, f fs.FileHandle, out *fuse.AttrOut) syscall.Errno {
-	out.Mode = fuse.S_IFREG | 0o444
-	out.Nlink = 1
-	return 0
-}
-
-func (n *streamNode) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, syscall.Errno) {
-	if flags&(syscall.O_WRONLY|syscall.O_RDWR) != 0 {
-		return nil, 0, syscall.EACCES
-	}
-	return &streamHandle{r: n.open()}, fuse.FOPEN_DIRECT_IO | fuse.FOPEN_NONSEEKABLE, 0
-}
-
+// streamHandle follows one stream (streams/KIND) from its start.
 type streamHandle struct{ r streamReader }
 
 var _ = (fs.FileReader)((*streamHandle)(nil))

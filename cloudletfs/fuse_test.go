@@ -246,6 +246,10 @@ func TestStatsAndStreams(t *testing.T) {
 		t.Fatalf("timestamp %s is %v off", fields[0], d)
 	}
 
+	io, _ := readAvailable(m.path("streams", "io"), 1)
+	if len(io) != 1 || !strings.Contains(io[0], " disk read 0+16384") {
+		t.Fatalf("streams/io: %q", io)
+	}
 	fetched, _ := readAvailable(m.path("streams", "chunks_fetched"), 2)
 	if len(fetched) != 2 || !strings.HasSuffix(fetched[0], " disk 2") && !strings.HasSuffix(fetched[0], " disk 3") {
 		t.Fatalf("chunks_fetched: %q", fetched)

@@ -1,0 +1,16 @@
+// Package cloudletfs serves a VM's disk and memory images through FUSE, lazily and verified.
+//
+// The core (Image, FS) knows nothing of FUSE, HTTP or the overlay format. Each image is a
+// chunk store: a read-only base file, a sparse cache file and a durable presence map. A chunk
+// is base, zero, pending, present or modified (see State). Reads of pending chunks block and
+// are reported once to a Demander; a source answers with FS.Deliver, after checking the
+// chunk's digest. Data flows one way: source → Deliver → cache file → FUSE → QEMU.
+//
+// The FUSE layer (fuse.go) is a thin go-fuse adapter: IMAGE/image files served through the
+// page cache (so QEMU can mmap them, shared or private), stats/ snapshots and streams/ that
+// follow events live. toErrno is the only place errors become errno values.
+//
+// Durability: a chunk written to the cache is recorded in the presence map only after the
+// cache file is fsynced (every FlushInterval, on fsync from the client, and at Close), so a
+// crash never makes an unwritten chunk look present.
+package cloudletfs
