@@ -41,6 +41,9 @@ vet:
 
 test: deps guest vet
 	$(GO) test -count=1 -timeout 20m ./...
+	@# The overlay parsers face files from anywhere: fuzz them for a bounded time on every run.
+	$(GO) test ./overlay -run '^$$' -fuzz FuzzDecodeIndex -fuzztime 15s
+	$(GO) test ./overlay -run '^$$' -fuzz FuzzOpen -fuzztime 10s
 
 # Without the QEMU end-to-end tests, for quick iterations.
 test-short:

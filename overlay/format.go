@@ -1,0 +1,176 @@
+// Package overlay owns cloudlet's overlay file format: its writer, its reader, its codecs and
+// its limits. The format is specified in docs/overlay-format.md; the constants below are the
+// normative values.
+//
+// An overlay is one file that any static web server can serve:
+//
+//	header    96 bytes, fixed
+//	index     zstd-compressed; holds everything but chunk bytes
+//	devstate  QEMU device state, compressed with the overlay's codec
+//	blobs     chunk data, about BlobRaw bytes each before compression, in prefetch order
+//
+// A reader fetches header and index with at most two range requests (DefaultPrefix bytes,
+// then the rest of the index if it is longer). The SHA-256 of the uncompressed index is the
+// overlay's identity; the index pins every blob's and chunk's SHA-256, so every byte a reader
+// uses is verified.
+package overlay
+
+import (
+	"fmt"
+
+	"github.com/cloudlet/cloudlet/chunk"
+)
+
+// Magic opens every overlay file.
+const Magic = "CLOUDOVL"
+
+// Version is the format version this package writes and reads.
+const Version = 1
+
+// HeaderSize is the fixed size of the header.
+const HeaderSize = 96
+
+// DefaultPrefix is what a reader fetches first: the header and, for most overlays, the whole
+// index and device state.
+const DefaultPrefix = 1 << 20
+
+// DefaultBlobRaw is the default uncompressed blob size: large enough to compress well, small
+// enough that a demand miss does not wait long for its blob.
+const DefaultBlobRaw = 1 << 20
+
+// Limits, checked before anything is allocated for a value read from a file.
+const (
+	MaxIndexRaw    = 256 << 20 // uncompressed index
+	MaxImages      = 4
+	MaxNameLen     = 32
+	MaxImageSize   = 1 << 40
+	MaxConfigLen   = 64 << 10
+	MaxDevstateRaw = 64 << 20
+	MaxBlobRaw     = 64 << 20
+	MaxBlobs       = 1 << 20
+	MaxChunks      = 1 << 28 // a TiB of 4 KiB chunks
+)
+
+// Kind says where a chunk's bytes come from.
+type Kind uint8
+
+const (
+	// KindZero: all zeros; no data, no digest.
+	KindZero Kind = iota
+	// KindBase: equal to chunk BaseIndex of base image BaseImage (not necessarily at the
+	// same place, nor in the same image).
+	KindBase
+	// KindSelf: equal to the chunk of entry Self, which is a blob chunk.
+	KindSelf
+	// KindBlob: stored in blob Blob at raw offset Offset.
+	KindBlob
+	numKinds
+)
+
+func (k Kind) String() string {
+	switch k {
+	case KindZero:
+		return "zero"
+	case KindBase:
+		return "base"
+	case KindSelf:
+		return "self"
+	case KindBlob:
+		return "blob"
+	}
+	return fmt.Sprintf("kind(%d)", uint8(k))
+}
+
+// Codec names a blob compression.
+type Codec uint8
+
+const (
+	CodecZstd Codec = 1
+	CodecXZ   Codec = 2
+)
+
+func (c Codec) String() string {
+	switch c {
+	case CodecZstd:
+		return "zstd"
+	case CodecXZ:
+		return "xz"
+	}
+	return fmt.Sprintf("codec(%d)", uint8(c))
+}
+
+// ParseCodec reads "zstd" or "xz".
+func ParseCodec(s string) (Codec, error) {
+	switch s {
+	case "zstd":
+		return CodecZstd, nil
+	case "xz":
+		return CodecXZ, nil
+	}
+	return 0, fmt.Errorf("codec %q: want zstd or xz", s)
+}
+
+// Image is one image the overlay changes.
+type Image struct {
+	Name string
+	Size int64
+}
+
+// Blob is a compressed run of chunk data (or the device state).
+type Blob struct {
+	Offset int64 // from the start of the data section (just after the index)
+	Length int64 // compressed bytes
+	Raw    int64 // uncompressed bytes
+	Digest chunk.Digest
+}
+
+// Chunk is one chunk of an image that differs from the base at its place.
+type Chunk struct {
+	Image     uint8
+	Index     int64
+	Kind      Kind
+	BaseImage uint8  // KindBase
+	BaseIndex int64  // KindBase
+	Self      uint32 // KindSelf: entry number of the blob chunk with the same bytes
+	Blob      uint32 // KindBlob
+	Offset    int64  // KindBlob: raw offset within the blob, a multiple of the chunk size
+	Digest    chunk.Digest
+}
+
+// Index is everything in an overlay but the data.
+type Index struct {
+	BaseID    [32]byte
+	ChunkSize int
+	Codec     Codec
+	Images    []Image
+	// Config is the VM configuration (JSON) a resume must use.
+	Config   []byte
+	Devstate Blob
+	Blobs    []Blob
+	// Chunks are sorted by image, then index.
+	Chunks []Chunk
+	// Prefetch lists blob-chunk entries in the order a resuming VM is expected to need them;
+	// blobs hold chunks in this order.
+	Prefetch []uint32
+	// WorkingSetBlobs is how many leading blobs hold the recorded working set.
+	WorkingSetBlobs uint32
+}
+
+// ChunkBytes is the chunk size as an int64.
+func (ix *Index) chunkBytes() int64 { return int64(ix.ChunkSize) }
+
+// chunkLen is the length of chunk c of image im (the last one may be short).
+func (ix *Index) chunkLen(im uint8, c int64) int64 {
+	return min(ix.chunkBytes(), ix.Images[im].Size-c*ix.chunkBytes())
+}
+
+// ImageIndex returns the position of the named image, or -1.
+func (ix *Index) ImageIndex(name string) int {
+	for i, im := range ix.Images {
+		if im.Name == name {
+			return i
+		}
+	}
+	return -1
+}
+

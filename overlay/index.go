@@ -1,0 +1,284 @@
+package overlay
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+
+	"github.com/cloudlet/cloudlet/chunk"
+)
+
+// CorruptError reports an overlay that is damaged, truncated, hostile or of another version.
+type CorruptError struct {
+	Part string // "header", "index", "blob 12", "chunk 7 of disk", ...
+	Err  error
+}
+
+func (e *CorruptError) Error() string { return fmt.Sprintf("overlay %s: %v", e.Part, e.Err) }
+func (e *CorruptError) Unwrap() error { return e.Err }
+
+func corrupt(part string, format string, args ...any) error {
+	return &CorruptError{Part: part, Err: fmt.Errorf(format, args...)}
+}
+
+// encodeIndex serialises the index (little-endian, unsigned varints; see
+// docs/overlay-format.md).
+func encodeIndex(ix *Index) []byte {
+	var b []byte
+	uv := func(v uint64) { b = binary.AppendUvarint(b, v) }
+	blob := func(bl Blob) {
+		uv(uint64(bl.Offset))
+		uv(uint64(bl.Length))
+		uv(uint64(bl.Raw))
+		b = append(b, bl.Digest[:]...)
+	}
+	b = append(b, ix.BaseID[:]...)
+	uv(uint64(ix.ChunkSize))
+	b = append(b, byte(ix.Codec))
+	uv(uint64(len(ix.Images)))
+	for _, im := range ix.Images {
+		uv(uint64(len(im.Name)))
+		b = append(b, im.Name...)
+		uv(uint64(im.Size))
+	}
+	uv(uint64(len(ix.Config)))
+	b = append(b, ix.Config...)
+	blob(ix.Devstate)
+	uv(uint64(len(ix.Blobs)))
+	for _, bl := range ix.Blobs {
+		blob(bl)
+	}
+	uv(uint64(len(ix.Chunks)))
+	for _, c := range ix.Chunks {
+		b = append(b, c.Image)
+		uv(uint64(c.Index))
+		b = append(b, byte(c.Kind))
+		switch c.Kind {
+		case KindBase:
+			b = append(b, c.BaseImage)
+			uv(uint64(c.BaseIndex))
+		case KindSelf:
+			uv(uint64(c.Self))
+		case KindBlob:
+			uv(uint64(c.Blob))
+			uv(uint64(c.Offset))
+		}
+		if c.Kind != KindZero {
+			b = append(b, c.Digest[:]...)
+		}
+	}
+	uv(uint64(len(ix.Prefetch)))
+	for _, p := range ix.Prefetch {
+		uv(uint64(p))
+	}
+	uv(uint64(ix.WorkingSetBlobs))
+	return b
+}
+
+// decoder reads the index with bounds checks; the first error sticks.
+type decoder struct {
+	b   []byte
+	err error
+}
+
+var errShort = errors.New("index ends early")
+
+func (d *decoder) fail(err error) {
+	if d.err == nil {
+		d.err = err
+	}
+}
+
+func (d *decoder) uvarint(what string, limit uint64) uint64 {
+	if d.err != nil {
+		return 0
+	}
+	v, n := binary.Uvarint(d.b)
+	if n <= 0 {
+		d.fail(fmt.Errorf("%s: %w", what, errShort))
+		return 0
+	}
+	d.b = d.b[n:]
+	if v > limit {
+		d.fail(fmt.Errorf("%s is %d, limit %d", what, v, limit))
+		return 0
+	}
+	return v
+}
+
+func (d *decoder) bytes(what string, n uint64) []byte {
+	if d.err != nil {
+		return nil
+	}
+	if uint64(len(d.b)) < n {
+		d.fail(fmt.Errorf("%s: %w", what, errShort))
+		return nil
+	}
+	v := d.b[:n]
+	d.b = d.b[n:]
+	return v
+}
+
+func (d *decoder) byte1(what string) byte {
+	v := d.bytes(what, 1)
+	if v == nil {
+		return 0
+	}
+	return v[0]
+}
+
+func (d *decoder) digest(what string) (dg chunk.Digest) {
+	copy(dg[:], d.bytes(what, chunk.DigestSize))
+	return dg
+}
+
+// count reads an item count, refusing one that the remaining bytes cannot hold (each item
+// takes at least minSize bytes): an absurd count never becomes an allocation.
+func (d *decoder) count(what string, limit uint64, minSize int) int {
+	n := d.uvarint(what+" count", limit)
+	if d.err == nil && n*uint64(minSize) > uint64(len(d.b)) {
+		d.fail(fmt.Errorf("%s count %d does not fit in the %d bytes left", what, n, len(d.b)))
+		return 0
+	}
+	return int(n)
+}
+
+func (d *decoder) blob(what string) Blob {
+	return Blob{
+		Offset: int64(d.uvarint(what+" offset", 1<<62)),
+		Length: int64(d.uvarint(what+" length", 1<<40)),
+		Raw:    int64(d.uvarint(what+" raw size", MaxBlobRaw)),
+		Digest: d.digest(what + " digest"),
+	}
+}
+
+// decodeIndex parses and validates an uncompressed index.
+func decodeIndex(b []byte) (*Index, error) {
+	d := &decoder{b: b}
+	ix := &Index{}
+	copy(ix.BaseID[:], d.bytes("base ID", 32))
+	ix.ChunkSize = int(d.uvarint("chunk size", 1<<20))
+	ix.Codec = Codec(d.byte1("codec"))
+	ix.Images = make([]Image, d.count("image", MaxImages, 2))
+	for i := range ix.Images {
+		ix.Images[i].Name = string(d.bytes("image name", d.uvarint("image name length", MaxNameLen)))
+		ix.Images[i].Size = int64(d.uvarint("image size", MaxImageSize))
+	}
+	ix.Config = d.bytes("config", d.uvarint("config length", MaxConfigLen))
+	ix.Devstate = d.blob("devstate")
+	ix.Blobs = make([]Blob, d.count("blob", MaxBlobs, 3+chunk.DigestSize))
+	for i := range ix.Blobs {
+		ix.Blobs[i] = d.blob("blob")
+	}
+	ix.Chunks = make([]Chunk, d.count("chunk", MaxChunks, 3))
+	for i := range ix.Chunks {
+		c := &ix.Chunks[i]
+		c.Image = d.byte1("chunk image")
+		c.Index = int64(d.uvarint("chunk index", MaxImageSize))
+		c.Kind = Kind(d.byte1("chunk kind"))
+		switch c.Kind {
+		case KindBase:
+			c.BaseImage = d.byte1("base image")
+			c.BaseIndex = int64(d.uvarint("base chunk", MaxImageSize))
+		case KindSelf:
+			c.Self = uint32(d.uvarint("self reference", MaxChunks))
+		case KindBlob:
+			c.Blob = uint32(d.uvarint("blob number", MaxBlobs))
+			c.Offset = int64(d.uvarint("blob offset", MaxBlobRaw))
+		}
+		if c.Kind != KindZero {
+			c.Digest = d.digest("chunk digest")
+		}
+		if d.err != nil {
+			break
+		}
+	}
+	ix.Prefetch = make([]uint32, d.count("prefetch", MaxChunks, 1))
+	for i := range ix.Prefetch {
+		ix.Prefetch[i] = uint32(d.uvarint("prefetch entry", MaxChunks))
+	}
+	ix.WorkingSetBlobs = uint32(d.uvarint("working-set blobs", MaxBlobs))
+	if d.err == nil && len(d.b) != 0 {
+		d.fail(fmt.Errorf("%d bytes after the end", len(d.b)))
+	}
+	if d.err != nil {
+		return nil, corrupt("index", "%w", d.err)
+	}
+	if err := ix.validate(); err != nil {
+		return nil, corrupt("index", "%w", err)
+	}
+	return ix, nil
+}
+
+// validate checks the index's internal consistency: every reference points at something
+// that exists and has the right kind and size.
+func (ix *Index) validate() error {
+	if ix.ChunkSize != chunk.Size {
+		return fmt.Errorf("chunk size %d, this cloudlet uses %d", ix.ChunkSize, chunk.Size)
+	}
+	if ix.Codec != CodecZstd && ix.Codec != CodecXZ {
+		return fmt.Errorf("unknown codec %d", ix.Codec)
+	}
+	if len(ix.Images) == 0 {
+		return errors.New("no images")
+	}
+	names := map[string]bool{}
+	for _, im := range ix.Images {
+		if im.Name == "" || names[im.Name] || im.Size <= 0 {
+			return fmt.Errorf("bad or repeated image %q of %d bytes", im.Name, im.Size)
+		}
+		names[im.Name] = true
+	}
+	if ix.Devstate.Raw > MaxDevstateRaw {
+		return fmt.Errorf("device state of %d bytes, limit %d", ix.Devstate.Raw, MaxDevstateRaw)
+	}
+	end := ix.Devstate.Offset + ix.Devstate.Length
+	for i, bl := range ix.Blobs {
+		if bl.Offset != end || bl.Length <= 0 || bl.Raw <= 0 {
+			return fmt.Errorf("blob %d at %d+%d does not follow the previous one (ends at %d)", i, bl.Offset, bl.Length, end)
+		}
+		end = bl.Offset + bl.Length
+	}
+	prev := [2]int64{-1, -1}
+	for i, c := range ix.Chunks {
+		if int(c.Image) >= len(ix.Images) {
+			return fmt.Errorf("chunk entry %d: image %d of %d", i, c.Image, len(ix.Images))
+		}
+		if cur := [2]int64{int64(c.Image), c.Index}; cur[0] < prev[0] || cur[0] == prev[0] && cur[1] <= prev[1] {
+			return fmt.Errorf("chunk entry %d: not in order", i)
+		} else {
+			prev = cur
+		}
+		if c.Index >= chunk.Count(ix.Images[c.Image].Size) {
+			return fmt.Errorf("chunk entry %d: chunk %d is beyond %s", i, c.Index, ix.Images[c.Image].Name)
+		}
+		switch c.Kind {
+		case KindZero:
+		case KindBase:
+			if int(c.BaseImage) >= len(ix.Images) || c.BaseIndex >= chunk.Count(ix.Images[c.BaseImage].Size) ||
+				ix.chunkLen(c.BaseImage, c.BaseIndex) != ix.chunkLen(c.Image, c.Index) {
+				return fmt.Errorf("chunk entry %d: bad base reference %d/%d", i, c.BaseImage, c.BaseIndex)
+			}
+		case KindSelf:
+			if int(c.Self) >= len(ix.Chunks) || ix.Chunks[c.Self].Kind != KindBlob {
+				return fmt.Errorf("chunk entry %d: self reference %d is not a stored chunk", i, c.Self)
+			}
+		case KindBlob:
+			if int(c.Blob) >= len(ix.Blobs) || c.Offset%ix.chunkBytes() != 0 ||
+				c.Offset+ix.chunkLen(c.Image, c.Index) > ix.Blobs[c.Blob].Raw {
+				return fmt.Errorf("chunk entry %d: blob %d offset %d out of range", i, c.Blob, c.Offset)
+			}
+		default:
+			return fmt.Errorf("chunk entry %d: unknown kind %d", i, c.Kind)
+		}
+	}
+	for i, p := range ix.Prefetch {
+		if int(p) >= len(ix.Chunks) || ix.Chunks[p].Kind != KindBlob {
+			return fmt.Errorf("prefetch entry %d: %d is not a stored chunk", i, p)
+		}
+	}
+	if int(ix.WorkingSetBlobs) > len(ix.Blobs) {
+		return fmt.Errorf("working set of %d blobs, but %d blobs", ix.WorkingSetBlobs, len(ix.Blobs))
+	}
+	return nil
+}

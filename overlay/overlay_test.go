@@ -1,0 +1,241 @@
+package overlay_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"math/rand"
+	"strings"
+	"testing"
+
+	"github.com/cloudlet/cloudlet/chunk"
+	"github.com/cloudlet/cloudlet/overlay"
+)
+
+// testCase is a base, a customised version of it, and the overlay between them, built the
+// way capture builds one: zero, base-reference, self-reference and stored chunks.
+type testCase struct {
+	base, want [][]byte // per image
+	file       []byte
+	baseID     [32]byte
+}
+
+var images = []overlay.Image{{Name: "disk", Size: 200*chunk.Size + 512}, {Name: "memory", Size: 256 * chunk.Size}}
+
+func newCase(t testing.TB, codec overlay.Codec, seed int64) *testCase {
+	t.Helper()
+	rng := rand.New(rand.NewSource(seed))
+	tc := &testCase{}
+	rng.Read(tc.baseID[:])
+	for _, im := range images {
+		b := make([]byte, im.Size)
+		rng.Read(b)
+		tc.base = append(tc.base, b)
+		tc.want = append(tc.want, append([]byte(nil), b...))
+	}
+	chunkOf := func(img []byte, i int64) []byte {
+		return img[i*chunk.Size : min((i+1)*chunk.Size, int64(len(img)))]
+	}
+	var entries []overlay.Entry
+	var order []int
+	stored := map[chunk.Digest][2]int64{}
+	for im := range images {
+		n := chunk.Count(images[im].Size)
+		for i := int64(0); i < n; i++ {
+			if rng.Intn(3) != 0 {
+				continue // unchanged
+			}
+			dst := chunkOf(tc.want[im], i)
+			e := overlay.Entry{Image: uint8(im), Index: i}
+			switch rng.Intn(4) {
+			case 0:
+				clear(dst)
+				e.Kind = overlay.KindZero
+			case 1: // equal to a base chunk elsewhere (same length: not the short tail)
+				if i == n-1 && im == 0 {
+					continue
+				}
+				j := rng.Int63n(chunk.Count(images[1].Size))
+				copy(dst, chunkOf(tc.base[1], j))
+				e.Kind, e.BaseImage, e.BaseIndex = overlay.KindBase, 1, j
+			default:
+				if len(stored) > 0 && rng.Intn(4) == 0 && int64(len(dst)) == chunk.Size {
+					for _, p := range stored { // a copy of a stored chunk
+						copy(dst, chunkOf(tc.want[p[0]], p[1]))
+						e.Kind, e.SameImage, e.SameIndex = overlay.KindSelf, uint8(p[0]), p[1]
+						break
+					}
+				} else {
+					rng.Read(dst[:len(dst)/2]) // half random: compressible
+					clear(dst[len(dst)/2:])
+					e.Kind = overlay.KindBlob
+					stored[chunk.Sum(dst)] = [2]int64{int64(im), i}
+				}
+			}
+			e.Digest = chunk.Sum(dst)
+			if e.Kind == overlay.KindBlob && rng.Intn(2) == 0 {
+				order = append(order, len(entries))
+			}
+			entries = append(entries, e)
+		}
+	}
+	// Self references must point at chunks whose bytes did not change since: rebuild digests.
+	for k, e := range entries {
+		if e.Kind == overlay.KindSelf {
+			entries[k].Digest = chunk.Sum(chunkOf(tc.want[e.SameImage], e.SameIndex))
+			copy(chunkOf(tc.want[e.Image], e.Index), chunkOf(tc.want[e.SameImage], e.SameIndex))
+		}
+	}
+	var out bytes.Buffer
+	_, err := overlay.Write(context.Background(), &out, t.TempDir(), overlay.Meta{
+		BaseID: tc.baseID, Images: images, Config: []byte(`{"machine":"q35"}`), Codec: codec,
+		BlobRaw: 64 * chunk.Size, WorkingSet: len(order),
+	}, []byte("device state bytes"), entries, order, func(im uint8, i int64) ([]byte, error) {
+		return chunkOf(tc.want[im], i), nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tc.file = out.Bytes()
+	return tc
+}
+
+func (tc *testCase) apply(file []byte) ([][]byte, error) {
+	r, err := overlay.Open(bytes.NewReader(file), int64(len(file)))
+	if err != nil {
+		return nil, err
+	}
+	defer r.Close()
+	var base []io.ReaderAt
+	var out []io.WriterAt
+	var got [][]byte
+	for i := range images {
+		base = append(base, bytes.NewReader(tc.base[i]))
+		g := &memFile{b: append([]byte(nil), tc.base[i]...)}
+		got = append(got, nil)
+		out = append(out, g)
+		defer func() { got[i] = g.b }()
+	}
+	if err := r.Verify(context.Background(), base); err != nil {
+		return nil, err
+	}
+	if err := r.Apply(context.Background(), base, out); err != nil {
+		return nil, err
+	}
+	for i := range out {
+		got[i] = out[i].(*memFile).b
+	}
+	return got, nil
+}
+
+type memFile struct{ b []byte }
+
+func (m *memFile) WriteAt(p []byte, off int64) (int, error) { return copy(m.b[off:], p), nil }
+
+func TestRoundTrip(t *testing.T) {
+	for _, codec := range []overlay.Codec{overlay.CodecZstd, overlay.CodecXZ} {
+		t.Run(codec.String(), func(t *testing.T) {
+			tc := newCase(t, codec, 1)
+			got, err := tc.apply(tc.file)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for i := range images {
+				if !bytes.Equal(got[i], tc.want[i]) {
+					t.Fatalf("%s differs after apply", images[i].Name)
+				}
+			}
+			r, _ := overlay.Open(bytes.NewReader(tc.file), int64(len(tc.file)))
+			defer r.Close()
+			counts := r.Index.Counts()
+			for _, k := range []overlay.Kind{overlay.KindZero, overlay.KindBase, overlay.KindSelf, overlay.KindBlob} {
+				if counts[k] == 0 {
+					t.Errorf("no %v chunks in the test overlay", k)
+				}
+			}
+			if r.Index.WorkingSetBlobs == 0 || len(r.Index.Blobs) < 2 {
+				t.Errorf("working set of %d blobs of %d", r.Index.WorkingSetBlobs, len(r.Index.Blobs))
+			}
+			if dev, err := r.Devstate(); err != nil || string(dev) != "device state bytes" {
+				t.Errorf("devstate %q, %v", dev, err)
+			}
+		})
+	}
+}
+
+// TestCorruption: every kind of damage is a clear error naming the part, never a panic and
+// never wrong bytes.
+func TestCorruption(t *testing.T) {
+	tc := newCase(t, overlay.CodecZstd, 2)
+	r, err := overlay.Open(bytes.NewReader(tc.file), int64(len(tc.file)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	blobOff, _ := r.BlobRange(1)
+	r.Close()
+	flip := func(off int64) []byte {
+		b := append([]byte(nil), tc.file...)
+		b[off] ^= 0x40
+		return b
+	}
+	cases := []struct {
+		name string
+		file []byte
+		want string
+	}{
+		{"flipped byte in a blob", flip(blobOff + 10), "blob 1: digest"},
+		{"flipped byte in the index", flip(overlay.HeaderSize + 20), "index"},
+		{"flipped byte in the header", flip(15), "header: checksum"},
+		{"not an overlay", []byte(strings.Repeat("x", 200)), "not an overlay"},
+		{"unknown version", withVersion(tc.file, 9), "format version 9"},
+		{"empty", nil, "header"},
+	}
+	rng := rand.New(rand.NewSource(3))
+	for range 10 {
+		cut := rng.Int63n(int64(len(tc.file)))
+		cases = append(cases, struct {
+			name string
+			file []byte
+			want string
+		}{"truncated", tc.file[:cut], ""})
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			_, err := tc.apply(c.file)
+			if err == nil {
+				t.Fatal("a damaged overlay applied without error")
+			}
+			var ce *overlay.CorruptError
+			if !errors.As(err, &ce) {
+				t.Fatalf("error %v (%T) is not a CorruptError", err, err)
+			}
+			if !strings.Contains(err.Error(), c.want) {
+				t.Fatalf("error %q does not mention %q", err, c.want)
+			}
+		})
+	}
+}
+
+// TestWrongBase: a base with other bytes than the overlay's is caught at the first base
+// reference, and CheckBase names both IDs.
+func TestWrongBase(t *testing.T) {
+	tc := newCase(t, overlay.CodecZstd, 4)
+	other := newCase(t, overlay.CodecZstd, 5)
+	tc.base = other.base
+	if _, err := tc.apply(tc.file); err == nil || !strings.Contains(err.Error(), "the base differs") {
+		t.Fatalf("apply on the wrong base: %v", err)
+	}
+	r, _ := overlay.Open(bytes.NewReader(tc.file), int64(len(tc.file)))
+	defer r.Close()
+	if err := r.CheckBase(strings.Repeat("ab", 32)); err == nil || !strings.Contains(err.Error(), "is for base") {
+		t.Fatalf("CheckBase: %v", err)
+	}
+}
+
+func withVersion(file []byte, v uint16) []byte {
+	b := append([]byte(nil), file...)
+	b[8], b[9] = byte(v), byte(v>>8)
+	overlay.FixHeaderChecksum(b)
+	return b
+}

@@ -1,0 +1,300 @@
+package overlay
+
+import (
+	"context"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+
+	"github.com/dgraph-io/ristretto/v2"
+	"github.com/klauspost/compress/zstd"
+
+	"github.com/cloudlet/cloudlet/chunk"
+)
+
+// Reader reads an overlay through an io.ReaderAt: a local file, or HTTP range requests.
+type Reader struct {
+	ra        io.ReaderAt
+	size      int64
+	id        chunk.Digest
+	dataStart int64
+	prefix    []byte // the first bytes read: header, index, often the device state
+	Index     *Index
+
+	// blobs caches decoded blobs. On the demand path, faults on neighbouring chunks land in
+	// the same ~1 MiB blob; fetching and decoding it again for each (about a millisecond of
+	// zstd, far more for xz, plus a round trip) would serialise a VM's first faults. Its cost
+	// is the raw size, so it holds about blobCacheBytes of decoded data.
+	blobs *ristretto.Cache[uint32, []byte]
+}
+
+// blobCacheBytes bounds the decoded-blob cache.
+const blobCacheBytes = 64 << 20
+
+// Open reads and checks the header and index: at most two reads (DefaultPrefix bytes, then
+// the rest of the index).
+func Open(ra io.ReaderAt, size int64) (*Reader, error) {
+	first := make([]byte, min(size, DefaultPrefix))
+	if _, err := ra.ReadAt(first, 0); err != nil && !errors.Is(err, io.EOF) {
+		return nil, fmt.Errorf("overlay: read header: %w", err)
+	}
+	h, err := decodeHeader(first, size)
+	if err != nil {
+		return nil, err
+	}
+	end := HeaderSize + h.indexLen
+	zIndex := first[HeaderSize:min(end, int64(len(first)))]
+	if end > int64(len(first)) {
+		rest := make([]byte, end-int64(len(first)))
+		if _, err := ra.ReadAt(rest, int64(len(first))); err != nil {
+			return nil, fmt.Errorf("overlay: read index: %w", err)
+		}
+		zIndex = append(append([]byte(nil), zIndex...), rest...)
+	}
+	rawIndex, err := decompressIndex(zIndex, h.indexRaw)
+	if err != nil {
+		return nil, err
+	}
+	if got := sum(rawIndex); got != h.indexSHA {
+		return nil, corrupt("index", "digest %x, header says %x", got, h.indexSHA)
+	}
+	ix, err := decodeIndex(rawIndex)
+	if err != nil {
+		return nil, err
+	}
+	r := &Reader{ra: ra, size: size, id: h.indexSHA, dataStart: end, prefix: first, Index: ix}
+	if last := r.dataEnd(); last > size {
+		return nil, corrupt("file", "data ends at %d, but the file has %d bytes (truncated?)", last, size)
+	}
+	r.blobs, err = ristretto.NewCache(&ristretto.Config[uint32, []byte]{
+		NumCounters: 10 * (blobCacheBytes / DefaultBlobRaw), MaxCost: blobCacheBytes, BufferItems: 64,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("overlay: blob cache: %w", err)
+	}
+	return r, nil
+}
+
+func decompressIndex(z []byte, raw int64) ([]byte, error) {
+	dec, err := zstd.NewReader(nil, zstd.WithDecoderMaxMemory(uint64(raw)+1<<16), zstd.WithDecoderConcurrency(1))
+	if err != nil {
+		return nil, err
+	}
+	defer dec.Close()
+	out, err := dec.DecodeAll(z, make([]byte, 0, raw))
+	if err != nil {
+		return nil, corrupt("index", "decompress: %w", err)
+	}
+	if int64(len(out)) != raw {
+		return nil, corrupt("index", "%d bytes uncompressed, header says %d", len(out), raw)
+	}
+	return out, nil
+}
+
+// Close releases the blob cache.
+func (r *Reader) Close() { r.blobs.Close() }
+
+// ID is the overlay's identity: the hex SHA-256 of its index.
+func (r *Reader) ID() string { return hex.EncodeToString(r.id[:]) }
+
+// BaseID is the hex ID of the base the overlay applies to.
+func (r *Reader) BaseID() string { return hex.EncodeToString(r.Index.BaseID[:]) }
+
+// Size is the overlay file's size.
+func (r *Reader) Size() int64 { return r.size }
+
+func (r *Reader) dataEnd() int64 {
+	end := r.dataStart + r.Index.Devstate.Offset + r.Index.Devstate.Length
+	if n := len(r.Index.Blobs); n > 0 {
+		end = r.dataStart + r.Index.Blobs[n-1].Offset + r.Index.Blobs[n-1].Length
+	}
+	return end
+}
+
+// BlobRange is where blob i lies in the file.
+func (r *Reader) BlobRange(i int) (off, n int64) {
+	b := r.Index.Blobs[i]
+	return r.dataStart + b.Offset, b.Length
+}
+
+// CheckBase fails unless the overlay was made on the base with this ID.
+func (r *Reader) CheckBase(id string) error {
+	if r.BaseID() != id {
+		return fmt.Errorf("overlay %s is for base %s, not %s", r.ID()[:12], r.BaseID(), id)
+	}
+	return nil
+}
+
+// Devstate returns the verified device state.
+func (r *Reader) Devstate() ([]byte, error) {
+	return r.readBlob("device state", r.Index.Devstate)
+}
+
+// Blob returns blob i decoded and verified.
+func (r *Reader) Blob(i uint32) ([]byte, error) {
+	if v, ok := r.blobs.Get(i); ok {
+		return v, nil
+	}
+	if int(i) >= len(r.Index.Blobs) {
+		return nil, fmt.Errorf("overlay: no blob %d", i)
+	}
+	raw, err := r.readBlob(fmt.Sprintf("blob %d", i), r.Index.Blobs[i])
+	if err != nil {
+		return nil, err
+	}
+	r.blobs.Set(i, raw, int64(len(raw)))
+	return raw, nil
+}
+
+// DecodeBlob checks and decodes blob i from its compressed bytes, fetched by the caller (for
+// instance as part of one larger range request).
+func (r *Reader) DecodeBlob(i uint32, z []byte) ([]byte, error) {
+	b := r.Index.Blobs[i]
+	raw, err := r.decode(fmt.Sprintf("blob %d", i), b, z)
+	if err == nil {
+		r.blobs.Set(i, raw, int64(len(raw)))
+	}
+	return raw, err
+}
+
+func (r *Reader) readBlob(what string, b Blob) ([]byte, error) {
+	off := r.dataStart + b.Offset
+	var z []byte
+	if off+b.Length <= int64(len(r.prefix)) {
+		z = r.prefix[off : off+b.Length]
+	} else {
+		z = make([]byte, b.Length)
+		if _, err := r.ra.ReadAt(z, off); err != nil {
+			return nil, fmt.Errorf("overlay: read %s: %w", what, err)
+		}
+	}
+	return r.decode(what, b, z)
+}
+
+func (r *Reader) decode(what string, b Blob, z []byte) ([]byte, error) {
+	if got := sum(z); got != b.Digest {
+		return nil, corrupt(what, "digest %x, index says %x", got[:8], b.Digest[:8])
+	}
+	raw, err := decompress(r.Index.Codec, z, b.Raw)
+	if err != nil {
+		return nil, corrupt(what, "%w", err)
+	}
+	return raw, nil
+}
+
+// ChunkData returns the verified bytes of a stored (blob or self) chunk entry.
+func (r *Reader) ChunkData(entry int) ([]byte, error) {
+	c := r.Index.Chunks[entry]
+	if c.Kind == KindSelf {
+		c = r.Index.Chunks[c.Self]
+	}
+	if c.Kind != KindBlob {
+		return nil, fmt.Errorf("overlay: chunk entry %d is %v, not stored", entry, c.Kind)
+	}
+	raw, err := r.Blob(c.Blob)
+	if err != nil {
+		return nil, err
+	}
+	data := raw[c.Offset : c.Offset+r.Index.chunkLen(c.Image, c.Index)]
+	if sum(data) != c.Digest {
+		return nil, corrupt(r.chunkName(entry), "digest mismatch")
+	}
+	return data, nil
+}
+
+func (r *Reader) chunkName(entry int) string {
+	c := r.Index.Chunks[entry]
+	return fmt.Sprintf("chunk %d of %s (entry %d)", c.Index, r.Index.Images[c.Image].Name, entry)
+}
+
+// BaseChunk reads chunk i of base image im and checks it against digest: a base on this
+// cloudlet that differs from the one the overlay was made on is caught here.
+func (r *Reader) baseChunk(base []io.ReaderAt, im uint8, i int64, digest chunk.Digest, entry int) ([]byte, error) {
+	buf := make([]byte, r.Index.chunkLen(im, i))
+	if _, err := base[im].ReadAt(buf, i*int64(r.Index.ChunkSize)); err != nil {
+		return nil, fmt.Errorf("overlay: %s: read base chunk %d of %s: %w", r.chunkName(entry), i, r.Index.Images[im].Name, err)
+	}
+	if sum(buf) != digest {
+		return nil, fmt.Errorf("overlay: %s: base chunk %d of %s has another digest: the base differs from the overlay's", r.chunkName(entry), i, r.Index.Images[im].Name)
+	}
+	return buf, nil
+}
+
+// Resolve returns the bytes of chunk entry e: zeros, a verified base chunk, or stored data.
+func (r *Reader) Resolve(base []io.ReaderAt, e int) ([]byte, error) {
+	c := r.Index.Chunks[e]
+	switch c.Kind {
+	case KindZero:
+		return make([]byte, r.Index.chunkLen(c.Image, c.Index)), nil
+	case KindBase:
+		return r.baseChunk(base, c.BaseImage, c.BaseIndex, c.Digest, e)
+	}
+	return r.ChunkData(e)
+}
+
+// Apply writes every changed chunk into out (one writer per image, in index order), reading
+// base references from base. out must already hold the base images: chunks the overlay does
+// not list are the base's. Stored chunks are visited blob by blob.
+func (r *Reader) Apply(ctx context.Context, base []io.ReaderAt, out []io.WriterAt) error {
+	if len(base) != len(r.Index.Images) || len(out) != len(r.Index.Images) {
+		return fmt.Errorf("overlay: apply needs %d base and output images", len(r.Index.Images))
+	}
+	for e, c := range r.Index.Chunks {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		data, err := r.Resolve(base, e)
+		if err != nil {
+			return err
+		}
+		if _, err := out[c.Image].WriteAt(data, c.Index*int64(r.Index.ChunkSize)); err != nil {
+			return fmt.Errorf("overlay: write %s: %w", r.chunkName(e), err)
+		}
+	}
+	return nil
+}
+
+// Verify checks every digest in the overlay: device state, each blob, each stored chunk, and
+// (with base) each base reference. It reports the first bad one by number.
+func (r *Reader) Verify(ctx context.Context, base []io.ReaderAt) error {
+	if _, err := r.Devstate(); err != nil {
+		return err
+	}
+	for i := range r.Index.Blobs {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		if _, err := r.Blob(uint32(i)); err != nil {
+			return err
+		}
+	}
+	for e, c := range r.Index.Chunks {
+		if c.Kind == KindZero || c.Kind == KindBase && base == nil {
+			continue
+		}
+		if _, err := r.Resolve(base, e); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Counts returns the number of chunk entries of each kind.
+func (ix *Index) Counts() map[Kind]int {
+	n := map[Kind]int{}
+	for _, c := range ix.Chunks {
+		n[c.Kind]++
+	}
+	return n
+}
+
+// WorkingSetBytes is the compressed size of the working-set blobs.
+func (ix *Index) WorkingSetBytes() int64 {
+	var n int64
+	for _, b := range ix.Blobs[:ix.WorkingSetBlobs] {
+		n += b.Length
+	}
+	return n
+}
+
