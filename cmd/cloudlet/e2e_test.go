@@ -124,6 +124,7 @@ func TestBaseEndToEnd(t *testing.T) {
 		t.Fatalf("resume changed the base:\nbefore %v\nafter  %v", before, after)
 	}
 	t.Run("mount", func(t *testing.T) { testMount(t, ctx, home, id) })
+	t.Run("overlay", func(t *testing.T) { testOverlay(t, ctx, home, id) })
 	if after := fileDigests(t, baseDir); fmt.Sprint(after) != fmt.Sprint(before) {
 		t.Fatal("mount changed the base")
 	}
@@ -315,4 +316,22 @@ func TestBaseCreateErrors(t *testing.T) {
 			}
 		})
 	}
+}
+
+// httpGetBody returns the body of a 200 answer.
+func httpGetBody(ctx context.Context, url string) (string, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return "", err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if resp.StatusCode != 200 {
+		return "", fmt.Errorf("status %s", resp.Status)
+	}
+	return string(b), err
 }

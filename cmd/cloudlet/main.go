@@ -55,6 +55,7 @@ func newApp(stdin io.Reader, stdout, stderr io.Writer) *cli.App {
 		Commands: []*cli.Command{
 			baseCommand(),
 			mountCommand(),
+			overlayCommand(),
 		},
 		Reader:          stdin,
 		Writer:          stdout,
