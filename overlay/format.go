@@ -173,4 +173,3 @@ func (ix *Index) ImageIndex(name string) int {
 	}
 	return -1
 }
-

@@ -297,4 +297,3 @@ func (ix *Index) WorkingSetBytes() int64 {
 	}
 	return n
 }
-
