@@ -8,7 +8,7 @@ BUILD    := build
 BIN      := $(BUILD)/cloudlet
 # The Debian packages the project uses, at run time and to build the test guest.
 DEB_PKGS := qemu-system-x86 qemu-utils fuse3 busybox-static cpio kmod e2fsprogs libvirt-dev \
-            pkg-config gcc ca-certificates
+            pkg-config gcc ca-certificates xz-utils
 SUDO     := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: all deps build guest demo test test-short vet bench clean

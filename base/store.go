@@ -74,6 +74,7 @@ func (s *Store) removeStaleDrafts() {
 			continue
 		}
 		if unix.Flock(int(lock.Fd()), unix.LOCK_EX|unix.LOCK_NB) == nil {
+			detachMountsUnder(dir)
 			os.RemoveAll(dir)
 		}
 		lock.Close()
@@ -327,4 +328,20 @@ func syncPath(path string) error {
 		return fmt.Errorf("fsync %s: %w", path, err)
 	}
 	return nil
+}
+
+// detachMountsUnder lazily unmounts whatever is mounted below dir: a draft abandoned by a
+// crashed capture or resume may still hold a dead cloudletfs mount, which would make its
+// removal fail.
+func detachMountsUnder(dir string) {
+	b, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		return
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		f := strings.Fields(line)
+		if len(f) > 4 && strings.HasPrefix(f[4], dir+"/") {
+			unix.Unmount(f[4], unix.MNT_DETACH)
+		}
+	}
 }

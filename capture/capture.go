@@ -53,7 +53,8 @@ type Options struct {
 type Result struct {
 	Overlay overlay.Summary
 	Diff    DiffStats
-	Elapsed time.Duration
+	Elapsed time.Duration // the whole capture
+	Build   time.Duration // from the snapshot to the written overlay: diff, dedup, compression
 }
 
 // Create runs a capture.
@@ -132,6 +133,7 @@ func Create(ctx context.Context, o Options) (Result, error) {
 		return res, err
 	}
 	logf("snapshot taken; building the overlay\n")
+	buildStart := time.Now()
 
 	entries, order, stats, err := diff(ctx, fsys, b, o.Progress)
 	if err != nil {
@@ -142,14 +144,15 @@ func Create(ctx context.Context, o Options) (Result, error) {
 	if err != nil {
 		return res, err
 	}
+	res.Overlay, err = writeOverlay(ctx, o, fsys, entries, order, dev)
+	if err != nil {
+		return res, err
+	}
+	res.Build = time.Since(buildStart)
 	if o.SaveImages != "" {
 		if err := saveImages(ctx, fsys, o.SaveImages); err != nil {
 			return res, err
 		}
-	}
-	res.Overlay, err = writeOverlay(ctx, o, fsys, entries, order, dev)
-	if err != nil {
-		return res, err
 	}
 	res.Elapsed = time.Since(start)
 	return res, nil

@@ -123,6 +123,30 @@ func (c *Console) WaitFor(ctx context.Context, text string) error {
 	return err
 }
 
+// Copy writes the guest's output from now on to w, until ctx ends or the console closes.
+func (c *Console) Copy(ctx context.Context, w io.Writer) {
+	off := c.Offset()
+	for {
+		c.mu.Lock()
+		start := min(max(0, off-c.dropped), len(c.buf))
+		data := append([]byte(nil), c.buf[start:]...)
+		off = c.dropped + len(c.buf)
+		eof, changed := c.eof, c.changed
+		c.mu.Unlock()
+		if len(data) > 0 {
+			w.Write(data)
+		}
+		if eof != nil {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-changed:
+		}
+	}
+}
+
 // Write sends raw input to the guest.
 func (c *Console) Write(p []byte) (int, error) { return c.conn.Write(p) }
 

@@ -1,6 +1,8 @@
 package main
 
 import (
+	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -124,9 +126,10 @@ func runOverlayCreate(c *cli.Context, id string) error {
 	defer closeLog()
 	if interactive && isTerminal(c.App.Reader) {
 		o.Wait = func(ctx context.Context, v *vm.VM) error {
-			fmt.Fprintln(stderr, "the guest runs; customise it, then press Enter to capture the overlay")
+			fmt.Fprintln(stderr, "The guest runs. Its serial console (a root shell) is on this terminal: type commands.")
 			reachability(stderr, run)
-			return waitEnter(ctx, c.App.Reader, v)
+			fmt.Fprintln(stderr, "Press Ctrl-D on an empty line to capture the overlay.")
+			return shellUntilEOF(ctx, c.App.Reader, stderr, v)
 		}
 	}
 	res, err := capture.Create(ctx, o)
@@ -319,4 +322,48 @@ func runOverlayApply(ctx context.Context, g globals, path, baseID, out string, s
 	}
 	fmt.Fprintf(stderr, "applied overlay %s to base %s in %s\n", r.ID()[:12], b.ID[:12], out)
 	return nil
+}
+
+// shellUntilEOF bridges the terminal and the guest's serial console, line by line, until the
+// user ends input (Ctrl-D).
+func shellUntilEOF(ctx context.Context, stdin io.Reader, out io.Writer, v *vm.VM) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go v.Console().Copy(ctx, noCursorQueries{out})
+	v.Console().Write([]byte("\n"))
+	lines := make(chan string)
+	go func() {
+		defer close(lines)
+		s := bufio.NewScanner(stdin)
+		for s.Scan() {
+			lines <- s.Text()
+		}
+	}()
+	for {
+		select {
+		case l, ok := <-lines:
+			if !ok {
+				return nil
+			}
+			if _, err := v.Console().Write([]byte(l + "\n")); err != nil {
+				return fmt.Errorf("serial console: %w", err)
+			}
+		case <-v.Done():
+			return fmt.Errorf("the VM stopped before the capture: %w", v.Err())
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+// noCursorQueries drops the guest shell's cursor-position queries (ESC [6n) on their way to
+// the terminal: the terminal would answer them into our stdin, where the answer sits in the
+// line buffer and turns the user's Ctrl-D into a flush instead of an end of input.
+type noCursorQueries struct{ w io.Writer }
+
+func (n noCursorQueries) Write(p []byte) (int, error) {
+	if _, err := n.w.Write(bytes.ReplaceAll(p, []byte("\x1b[6n"), nil)); err != nil {
+		return 0, err
+	}
+	return len(p), nil
 }

@@ -21,8 +21,9 @@ func main() {
 	// A re-exec of this binary as the QEMU launcher never returns from here.
 	vm.LauncherMain()
 
-	// One root context: SIGINT/SIGTERM cancel it, and every VM, mount and server stops in order.
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	// One root context: SIGINT, SIGTERM and SIGHUP (a closed terminal) cancel it, and every
+	// VM, mount and server stops in order.
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM, syscall.SIGHUP)
 	app := newApp(os.Stdin, os.Stdout, os.Stderr)
 	err := app.RunContext(ctx, interspersed(app, os.Args))
 	interrupted := ctx.Err() != nil
