@@ -103,6 +103,26 @@ func (b *Base) VMOptions() vm.Options {
 	return o
 }
 
+// OpenImages opens the disk and memory images for reading, in that order (the order of an
+// overlay's images). The function closes them.
+func (b *Base) OpenImages() ([]io.ReaderAt, func(), error) {
+	var files []*os.File
+	closeAll := func() {
+		for _, f := range files {
+			f.Close()
+		}
+	}
+	for _, name := range []string{DiskFile, MemoryFile} {
+		f, err := os.Open(b.Path(name))
+		if err != nil {
+			closeAll()
+			return nil, nil, fmt.Errorf("base %s: %w", b.ID, err)
+		}
+		files = append(files, f)
+	}
+	return []io.ReaderAt{files[0], files[1]}, closeAll, nil
+}
+
 // load reads and checks the base in dir. The manifest must hash to the directory's name and
 // every file must have its recorded size; full digests are checked by Verify.
 func load(dir string) (*Base, error) {

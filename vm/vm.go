@@ -153,6 +153,11 @@ func (v *VM) setIgnoreShared(ctx context.Context) error {
 	}, nil)
 }
 
+// Pause stops the guest's CPUs; QEMU keeps running, so the state can be inspected or resumed.
+func (v *VM) Pause(ctx context.Context) error {
+	return v.qmp.Execute(ctx, "stop", nil, nil)
+}
+
 // Console is the guest's serial port.
 func (v *VM) Console() *Console { return v.console }
 

@@ -216,25 +216,6 @@ func runOverlayInfo(g globals, path string, stdout io.Writer) error {
 	return nil
 }
 
-// baseImages opens a base's disk and memory images for reading, in overlay image order.
-func baseImages(b *base.Base) ([]io.ReaderAt, func(), error) {
-	var files []*os.File
-	closeAll := func() {
-		for _, f := range files {
-			f.Close()
-		}
-	}
-	for _, name := range []string{base.DiskFile, base.MemoryFile} {
-		f, err := os.Open(b.Path(name))
-		if err != nil {
-			closeAll()
-			return nil, nil, err
-		}
-		files = append(files, f)
-	}
-	return []io.ReaderAt{files[0], files[1]}, closeAll, nil
-}
-
 // openWithBase opens an overlay and the base it names, checking they belong together.
 func openWithBase(g globals, path, baseID string) (*overlay.Reader, *base.Base, func(), error) {
 	_, b, err := openBase(g, baseID)
@@ -265,7 +246,7 @@ func runOverlayVerify(ctx context.Context, g globals, path, baseID string, stder
 		return err
 	}
 	defer done()
-	imgs, closeImgs, err := baseImages(b)
+	imgs, closeImgs, err := b.OpenImages()
 	if err != nil {
 		return err
 	}
@@ -283,7 +264,7 @@ func runOverlayApply(ctx context.Context, g globals, path, baseID, out string, s
 		return err
 	}
 	defer done()
-	imgs, closeImgs, err := baseImages(b)
+	imgs, closeImgs, err := b.OpenImages()
 	if err != nil {
 		return err
 	}

@@ -1,0 +1,125 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/cloudlet/cloudlet/synthesis"
+)
+
+func synthesisCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "synthesis",
+		Usage:     "rebuild a custom VM from a base and an overlay (file or URL), and resume it early",
+		UsageText: "cloudlet synthesis BASE_ID FILE|URL [--no-early-start] [--probe PROBE] [--hostfwd ...]",
+		Description: "The VM resumes at once on cloudletfs while the overlay streams in; chunks it touches are\n" +
+			"fetched first, and every chunk is verified before the VM sees it. It prints a timeline:\n" +
+			"index fetched, VM resumed, first probe answer (TTFR), overlay complete. The VM runs until\n" +
+			"Ctrl-C. With --cache DIR, a later run with the same DIR does not fetch again what is there.",
+		Flags: append([]cli.Flag{
+			&cli.BoolFlag{Name: "no-early-start", Usage: "fetch the whole overlay before resuming (the Elijah baseline)"},
+			&cli.StringFlag{Name: "probe", Usage: "PROBE whose first answer is the time to first response"},
+			&cli.DurationFlag{Name: "probe-timeout", Value: 5 * time.Minute, Usage: "give up if PROBE has not answered by then"},
+			&cli.StringFlag{Name: "cache", Usage: "cache directory, kept (default: a temporary one, removed at the end)"},
+			&cli.StringFlag{Name: "bandwidth", Usage: "cap on the fetch rate, e.g. 38Mbit, 5MB (per second)"},
+			&cli.IntFlag{Name: "concurrency", Value: 4, Usage: "range requests in flight"},
+			&cli.BoolFlag{Name: "exit-when-complete", Usage: "stop the VM and exit once the probe answered and the overlay is complete"},
+		}, runFlags()...),
+		Action: func(c *cli.Context) error {
+			if c.NArg() != 2 {
+				return fmt.Errorf("%w: synthesis takes a base ID and an overlay file or URL", errUsage)
+			}
+			return runSynthesis(c)
+		},
+	}
+}
+
+func runSynthesis(c *cli.Context) error {
+	ctx, stdout, stderr := c.Context, c.App.Writer, c.App.ErrWriter
+	g := globalsOf(c)
+	run, err := parseRunOptions(c)
+	if err != nil {
+		return err
+	}
+	pr, err := parseProbe(c.String("probe"))
+	if err != nil {
+		return fmt.Errorf("--probe: %w", err)
+	}
+	bw, err := parseBandwidth(c.String("bandwidth"))
+	if err != nil {
+		return err
+	}
+	store, b, err := openBase(g, c.Args().Get(0))
+	if err != nil {
+		return err
+	}
+	work, err := store.NewDraft()
+	if err != nil {
+		return err
+	}
+	defer work.Discard()
+	cache := c.String("cache")
+	if cache == "" {
+		cache = work.Path("cache")
+	}
+	src := c.Args().Get(1)
+	o := synthesis.Options{
+		Base: b, Source: src, CacheDir: cache, MountDir: work.Path("mnt"),
+		Fetch:      synthesis.FetchOptions{Concurrency: c.Int("concurrency"), BytesPerSecond: bw},
+		EarlyStart: !c.Bool("no-early-start"), Probe: pr, ProbeTimeout: c.Duration("probe-timeout"),
+		ExitWhenComplete: c.Bool("exit-when-complete"),
+	}
+	closeLog, err := run.apply(&o.VM, stderr)
+	if err != nil {
+		return err
+	}
+	defer closeLog()
+	o.OnEvent = func(e synthesis.Event) {
+		if g.json {
+			json.NewEncoder(stdout).Encode(e)
+			return
+		}
+		line := fmt.Sprintf("%7.3fs  %-13s %9d bytes fetched", e.Seconds, e.Name, e.Bytes)
+		if e.Detail != "" {
+			line += "  " + e.Detail
+		}
+		fmt.Fprintln(stdout, line)
+		if e.Name == "resumed" {
+			reachability(stderr, run)
+		}
+	}
+	_, err = synthesis.Run(ctx, o)
+	if err != nil {
+		return fmt.Errorf("synthesis of %s: %w", filepath.Base(src), err)
+	}
+	return nil
+}
+
+// parseBandwidth reads "38Mbit", "5MB", "1000000" (bytes per second).
+func parseBandwidth(s string) (int64, error) {
+	if s == "" {
+		return 0, nil
+	}
+	t := strings.ToLower(strings.TrimSuffix(strings.TrimSuffix(strings.ToLower(s), "/s"), "ps"))
+	mult := 1.0
+	for _, u := range []struct {
+		suffix string
+		m      float64
+	}{{"gbit", 1e9 / 8}, {"mbit", 1e6 / 8}, {"kbit", 1e3 / 8}, {"gb", 1e9}, {"mb", 1e6}, {"kb", 1e3}, {"b", 1}} {
+		if strings.HasSuffix(t, u.suffix) {
+			t, mult = strings.TrimSuffix(t, u.suffix), u.m
+			break
+		}
+	}
+	v, err := strconv.ParseFloat(t, 64)
+	if err != nil || v <= 0 {
+		return 0, fmt.Errorf("--bandwidth %q: want a rate like 38Mbit or 5MB", s)
+	}
+	return int64(v * mult), nil
+}

@@ -1,0 +1,364 @@
+package synthesis
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"sync"
+	"sync/atomic"
+
+	"golang.org/x/time/rate"
+
+	"github.com/cloudlet/cloudlet/chunk"
+	"github.com/cloudlet/cloudlet/cloudletfs"
+	"github.com/cloudlet/cloudlet/overlay"
+)
+
+// FetchOptions tune the fetcher.
+type FetchOptions struct {
+	// Concurrency is how many range requests run at once; 0 means 4.
+	Concurrency int
+	// BytesPerSecond caps the fetcher's use of the link; 0 means no cap.
+	BytesPerSecond int64
+}
+
+// backgroundRun is the most a background range request asks for: several blobs in one
+// request amortise a high RTT, while a demand miss still finds a free worker soon.
+const backgroundRun = 4 << 20
+
+const (
+	blobWaiting = iota
+	blobInFlight
+	blobDone
+)
+
+// Fetcher moves an overlay's chunks into cloudletfs: the working set first (one range
+// request), then the rest in prefetch order, with demand misses jumping the queue. Every blob
+// and chunk is verified before it is delivered. It is cloudletfs's Demander.
+type Fetcher struct {
+	// Fixed after construction.
+	r      *overlay.Reader
+	origin Origin
+	base   []io.ReaderAt
+	place  map[[2]int64]int // (image, chunk) -> entry
+	users  [][]int          // blob -> entries it feeds (its own chunks and self references)
+	opts   FetchOptions
+	limit  *rate.Limiter
+
+	fs      *cloudletfs.FS
+	fetched atomic.Int64 // bytes read from the origin
+
+	mu       sync.Mutex
+	state    []uint8  // guarded by mu: per blob
+	urgent   []uint32 // guarded by mu: demanded blobs, oldest first
+	next     int      // guarded by mu: next blob in background order
+	left     int      // guarded by mu: blobs not done
+	baseDone bool     // guarded by mu: base references delivered
+	wake     chan struct{}
+	err      error
+	complete chan struct{}
+	failed   chan struct{}
+
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+}
+
+// NewFetcher prepares a fetcher for the overlay behind r (read through origin), with base
+// images for base references, in the overlay's image order.
+func NewFetcher(r *overlay.Reader, origin Origin, base []io.ReaderAt, opts FetchOptions) *Fetcher {
+	if opts.Concurrency <= 0 {
+		opts.Concurrency = 4
+	}
+	ix := r.Index
+	f := &Fetcher{r: r, origin: origin, base: base, opts: opts, place: map[[2]int64]int{},
+		users: make([][]int, len(ix.Blobs)), state: make([]uint8, len(ix.Blobs)), left: len(ix.Blobs),
+		wake: make(chan struct{}, 1), complete: make(chan struct{}), failed: make(chan struct{})}
+	for e, c := range ix.Chunks {
+		f.place[[2]int64{int64(c.Image), c.Index}] = e
+		switch c.Kind {
+		case overlay.KindBlob:
+			f.users[c.Blob] = append(f.users[c.Blob], e)
+		case overlay.KindSelf:
+			b := ix.Chunks[c.Self].Blob
+			f.users[b] = append(f.users[b], e)
+		}
+	}
+	if opts.BytesPerSecond > 0 {
+		f.limit = rate.NewLimiter(rate.Limit(opts.BytesPerSecond), 256<<10)
+	}
+	return f
+}
+
+// Plans returns the cloudletfs plan of each image: zero chunks are zero, every other chunk the
+// overlay lists is pending, the rest is base.
+func Plans(ix *overlay.Index) [][]cloudletfs.State {
+	plans := make([][]cloudletfs.State, len(ix.Images))
+	for i, im := range ix.Images {
+		plans[i] = make([]cloudletfs.State, (im.Size+int64(ix.ChunkSize)-1)/int64(ix.ChunkSize))
+	}
+	for _, c := range ix.Chunks {
+		s := cloudletfs.StatePending
+		if c.Kind == overlay.KindZero {
+			s = cloudletfs.StateZero
+		}
+		plans[c.Image][c.Index] = s
+	}
+	return plans
+}
+
+// Start begins fetching into fs. Blobs whose chunks are all present already (a cache kept from
+// an earlier run) are not fetched again.
+func (f *Fetcher) Start(ctx context.Context, fs *cloudletfs.FS) {
+	f.fs = fs
+	ix := f.r.Index
+	f.mu.Lock()
+	for b, users := range f.users {
+		have := len(users) > 0
+		for _, e := range users {
+			c := ix.Chunks[e]
+			if fs.Image(ix.Images[c.Image].Name).State(c.Index) != cloudletfs.StatePresent {
+				have = false
+				break
+			}
+		}
+		if have {
+			f.state[b] = blobDone
+			f.left--
+		}
+	}
+	f.mu.Unlock()
+	ctx, f.cancel = context.WithCancel(ctx)
+	f.wg.Add(1)
+	go func() {
+		defer f.wg.Done()
+		if err := f.deliverBaseRefs(ctx); err != nil {
+			f.fail(err)
+		}
+	}()
+	if len(f.r.Index.Blobs) == 0 {
+		f.finishIfDone()
+	}
+	for range f.opts.Concurrency {
+		f.wg.Add(1)
+		go func() {
+			defer f.wg.Done()
+			f.worker(ctx)
+		}()
+	}
+}
+
+// Close stops the fetcher and waits for its goroutines.
+func (f *Fetcher) Close() {
+	if f.cancel != nil {
+		f.cancel()
+	}
+	f.wg.Wait()
+}
+
+// Complete is closed when every chunk has been delivered.
+func (f *Fetcher) Complete() <-chan struct{} { return f.complete }
+
+// Failed is closed when the fetcher gave up; Err says why.
+func (f *Fetcher) Failed() <-chan struct{} { return f.failed }
+
+// Err is why the fetcher failed.
+func (f *Fetcher) Err() error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.err
+}
+
+// BytesFetched is what has been read from the origin so far.
+func (f *Fetcher) BytesFetched() int64 { return f.fetched.Load() }
+
+// Demand puts the blob holding a demanded chunk at the front of the queue.
+func (f *Fetcher) Demand(image string, c int64, prio cloudletfs.Priority) {
+	im := f.r.Index.ImageIndex(image)
+	e, ok := f.place[[2]int64{int64(im), c}]
+	if im < 0 || !ok {
+		return
+	}
+	ch := f.r.Index.Chunks[e]
+	if ch.Kind == overlay.KindSelf {
+		ch = f.r.Index.Chunks[ch.Self]
+	}
+	if ch.Kind != overlay.KindBlob {
+		return // base references are delivered from local disk right at the start
+	}
+	f.mu.Lock()
+	if f.state[ch.Blob] == blobWaiting {
+		f.urgent = append(f.urgent, ch.Blob)
+	}
+	f.mu.Unlock()
+	f.signal()
+}
+
+func (f *Fetcher) signal() {
+	select {
+	case f.wake <- struct{}{}:
+	default:
+	}
+}
+
+// pick chooses the next run of blobs to fetch: a demanded blob alone, else the working set
+// as one run, else up to backgroundRun bytes of waiting blobs in order.
+func (f *Fetcher) pickLocked() (first, end int, ok bool) {
+	for len(f.urgent) > 0 {
+		b := int(f.urgent[0])
+		f.urgent = f.urgent[1:]
+		if f.state[b] == blobWaiting {
+			return b, b + 1, true
+		}
+	}
+	for f.next < len(f.state) && f.state[f.next] != blobWaiting {
+		f.next++
+	}
+	if f.next == len(f.state) {
+		return 0, 0, false
+	}
+	first, end = f.next, f.next+1
+	ws := int(f.r.Index.WorkingSetBlobs)
+	var size int64
+	for end < len(f.state) && f.state[end] == blobWaiting {
+		size += f.r.Index.Blobs[end-1].Length
+		if first < ws && end == ws || first >= ws && size >= backgroundRun {
+			break
+		}
+		end++
+	}
+	return first, end, true
+}
+
+func (f *Fetcher) worker(ctx context.Context) {
+	for {
+		f.mu.Lock()
+		first, end, ok := f.pickLocked()
+		if ok {
+			for b := first; b < end; b++ {
+				f.state[b] = blobInFlight
+			}
+		}
+		f.mu.Unlock()
+		if !ok {
+			select {
+			case <-ctx.Done():
+				return
+			case <-f.complete:
+				return
+			case <-f.wake:
+				continue
+			}
+		}
+		if err := f.fetchRun(ctx, first, end); err != nil {
+			if ctx.Err() == nil {
+				f.fail(err)
+			}
+			return
+		}
+	}
+}
+
+// fetchRun reads blobs [first, end) with one range request, verifies and delivers them.
+func (f *Fetcher) fetchRun(ctx context.Context, first, end int) error {
+	off, _ := f.r.BlobRange(first)
+	lastOff, lastLen := f.r.BlobRange(end - 1)
+	buf := make([]byte, lastOff+lastLen-off)
+	if f.limit != nil {
+		for n := len(buf); n > 0; n -= f.limit.Burst() {
+			if err := f.limit.WaitN(ctx, min(n, f.limit.Burst())); err != nil {
+				return err
+			}
+		}
+	}
+	if err := f.origin.ReadAt(ctx, buf, off); err != nil {
+		return fmt.Errorf("fetch blobs %d-%d: %w", first, end-1, err)
+	}
+	f.fetched.Add(int64(len(buf)))
+	for b := first; b < end; b++ {
+		bo, bl := f.r.BlobRange(b)
+		raw, err := f.r.DecodeBlob(uint32(b), buf[bo-off:bo-off+bl])
+		if err != nil {
+			return err // a corrupt blob is never delivered
+		}
+		if err := f.deliverBlob(uint32(b), raw); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (f *Fetcher) deliverBlob(b uint32, raw []byte) error {
+	ix := f.r.Index
+	for _, e := range f.users[b] {
+		c := ix.Chunks[e]
+		src := c
+		if c.Kind == overlay.KindSelf {
+			src = ix.Chunks[c.Self]
+		}
+		n := min(int64(ix.ChunkSize), ix.Images[src.Image].Size-src.Index*int64(ix.ChunkSize))
+		data := raw[src.Offset : src.Offset+n]
+		if chunk.Sum(data) != c.Digest {
+			return &overlay.CorruptError{Part: fmt.Sprintf("chunk %d of %s in blob %d", c.Index, ix.Images[c.Image].Name, b), Err: errors.New("digest mismatch")}
+		}
+		if err := f.fs.Deliver(ix.Images[c.Image].Name, c.Index, data); err != nil {
+			return err
+		}
+	}
+	f.mu.Lock()
+	f.state[b] = blobDone
+	f.left--
+	f.mu.Unlock()
+	f.finishIfDone()
+	return nil
+}
+
+// deliverBaseRefs delivers every chunk that equals a base chunk elsewhere, read from the local
+// base and checked against its digest.
+func (f *Fetcher) deliverBaseRefs(ctx context.Context) error {
+	ix := f.r.Index
+	for e, c := range ix.Chunks {
+		if c.Kind != overlay.KindBase {
+			continue
+		}
+		if err := ctx.Err(); err != nil {
+			return nil
+		}
+		data, err := f.r.Resolve(f.base, e)
+		if err != nil {
+			return err
+		}
+		if err := f.fs.Deliver(ix.Images[c.Image].Name, c.Index, data); err != nil {
+			return err
+		}
+	}
+	f.mu.Lock()
+	f.baseDone = true
+	f.mu.Unlock()
+	f.finishIfDone()
+	return nil
+}
+
+func (f *Fetcher) finishIfDone() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.left == 0 && f.baseDone && f.err == nil {
+		select {
+		case <-f.complete:
+		default:
+			close(f.complete)
+		}
+	}
+}
+
+func (f *Fetcher) fail(err error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.err == nil {
+		f.err = err
+		close(f.failed)
+		if f.cancel != nil {
+			f.cancel()
+		}
+	}
+}

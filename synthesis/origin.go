@@ -1,0 +1,257 @@
+package synthesis
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/cenkalti/backoff/v4"
+)
+
+// Origin is where an overlay's bytes come from: a local file or an HTTP(S) server that
+// answers range requests. ReadAt fills p completely or fails.
+type Origin interface {
+	ReadAt(ctx context.Context, p []byte, off int64) error
+	Size() int64
+	String() string
+	Close() error
+}
+
+// ErrChanged means the overlay behind a URL changed while it was read: its ETag or
+// Last-Modified no longer matches the first answer. Never retried: mixing two files' bytes is
+// what it prevents.
+var ErrChanged = errors.New("the overlay changed on the server while it was being read")
+
+// OpenOrigin opens a local file, or an http:// or https:// URL.
+func OpenOrigin(ctx context.Context, src string, opts HTTPOptions) (Origin, error) {
+	if strings.HasPrefix(src, "http://") || strings.HasPrefix(src, "https://") {
+		return NewHTTPOrigin(ctx, src, opts)
+	}
+	if strings.Contains(src, "://") {
+		return nil, fmt.Errorf("overlay source %q: want a file or an http(s) URL", src)
+	}
+	f, err := os.Open(src)
+	if err != nil {
+		return nil, fmt.Errorf("overlay: %w", err)
+	}
+	st, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("overlay: %w", err)
+	}
+	return &fileOrigin{f: f, size: st.Size()}, nil
+}
+
+type fileOrigin struct {
+	f    *os.File
+	size int64
+}
+
+func (o *fileOrigin) ReadAt(ctx context.Context, p []byte, off int64) error {
+	_, err := o.f.ReadAt(p, off)
+	if err != nil {
+		return fmt.Errorf("%s: read %d bytes at %d: %w", o.f.Name(), len(p), off, err)
+	}
+	return nil
+}
+func (o *fileOrigin) Size() int64    { return o.size }
+func (o *fileOrigin) String() string { return o.f.Name() }
+func (o *fileOrigin) Close() error   { return o.f.Close() }
+
+// HTTPOptions tune an HTTP origin.
+type HTTPOptions struct {
+	Client *http.Client // nil: a client with sane timeouts
+	// AttemptTimeout bounds one request; RetryFor bounds all retries of one range.
+	AttemptTimeout time.Duration
+	RetryFor       time.Duration
+}
+
+type httpOrigin struct {
+	url       string
+	client    *http.Client
+	size      int64
+	validator string // the ETag, or else Last-Modified, pinned at open
+	byETag    bool
+	opts      HTTPOptions
+}
+
+// NewHTTPOrigin asks the server for the overlay's size and validator. It needs a server that
+// answers range requests (any static server, S3 and presigned URLs do).
+func NewHTTPOrigin(ctx context.Context, rawURL string, opts HTTPOptions) (Origin, error) {
+	if _, err := url.ParseRequestURI(rawURL); err != nil {
+		return nil, fmt.Errorf("overlay URL %q: %w", rawURL, err)
+	}
+	if opts.Client == nil {
+		opts.Client = &http.Client{Transport: &http.Transport{Proxy: http.ProxyFromEnvironment, ResponseHeaderTimeout: 30 * time.Second, MaxIdleConnsPerHost: 8}}
+	}
+	if opts.AttemptTimeout == 0 {
+		opts.AttemptTimeout = 60 * time.Second
+	}
+	if opts.RetryFor == 0 {
+		opts.RetryFor = 2 * time.Minute
+	}
+	o := &httpOrigin{url: rawURL, client: opts.Client, opts: opts}
+	// A one-byte range request tells size, validator and range support in one round trip.
+	err := o.retry(ctx, "probe", func(actx context.Context) error {
+		req, err := http.NewRequestWithContext(actx, http.MethodGet, rawURL, nil)
+		if err != nil {
+			return backoff.Permanent(err)
+		}
+		req.Header.Set("Range", "bytes=0-0")
+		resp, err := o.client.Do(req)
+		if err != nil {
+			return err
+		}
+		defer resp.Body.Close()
+		io.Copy(io.Discard, io.LimitReader(resp.Body, 1<<10))
+		if err := statusError(resp); err != nil {
+			return err
+		}
+		if resp.StatusCode != http.StatusPartialContent {
+			return backoff.Permanent(fmt.Errorf("%s does not answer range requests (status %s)", rawURL, resp.Status))
+		}
+		size, err := totalSize(resp.Header.Get("Content-Range"))
+		if err != nil {
+			return backoff.Permanent(fmt.Errorf("%s: %w", rawURL, err))
+		}
+		o.size = size
+		if et := resp.Header.Get("ETag"); et != "" && !strings.HasPrefix(et, "W/") {
+			o.validator, o.byETag = et, true
+		} else {
+			o.validator = resp.Header.Get("Last-Modified")
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return o, nil
+}
+
+func (o *httpOrigin) Size() int64    { return o.size }
+func (o *httpOrigin) String() string { return o.url }
+func (o *httpOrigin) Close() error   { o.client.CloseIdleConnections(); return nil }
+
+// ReadAt fetches [off, off+len(p)) with range requests. A dropped connection resumes from the
+// last byte received; server errors and timeouts are retried with backoff for RetryFor.
+func (o *httpOrigin) ReadAt(ctx context.Context, p []byte, off int64) error {
+	done := 0
+	return o.retry(ctx, fmt.Sprintf("range %d+%d", off, len(p)), func(actx context.Context) error {
+		req, err := http.NewRequestWithContext(actx, http.MethodGet, o.url, nil)
+		if err != nil {
+			return backoff.Permanent(err)
+		}
+		start := off + int64(done)
+		req.Header.Set("Range", fmt.Sprintf("bytes=%d-%d", start, off+int64(len(p))-1))
+		if o.byETag {
+			req.Header.Set("If-Match", o.validator)
+		} else if o.validator != "" {
+			req.Header.Set("If-Unmodified-Since", o.validator)
+		}
+		resp, err := o.client.Do(req)
+		if err != nil {
+			return err
+		}
+		defer resp.Body.Close()
+		if resp.StatusCode == http.StatusPreconditionFailed {
+			return backoff.Permanent(fmt.Errorf("%s: %w", o.url, ErrChanged))
+		}
+		if err := statusError(resp); err != nil {
+			return err
+		}
+		if resp.StatusCode != http.StatusPartialContent {
+			return backoff.Permanent(fmt.Errorf("%s: range request answered with %s", o.url, resp.Status))
+		}
+		// The validator is checked on every answer too: a server that ignores If-Match
+		// must not slip a new file in.
+		if o.byETag && resp.Header.Get("ETag") != o.validator || !o.byETag && o.validator != "" && resp.Header.Get("Last-Modified") != o.validator {
+			return backoff.Permanent(fmt.Errorf("%s: %w", o.url, ErrChanged))
+		}
+		if got := resp.Header.Get("Content-Range"); !strings.HasPrefix(got, fmt.Sprintf("bytes %d-", start)) {
+			return backoff.Permanent(fmt.Errorf("%s: asked for bytes from %d, got %q", o.url, start, got))
+		}
+		n, err := io.ReadFull(resp.Body, p[done:])
+		done += n
+		return err // a short body resumes at done
+	})
+}
+
+// retry runs op until it succeeds, fails permanently, or RetryFor passes; each attempt gets
+// AttemptTimeout.
+func (o *httpOrigin) retry(ctx context.Context, what string, op func(context.Context) error) error {
+	b := backoff.NewExponentialBackOff()
+	b.InitialInterval = 50 * time.Millisecond
+	b.MaxInterval = 5 * time.Second
+	b.MaxElapsedTime = o.opts.RetryFor
+	attempts := 0
+	err := backoff.Retry(func() error {
+		attempts++
+		actx, cancel := context.WithTimeout(ctx, o.opts.AttemptTimeout)
+		defer cancel()
+		err := op(actx)
+		if ctx.Err() != nil {
+			return backoff.Permanent(ctx.Err())
+		}
+		return err
+	}, backoff.WithContext(b, ctx))
+	if err != nil {
+		return fmt.Errorf("%s: %s: %w (after %d attempts)", o.url, what, err, attempts)
+	}
+	return nil
+}
+
+// StatusError is an HTTP answer that is not a success; 5xx and 429 are retried.
+type StatusError struct {
+	Status string
+	Code   int
+}
+
+func (e *StatusError) Error() string { return "server answered " + e.Status }
+
+func statusError(resp *http.Response) error {
+	if resp.StatusCode < 300 {
+		return nil
+	}
+	err := &StatusError{Status: resp.Status, Code: resp.StatusCode}
+	if resp.StatusCode >= 500 || resp.StatusCode == http.StatusTooManyRequests {
+		return err
+	}
+	return backoff.Permanent(err)
+}
+
+// totalSize reads the size from "bytes 0-0/12345".
+func totalSize(contentRange string) (int64, error) {
+	_, total, ok := strings.Cut(contentRange, "/")
+	n, err := strconv.ParseInt(total, 10, 64)
+	if !ok || err != nil || n <= 0 {
+		return 0, fmt.Errorf("no usable size in Content-Range %q", contentRange)
+	}
+	return n, nil
+}
+
+// readerAt adapts an Origin to io.ReaderAt for overlay.Open, under one context.
+type readerAt struct {
+	ctx context.Context
+	o   Origin
+}
+
+func (r readerAt) ReadAt(p []byte, off int64) (int, error) {
+	if off >= r.o.Size() {
+		return 0, io.EOF
+	}
+	n := min(int64(len(p)), r.o.Size()-off)
+	if err := r.o.ReadAt(r.ctx, p[:n], off); err != nil {
+		return 0, err
+	}
+	if n < int64(len(p)) {
+		return int(n), io.EOF
+	}
+	return int(n), nil
+}

@@ -1,0 +1,129 @@
+package synthesis
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"math/rand"
+	"net"
+	"strings"
+	"testing"
+	"time"
+)
+
+func testData(n int) []byte {
+	b := make([]byte, n)
+	rand.New(rand.NewSource(1)).Read(b)
+	return b
+}
+
+func TestHTTPOriginRanges(t *testing.T) {
+	data := testData(3 << 20)
+	s := NewShapedServer(data)
+	defer s.Close()
+	ctx := context.Background()
+	o, err := OpenOrigin(ctx, s.URL(), HTTPOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer o.Close()
+	if o.Size() != int64(len(data)) {
+		t.Fatalf("size %d, want %d", o.Size(), len(data))
+	}
+	tests := []struct{ off, n int64 }{{0, 1}, {100, 1 << 20}, {int64(len(data)) - 10, 10}}
+	for _, tc := range tests {
+		buf := make([]byte, tc.n)
+		if err := o.ReadAt(ctx, buf, tc.off); err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(buf, data[tc.off:tc.off+tc.n]) {
+			t.Fatalf("range %d+%d differs", tc.off, tc.n)
+		}
+	}
+}
+
+// TestHTTPOriginResumesDrops: three connections break mid-body; the read resumes from the
+// last byte and returns the right bytes.
+func TestHTTPOriginResumesDrops(t *testing.T) {
+	data := testData(1 << 20)
+	s := NewShapedServer(data)
+	defer s.Close()
+	ctx := context.Background()
+	o, err := OpenOrigin(ctx, s.URL(), HTTPOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.DropNext(3)
+	buf := make([]byte, 500000)
+	if err := o.ReadAt(ctx, buf, 1234); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(buf, data[1234:1234+500000]) {
+		t.Fatal("bytes differ after resumed drops")
+	}
+	if n := s.Requests.Load(); n != 5 { // probe + 3 broken + 1 whole
+		t.Fatalf("%d requests, want 5", n)
+	}
+}
+
+func TestHTTPOriginErrors(t *testing.T) {
+	data := testData(1 << 16)
+	ctx := context.Background()
+	t.Run("changed file", func(t *testing.T) {
+		s := NewShapedServer(data)
+		defer s.Close()
+		o, err := OpenOrigin(ctx, s.URL(), HTTPOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		s.ChangeBefore(2)
+		err = o.ReadAt(ctx, make([]byte, 100), 0)
+		if !errors.Is(err, ErrChanged) {
+			t.Fatalf("read of a changed file: %v", err)
+		}
+	})
+	t.Run("not found", func(t *testing.T) {
+		s := NewShapedServer(data)
+		defer s.Close()
+		_, err := OpenOrigin(ctx, s.Server.URL+"/nope", HTTPOptions{})
+		if err == nil || !strings.Contains(err.Error(), "404") {
+			t.Fatalf("404: %v", err)
+		}
+	})
+	t.Run("dead origin", func(t *testing.T) {
+		l, _ := net.Listen("tcp", "127.0.0.1:0")
+		addr := l.Addr().String()
+		l.Close()
+		start := time.Now()
+		_, err := OpenOrigin(ctx, "http://"+addr+"/x", HTTPOptions{RetryFor: 500 * time.Millisecond})
+		if err == nil || !strings.Contains(err.Error(), "refused") || time.Since(start) > 5*time.Second {
+			t.Fatalf("dead origin: %v after %v", err, time.Since(start))
+		}
+	})
+	t.Run("bad source", func(t *testing.T) {
+		for _, src := range []string{"ftp://x/y", "/nonexistent/overlay"} {
+			if _, err := OpenOrigin(ctx, src, HTTPOptions{}); err == nil {
+				t.Errorf("%s: no error", src)
+			}
+		}
+	})
+}
+
+func TestShapedServerPaces(t *testing.T) {
+	// The shaped server paces writes: 1 MB at 4 MB/s takes about a quarter second.
+	data := testData(1 << 20)
+	s := NewShapedServer(data)
+	defer s.Close()
+	s.Shape(0, 4<<20)
+	o, err := OpenOrigin(context.Background(), s.URL(), HTTPOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	if err := o.ReadAt(context.Background(), make([]byte, len(data)), 0); err != nil {
+		t.Fatal(err)
+	}
+	if d := time.Since(start); d < 200*time.Millisecond {
+		t.Fatalf("1 MiB at 4 MiB/s took %v", d)
+	}
+}

@@ -1,0 +1,229 @@
+// Package synthesis rebuilds a custom VM on this cloudlet from a base and an overlay, and
+// resumes it early: QEMU runs on cloudletfs while the overlay streams in behind it, with the
+// chunks the VM touches fetched first.
+//
+// Data flows one way: origin (file, HTTP range) → Fetcher (working set, demand misses first,
+// then prefetch order; blob and chunk digests checked) → cloudletfs (cache over the base) →
+// QEMU.
+package synthesis
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/cloudlet/cloudlet/base"
+	"github.com/cloudlet/cloudlet/cloudletfs"
+	"github.com/cloudlet/cloudlet/overlay"
+	"github.com/cloudlet/cloudlet/probe"
+	"github.com/cloudlet/cloudlet/vm"
+)
+
+// Options describe one synthesis.
+type Options struct {
+	Base   *base.Base
+	Source string // overlay file or URL
+	HTTP   HTTPOptions
+	Fetch  FetchOptions
+	// CacheDir holds the materialised images; reusing it after a crash continues where the
+	// last run stopped. MountDir is where cloudletfs is mounted.
+	CacheDir, MountDir string
+	// VM carries the run options (forwards, accelerator, logs).
+	VM vm.Options
+	// EarlyStart resumes the VM at once; without it, everything is fetched first (the
+	// Elijah baseline).
+	EarlyStart   bool
+	Probe        *probe.Probe
+	ProbeTimeout time.Duration
+	// ExitWhenComplete ends the run once the probe has answered and the overlay is
+	// complete, instead of running the VM until ctx ends.
+	ExitWhenComplete bool
+	// OnEvent receives each timeline event as it happens.
+	OnEvent func(Event)
+}
+
+// Event is a point on the synthesis timeline.
+type Event struct {
+	Name    string  `json:"event"` // index, resumed, first_answer, complete
+	Seconds float64 `json:"t_s"`   // since the start
+	Bytes   int64   `json:"bytes_fetched"`
+	Detail  string  `json:"detail,omitempty"`
+}
+
+// Timeline is every event of a run, by name.
+type Timeline map[string]Event
+
+// Run synthesises and runs the VM until ctx ends, the VM stops, the fetch fails, or (with
+// ExitWhenComplete) the work is done. A failed fetch pauses the VM and returns the reason:
+// the guest never runs on bytes that were not verified.
+func Run(ctx context.Context, o Options) (Timeline, error) {
+	start := time.Now()
+	tl := Timeline{}
+	var mu sync.Mutex
+	var fetcher *Fetcher
+	emit := func(name, detail string) {
+		var bytes int64
+		if fetcher != nil {
+			bytes = fetcher.BytesFetched()
+		}
+		e := Event{Name: name, Seconds: time.Since(start).Seconds(), Bytes: bytes, Detail: detail}
+		mu.Lock()
+		tl[name] = e
+		mu.Unlock()
+		if o.OnEvent != nil {
+			o.OnEvent(e)
+		}
+	}
+
+	origin, err := OpenOrigin(ctx, o.Source, o.HTTP)
+	if err != nil {
+		return tl, err
+	}
+	defer origin.Close()
+	r, err := overlay.Open(readerAt{ctx, origin}, origin.Size())
+	if err != nil {
+		return tl, fmt.Errorf("%s: %w", origin, err)
+	}
+	defer r.Close()
+	if err := checkOverlay(r, o.Base); err != nil {
+		return tl, err
+	}
+	dev, err := r.Devstate()
+	if err != nil {
+		return tl, fmt.Errorf("%s: %w", origin, err)
+	}
+	if err := os.MkdirAll(o.CacheDir, 0o755); err != nil {
+		return tl, err
+	}
+	devPath := filepath.Join(o.CacheDir, "devstate")
+	if err := os.WriteFile(devPath, dev, 0o644); err != nil {
+		return tl, err
+	}
+	baseImgs, closeBase, err := o.Base.OpenImages()
+	if err != nil {
+		return tl, err
+	}
+	defer closeBase()
+	fetcher = NewFetcher(r, origin, baseImgs, o.Fetch)
+	emit("index", fmt.Sprintf("overlay %s, %d blobs", r.ID()[:12], len(r.Index.Blobs)))
+
+	plans := Plans(r.Index)
+	b := o.Base
+	fsys, err := cloudletfs.Open(cloudletfs.Config{
+		Dir:             o.CacheDir,
+		Identity:        "synthesis " + r.ID(),
+		DiscardModified: true,
+		Demander:        fetcher,
+		Images: []cloudletfs.ImageConfig{
+			{Name: "disk", Size: r.Index.Images[0].Size, Base: b.Path(base.DiskFile), Plan: plans[0]},
+			{Name: "memory", Size: r.Index.Images[1].Size, Base: b.Path(base.MemoryFile), Plan: plans[1]},
+		},
+	})
+	if err != nil {
+		return tl, err
+	}
+	defer fsys.Close()
+	if err := os.MkdirAll(o.MountDir, 0o755); err != nil {
+		return tl, err
+	}
+	mnt, err := fsys.Mount(o.MountDir, cloudletfs.MountOptions{})
+	if err != nil {
+		return tl, err
+	}
+	defer mnt.Unmount()
+	fetcher.Start(ctx, fsys)
+	defer fetcher.Close()
+
+	if !o.EarlyStart {
+		select {
+		case <-fetcher.Complete():
+			emit("complete", "")
+		case <-fetcher.Failed():
+			return tl, fmt.Errorf("fetch overlay: %w", fetcher.Err())
+		case <-ctx.Done():
+			return tl, ctx.Err()
+		}
+	}
+
+	opts := o.VM
+	bo := b.VMOptions()
+	opts.Config, opts.Kernel, opts.Initrd = bo.Config, bo.Kernel, bo.Initrd
+	opts.Disk = vm.Disk{Path: filepath.Join(mnt.Dir, "disk/image")}
+	opts.Memory = vm.Memory{Path: filepath.Join(mnt.Dir, "memory/image"), Share: false}
+	v, err := vm.Resume(ctx, opts, devPath)
+	if err != nil {
+		if fetcher.Err() != nil {
+			return tl, fmt.Errorf("fetch overlay: %w", fetcher.Err())
+		}
+		return tl, err
+	}
+	defer v.Stop(context.WithoutCancel(ctx))
+	emit("resumed", fmt.Sprintf("QEMU pid %d, %s", v.PID(), v.Accel()))
+
+	answered := make(chan error, 1)
+	if o.Probe != nil {
+		go func() {
+			pctx, cancel := context.WithTimeout(ctx, o.ProbeTimeout)
+			defer cancel()
+			answered <- o.Probe.Wait(pctx, v.Console())
+		}()
+	}
+	complete, gotAnswer := !o.EarlyStart, o.Probe == nil
+	completeCh := fetcher.Complete()
+	if complete {
+		completeCh = nil
+	}
+	for {
+		if o.ExitWhenComplete && complete && gotAnswer {
+			return tl, nil
+		}
+		select {
+		case <-completeCh:
+			complete, completeCh = true, nil
+			emit("complete", "")
+		case err := <-answered:
+			if err != nil {
+				return tl, fmt.Errorf("no answer from the VM: %w", err)
+			}
+			gotAnswer = true
+			emit("first_answer", o.Probe.String())
+		case <-fetcher.Failed():
+			perr := v.Pause(context.WithoutCancel(ctx))
+			return tl, errors.Join(fmt.Errorf("fetch overlay: %w; the VM was paused", fetcher.Err()), perr)
+		case <-v.Done():
+			if v.Err() != nil {
+				return tl, fmt.Errorf("the VM stopped: %w", v.Err())
+			}
+			return tl, nil
+		case <-ctx.Done():
+			return tl, nil
+		}
+	}
+}
+
+// checkOverlay refuses an overlay made on another base or for other images.
+func checkOverlay(r *overlay.Reader, b *base.Base) error {
+	if err := r.CheckBase(b.ID); err != nil {
+		return err
+	}
+	ix := r.Index
+	if len(ix.Images) != 2 || ix.Images[0].Name != "disk" || ix.Images[1].Name != "memory" ||
+		ix.Images[0].Size != b.Manifest.Files[base.DiskFile].Size || ix.Images[1].Size != b.Manifest.Files[base.MemoryFile].Size {
+		return fmt.Errorf("overlay %s: its images do not match base %s's disk and memory", r.ID()[:12], b.ID)
+	}
+	var cfg vm.Config
+	if err := json.Unmarshal(ix.Config, &cfg); err != nil {
+		return fmt.Errorf("overlay %s: VM config: %w", r.ID()[:12], err)
+	}
+	want, _ := json.Marshal(b.Manifest.VM)
+	got, _ := json.Marshal(cfg)
+	if string(want) != string(got) {
+		return fmt.Errorf("overlay %s: VM config %s differs from the base's %s", r.ID()[:12], got, want)
+	}
+	return nil
+}

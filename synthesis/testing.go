@@ -1,0 +1,141 @@
+package synthesis
+
+import (
+	"bytes"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// ShapedServer is a loopback HTTP origin for tests and benchmarks: it serves one file with
+// range requests and an ETag, and can emulate a link (latency per request, bandwidth) and
+// faults (dropped connections, a changed file, a corrupted byte). Counters tell what was
+// asked.
+type ShapedServer struct {
+	*httptest.Server
+
+	mu        sync.Mutex
+	data      []byte
+	etag      string
+	latency   time.Duration // added before each answer (one RTT)
+	bytesPerS int64         // 0: unlimited
+	drops     int           // connections still to drop mid-answer
+	changeAt  int           // change the file before request number changeAt (0: never)
+
+	Requests atomic.Int64
+	Bytes    atomic.Int64
+}
+
+// NewShapedServer serves data at /overlay.
+func NewShapedServer(data []byte) *ShapedServer {
+	s := &ShapedServer{data: data, etag: `"v1"`}
+	s.Server = httptest.NewServer(http.HandlerFunc(s.serve))
+	return s
+}
+
+// URL of the overlay.
+func (s *ShapedServer) URL() string { return s.Server.URL + "/overlay" }
+
+// Shape sets the emulated link: latency per request (an RTT) and bandwidth.
+func (s *ShapedServer) Shape(latency time.Duration, bytesPerSecond int64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.latency, s.bytesPerS = latency, bytesPerSecond
+}
+
+// DropNext makes the next n answers break off after part of their body.
+func (s *ShapedServer) DropNext(n int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.drops = n
+}
+
+// ChangeBefore replaces the file (new content, new ETag) just before request number n.
+func (s *ShapedServer) ChangeBefore(n int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.changeAt = n
+}
+
+func (s *ShapedServer) serve(w http.ResponseWriter, r *http.Request) {
+	n := int(s.Requests.Add(1))
+	s.mu.Lock()
+	if s.changeAt > 0 && n >= s.changeAt && s.etag == `"v1"` {
+		s.data = append(bytes.Clone(s.data), "changed"...)
+		s.etag = `"v2"`
+	}
+	data, etag, latency, bw := s.data, s.etag, s.latency, s.bytesPerS
+	drop := s.drops > 0 && r.Header.Get("Range") != "bytes=0-0"
+	if drop {
+		s.drops--
+	}
+	s.mu.Unlock()
+	if r.URL.Path != "/overlay" {
+		http.NotFound(w, r)
+		return
+	}
+	time.Sleep(latency)
+	w.Header().Set("ETag", etag)
+	var out http.ResponseWriter = w
+	if bw > 0 || drop {
+		out = &shapedWriter{ResponseWriter: w, bytesPerS: bw, dropAfter: map[bool]int{true: 1000, false: -1}[drop], s: s}
+	} else {
+		out = &countingWriter{ResponseWriter: w, s: s}
+	}
+	http.ServeContent(out, r, "overlay", time.Unix(0, 0), bytes.NewReader(data))
+}
+
+type countingWriter struct {
+	http.ResponseWriter
+	s *ShapedServer
+}
+
+func (c *countingWriter) Write(p []byte) (int, error) {
+	c.s.Bytes.Add(int64(len(p)))
+	return c.ResponseWriter.Write(p)
+}
+
+// shapedWriter paces writes to a bandwidth and can break the connection after some bytes.
+type shapedWriter struct {
+	http.ResponseWriter
+	bytesPerS int64
+	dropAfter int // -1: never
+	written   int
+	s         *ShapedServer
+}
+
+func (w *shapedWriter) Write(p []byte) (int, error) {
+	total := 0
+	for len(p) > 0 {
+		n := min(len(p), 16<<10)
+		if w.dropAfter >= 0 && w.written+n > w.dropAfter {
+			if f, ok := w.ResponseWriter.(http.Flusher); ok {
+				w.ResponseWriter.Write(p[:w.dropAfter-w.written])
+				f.Flush()
+			}
+			panic(http.ErrAbortHandler) // closes the connection mid-body
+		}
+		if w.bytesPerS > 0 {
+			time.Sleep(time.Duration(float64(n) / float64(w.bytesPerS) * float64(time.Second)))
+		}
+		m, err := w.ResponseWriter.Write(p[:n])
+		w.written += m
+		total += m
+		w.s.Bytes.Add(int64(m))
+		if err != nil {
+			return total, err
+		}
+		p = p[n:]
+	}
+	return total, nil
+}
+
+// String describes the server's shape for logs.
+func (s *ShapedServer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return fmt.Sprintf("%s (latency %v, %d B/s)", s.URL(), s.latency, s.bytesPerS)
+}
