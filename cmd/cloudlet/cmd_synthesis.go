@@ -29,6 +29,7 @@ func synthesisCommand() *cli.Command {
 			&cli.StringFlag{Name: "cache", Usage: "cache directory, kept (default: a temporary one, removed at the end)"},
 			&cli.StringFlag{Name: "bandwidth", Usage: "cap on the fetch rate, e.g. 38Mbit, 5MB (per second)"},
 			&cli.IntFlag{Name: "concurrency", Value: 4, Usage: "range requests in flight"},
+			&cli.DurationFlag{Name: "retry-for", Value: 2 * time.Minute, Usage: "how long to retry a failing origin before giving up"},
 			&cli.BoolFlag{Name: "exit-when-complete", Usage: "stop the VM and exit once the probe answered and the overlay is complete"},
 		}, runFlags()...),
 		Action: func(c *cli.Context) error {
@@ -70,7 +71,7 @@ func runSynthesis(c *cli.Context) error {
 	}
 	src := c.Args().Get(1)
 	o := synthesis.Options{
-		Base: b, Source: src, CacheDir: cache, MountDir: work.Path("mnt"),
+		Base: b, Source: src, CacheDir: cache, MountDir: work.Path("mnt"), HTTP: synthesis.HTTPOptions{RetryFor: c.Duration("retry-for")},
 		Fetch:      synthesis.FetchOptions{Concurrency: c.Int("concurrency"), BytesPerSecond: bw},
 		EarlyStart: !c.Bool("no-early-start"), Probe: pr, ProbeTimeout: c.Duration("probe-timeout"),
 		ExitWhenComplete: c.Bool("exit-when-complete"),

@@ -124,7 +124,15 @@ func TestBaseEndToEnd(t *testing.T) {
 		t.Fatalf("resume changed the base:\nbefore %v\nafter  %v", before, after)
 	}
 	t.Run("mount", func(t *testing.T) { testMount(t, ctx, home, id) })
-	t.Run("overlay", func(t *testing.T) { testOverlay(t, ctx, home, id) })
+	var overlayFile, applied string
+	overlayDir := t.TempDir()
+	t.Run("overlay", func(t *testing.T) { overlayFile, applied = testOverlay(t, ctx, home, id, overlayDir) })
+	t.Run("synthesis", func(t *testing.T) {
+		if overlayFile == "" {
+			t.Skip("no overlay: the overlay test failed")
+		}
+		testSynthesis(t, ctx, home, id, overlayFile, applied)
+	})
 	if after := fileDigests(t, baseDir); fmt.Sprint(after) != fmt.Sprint(before) {
 		t.Fatal("mount changed the base")
 	}

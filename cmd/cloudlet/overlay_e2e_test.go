@@ -18,9 +18,10 @@ import (
 // testOverlay captures a customisation of the base (a new page, and a second HTTP app on
 // another port), applies the overlay offline, checks the result byte for byte against the
 // customised VM's images, and resumes it: the custom app answers.
-func testOverlay(t *testing.T, ctx context.Context, home, id string) {
-	dir := t.TempDir()
-	file, saved, applied := filepath.Join(dir, "app.overlay"), filepath.Join(dir, "saved"), filepath.Join(dir, "applied")
+// Its files go to dir, which outlives the subtest.
+func testOverlay(t *testing.T, ctx context.Context, home, id, dir string) (file, applied string) {
+	saved := filepath.Join(dir, "saved")
+	file, applied = filepath.Join(dir, "app.overlay"), filepath.Join(dir, "applied")
 	p80, p8080 := testguest.FreePort(t), testguest.FreePort(t)
 	r := run(t, ctx, home, "overlay", "create", id,
 		"--exec", "mkdir -p /www2 && echo custom-app > /www2/index.html",
@@ -99,6 +100,7 @@ func testOverlay(t *testing.T, ctx context.Context, home, id string) {
 	if r := run(t, ctx, home, "overlay", "verify", filepath.Join(dir, "damaged.overlay"), "--base", id); r.code == 0 || !strings.Contains(r.stderr, "digest") {
 		t.Fatalf("verify of a damaged overlay: %s", r.stderr)
 	}
+	return file, applied
 }
 
 func mustStore(t *testing.T, home string) *base.Store {
