@@ -112,6 +112,18 @@ func (r *Reader) dataEnd() int64 {
 	return end
 }
 
+// Prefix returns the bytes at [off, off+n) if Open's first read already holds them: the first
+// blobs (the working set) often arrive with the index.
+func (r *Reader) Prefix(off, n int64) ([]byte, bool) {
+	if off+n > int64(len(r.prefix)) {
+		return nil, false
+	}
+	return r.prefix[off : off+n], true
+}
+
+// PrefixLen is how many bytes Open read first.
+func (r *Reader) PrefixLen() int64 { return int64(len(r.prefix)) }
+
 // BlobRange is where blob i lies in the file.
 func (r *Reader) BlobRange(i int) (off, n int64) {
 	b := r.Index.Blobs[i]

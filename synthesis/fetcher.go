@@ -24,8 +24,9 @@ type FetchOptions struct {
 }
 
 // backgroundRun is the most a background range request asks for: several blobs in one
-// request amortise a high RTT, while a demand miss still finds a free worker soon.
-const backgroundRun = 4 << 20
+// request amortise a high RTT. Only one background request runs at a time, so demand
+// misses always find a free worker and share the link with just that one stream.
+const backgroundRun = 2 << 20
 
 const (
 	blobWaiting = iota
@@ -53,6 +54,7 @@ type Fetcher struct {
 	state    []uint8  // guarded by mu: per blob
 	urgent   []uint32 // guarded by mu: demanded blobs, oldest first
 	next     int      // guarded by mu: next blob in background order
+	bgBusy   bool     // guarded by mu: a background run is in flight
 	left     int      // guarded by mu: blobs not done
 	baseDone bool     // guarded by mu: base references delivered
 	wake     chan struct{}
@@ -111,6 +113,7 @@ func Plans(ix *overlay.Index) [][]cloudletfs.State {
 // an earlier run) are not fetched again.
 func (f *Fetcher) Start(ctx context.Context, fs *cloudletfs.FS) {
 	f.fs = fs
+	f.fetched.Add(f.r.PrefixLen()) // the index read, which may carry the first blobs
 	ix := f.r.Index
 	f.mu.Lock()
 	for b, users := range f.users {
@@ -203,22 +206,35 @@ func (f *Fetcher) signal() {
 
 // pick chooses the next run of blobs to fetch: a demanded blob alone, else the working set
 // as one run, else up to backgroundRun bytes of waiting blobs in order.
-func (f *Fetcher) pickLocked() (first, end int, ok bool) {
+func (f *Fetcher) pickLocked() (first, end int, background, ok bool) {
 	for len(f.urgent) > 0 {
 		b := int(f.urgent[0])
 		f.urgent = f.urgent[1:]
 		if f.state[b] == blobWaiting {
-			return b, b + 1, true
+			return b, b + 1, false, true
 		}
+	}
+	if f.bgBusy {
+		return 0, 0, false, false
 	}
 	for f.next < len(f.state) && f.state[f.next] != blobWaiting {
 		f.next++
 	}
 	if f.next == len(f.state) {
-		return 0, 0, false
+		return 0, 0, false, false
 	}
 	first, end = f.next, f.next+1
 	ws := int(f.r.Index.WorkingSetBlobs)
+	if off, n := f.r.BlobRange(first); off+n <= f.r.PrefixLen() {
+		// Blobs that came with the index: deliver them all now, no request needed.
+		for end < len(f.state) && f.state[end] == blobWaiting {
+			if o, l := f.r.BlobRange(end); o+l > f.r.PrefixLen() {
+				break
+			}
+			end++
+		}
+		return first, end, true, true
+	}
 	var size int64
 	for end < len(f.state) && f.state[end] == blobWaiting {
 		size += f.r.Index.Blobs[end-1].Length
@@ -227,19 +243,24 @@ func (f *Fetcher) pickLocked() (first, end int, ok bool) {
 		}
 		end++
 	}
-	return first, end, true
+	return first, end, true, true
 }
 
 func (f *Fetcher) worker(ctx context.Context) {
 	for {
 		f.mu.Lock()
-		first, end, ok := f.pickLocked()
+		first, end, background, ok := f.pickLocked()
 		if ok {
 			for b := first; b < end; b++ {
 				f.state[b] = blobInFlight
 			}
+			f.bgBusy = f.bgBusy || background
 		}
+		more := len(f.urgent) > 0
 		f.mu.Unlock()
+		if more {
+			f.signal() // wake another idle worker for the next demand
+		}
 		if !ok {
 			select {
 			case <-ctx.Done():
@@ -250,7 +271,14 @@ func (f *Fetcher) worker(ctx context.Context) {
 				continue
 			}
 		}
-		if err := f.fetchRun(ctx, first, end); err != nil {
+		err := f.fetchRun(ctx, first, end)
+		if background {
+			f.mu.Lock()
+			f.bgBusy = false
+			f.mu.Unlock()
+			f.signal()
+		}
+		if err != nil {
 			if ctx.Err() == nil {
 				f.fail(err)
 			}
@@ -263,6 +291,9 @@ func (f *Fetcher) worker(ctx context.Context) {
 func (f *Fetcher) fetchRun(ctx context.Context, first, end int) error {
 	off, _ := f.r.BlobRange(first)
 	lastOff, lastLen := f.r.BlobRange(end - 1)
+	if buf, ok := f.r.Prefix(off, lastOff+lastLen-off); ok {
+		return f.deliverRun(first, end, off, buf)
+	}
 	buf := make([]byte, lastOff+lastLen-off)
 	if f.limit != nil {
 		for n := len(buf); n > 0; n -= f.limit.Burst() {
@@ -275,6 +306,12 @@ func (f *Fetcher) fetchRun(ctx context.Context, first, end int) error {
 		return fmt.Errorf("fetch blobs %d-%d: %w", first, end-1, err)
 	}
 	f.fetched.Add(int64(len(buf)))
+	return f.deliverRun(first, end, off, buf)
+}
+
+// deliverRun verifies and delivers blobs [first, end) held in buf, which starts at file
+// offset off.
+func (f *Fetcher) deliverRun(first, end int, off int64, buf []byte) error {
 	for b := first; b < end; b++ {
 		bo, bl := f.r.BlobRange(b)
 		raw, err := f.r.DecodeBlob(uint32(b), buf[bo-off:bo-off+bl])

@@ -2,12 +2,15 @@ package synthesis
 
 import (
 	"bytes"
+	"context"
 	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"golang.org/x/time/rate"
 )
 
 // ShapedServer is a loopback HTTP origin for tests and benchmarks: it serves one file with
@@ -22,6 +25,7 @@ type ShapedServer struct {
 	etag      string
 	latency   time.Duration // added before each answer (one RTT)
 	bytesPerS int64         // 0: unlimited
+	link      *rate.Limiter // shared by all connections, like one real link
 	drops     int           // connections still to drop mid-answer
 	changeAt  int           // change the file before request number changeAt (0: never)
 
@@ -44,6 +48,10 @@ func (s *ShapedServer) Shape(latency time.Duration, bytesPerSecond int64) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.latency, s.bytesPerS = latency, bytesPerSecond
+	s.link = nil
+	if bytesPerSecond > 0 {
+		s.link = rate.NewLimiter(rate.Limit(bytesPerSecond), 16<<10)
+	}
 }
 
 // DropNext makes the next n answers break off after part of their body.
@@ -67,7 +75,7 @@ func (s *ShapedServer) serve(w http.ResponseWriter, r *http.Request) {
 		s.data = append(bytes.Clone(s.data), "changed"...)
 		s.etag = `"v2"`
 	}
-	data, etag, latency, bw := s.data, s.etag, s.latency, s.bytesPerS
+	data, etag, latency, link := s.data, s.etag, s.latency, s.link
 	drop := s.drops > 0 && r.Header.Get("Range") != "bytes=0-0"
 	if drop {
 		s.drops--
@@ -80,8 +88,8 @@ func (s *ShapedServer) serve(w http.ResponseWriter, r *http.Request) {
 	time.Sleep(latency)
 	w.Header().Set("ETag", etag)
 	var out http.ResponseWriter = w
-	if bw > 0 || drop {
-		out = &shapedWriter{ResponseWriter: w, bytesPerS: bw, dropAfter: map[bool]int{true: 1000, false: -1}[drop], s: s}
+	if link != nil || drop {
+		out = &shapedWriter{ResponseWriter: w, link: link, dropAfter: map[bool]int{true: 1000, false: -1}[drop], s: s, ctx: r.Context()}
 	} else {
 		out = &countingWriter{ResponseWriter: w, s: s}
 	}
@@ -98,13 +106,15 @@ func (c *countingWriter) Write(p []byte) (int, error) {
 	return c.ResponseWriter.Write(p)
 }
 
-// shapedWriter paces writes to a bandwidth and can break the connection after some bytes.
+// shapedWriter paces writes through the shared link and can break the connection after
+// some bytes.
 type shapedWriter struct {
 	http.ResponseWriter
-	bytesPerS int64
+	link      *rate.Limiter
 	dropAfter int // -1: never
 	written   int
 	s         *ShapedServer
+	ctx       context.Context
 }
 
 func (w *shapedWriter) Write(p []byte) (int, error) {
@@ -118,8 +128,10 @@ func (w *shapedWriter) Write(p []byte) (int, error) {
 			}
 			panic(http.ErrAbortHandler) // closes the connection mid-body
 		}
-		if w.bytesPerS > 0 {
-			time.Sleep(time.Duration(float64(n) / float64(w.bytesPerS) * float64(time.Second)))
+		if w.link != nil {
+			if err := w.link.WaitN(w.ctx, n); err != nil {
+				return total, err
+			}
 		}
 		m, err := w.ResponseWriter.Write(p[:n])
 		w.written += m

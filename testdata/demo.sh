@@ -1,30 +1,57 @@
 #!/usr/bin/env bash
-# The demo: make a base from the test guest, resume it, and show the time to its first HTTP
-# answer. usage: demo.sh CLOUDLET GUESTDIR HOME
+# The demo: guest → base → overlay (an app added with --exec) → synthesis from a local HTTP
+# origin behind an emulated 38 Mbit/s, 20 ms link, with early start and without.
+# usage: demo.sh CLOUDLET GUESTDIR HOME
 set -euo pipefail
 cloudlet=$1 guest=$2 home=$3
 export CLOUDLET_HOME=$home
+work=$(mktemp -d)
+pids=()
+cleanup() {
+	for p in "${pids[@]}"; do kill -INT "$p" 2>/dev/null || true; done
+	wait 2>/dev/null || true
+	rm -rf "$work"
+}
+trap cleanup EXIT
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])' 2>/dev/null || echo $((20000 + RANDOM % 20000)); }
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 port=$(free_port)
-echo "== cloudlet base create (boots the test guest, waits for HTTP, snapshots it)"
+echo "== 1. cloudlet base create: boot the test guest, wait for its HTTP server, snapshot it"
 id=$("$cloudlet" base create --disk "$guest/rootfs.img" --kernel "$guest/vmlinuz" --initrd "$guest/initrd.img" \
 	--memory 256M --name demo --ready "http://127.0.0.1:$port/" --hostfwd "tcp:127.0.0.1:$port-:80" | tail -n1)
 echo "base ID: $id"
-"$cloudlet" base list
 
-port=$(free_port)
 echo
-echo "== cloudlet base resume (from the snapshot: running, not booting)"
-out=$(mktemp)
-"$cloudlet" base resume "$id" --hostfwd "tcp:127.0.0.1:$port-:80" --probe "http://127.0.0.1:$port/cgi-bin/hello" >"$out" &
-pid=$!
-trap 'kill -INT $pid 2>/dev/null; wait $pid 2>/dev/null; rm -f "$out"' EXIT
-for _ in $(seq 1 600); do
-	grep -q 'first answer' "$out" && break
-	kill -0 $pid 2>/dev/null || { echo "resume failed"; exit 1; }
-	sleep 0.1
+echo "== 2. cloudlet overlay create: add an app (HTTP on port 8080) and 24 MiB of app state in RAM"
+p80=$(free_port) p8080=$(free_port)
+"$cloudlet" overlay create "$id" \
+	--exec 'mkdir -p /www2 && echo "hello from the custom app" > /www2/index.html' \
+	--exec 'dd if=/dev/urandom of=/dev/shm/app-state bs=1M count=24 2>/dev/null' \
+	--exec 'httpd -p 8080 -h /www2' \
+	--hostfwd "tcp:127.0.0.1:$p80-:80" --hostfwd "tcp:127.0.0.1:$p8080-:8080" --ready "http://127.0.0.1:$p8080/" \
+	-o "$work/app.overlay" >/dev/null
+"$cloudlet" overlay info "$work/app.overlay"
+
+echo
+echo "== 3. an origin serving the overlay over an emulated 38 Mbit/s link with 20 ms RTT"
+go build -o "$work/origin" ./bench/origin
+"$work/origin" -file "$work/app.overlay" -rtt 20ms -bandwidth 38Mbit >"$work/origin.url" 2>/dev/null &
+pids+=($!)
+for _ in $(seq 1 50); do [[ -s $work/origin.url ]] && break; sleep 0.1; done
+url=$(head -n1 "$work/origin.url")
+echo "origin: $url"
+
+ttfr() { sed -n 's/^ *\([0-9.]*\)s  first_answer.*/\1/p' "$1"; }
+for mode in early-start no-early-start; do
+	echo
+	echo "== 4. cloudlet synthesis ($mode)"
+	port=$(free_port)
+	flags=()
+	[[ $mode == no-early-start ]] && flags=(--no-early-start)
+	"$cloudlet" synthesis "$id" "$url" "${flags[@]}" --hostfwd "tcp:127.0.0.1:$port-:8080" \
+		--probe "http://127.0.0.1:$port/" --exit-when-complete 2>/dev/null | tee "$work/$mode.txt"
 done
-echo "guest says: $(curl -fsS "http://127.0.0.1:$port/cgi-bin/hello" | head -n1)"
-echo "TTFR (resume to first HTTP answer): $(sed -n 's/^first answer after \([0-9.]*s\).*/\1/p' "$out")"
+echo
+echo "TTFR with early start:    $(ttfr "$work/early-start.txt")s"
+echo "TTFR without early start: $(ttfr "$work/no-early-start.txt")s"
