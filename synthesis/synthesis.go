@@ -45,6 +45,10 @@ type Options struct {
 	ExitWhenComplete bool
 	// OnEvent receives each timeline event as it happens.
 	OnEvent func(Event)
+	// OnTrace, if set, receives cloudletfs's access trace ProfileTail after the probe's first
+	// answer (for working-set profiling).
+	OnTrace     func(cloudletfs.Trace)
+	ProfileTail time.Duration
 }
 
 // Event is a point on the synthesis timeline.
@@ -173,6 +177,7 @@ func Run(ctx context.Context, o Options) (Timeline, error) {
 			answered <- o.Probe.Wait(pctx, v.Console())
 		}()
 	}
+	var traceTimer <-chan time.Time
 	complete, gotAnswer := !o.EarlyStart, o.Probe == nil
 	completeCh := fetcher.Complete()
 	if complete {
@@ -192,6 +197,12 @@ func Run(ctx context.Context, o Options) (Timeline, error) {
 			}
 			gotAnswer = true
 			emit("first_answer", o.Probe.String())
+			if o.OnTrace != nil {
+				traceTimer = time.After(o.ProfileTail)
+			}
+		case <-traceTimer:
+			traceTimer = nil
+			o.OnTrace(fsys.Trace())
 		case <-fetcher.Failed():
 			perr := v.Pause(context.WithoutCancel(ctx))
 			return tl, errors.Join(fmt.Errorf("fetch overlay: %w; the VM was paused", fetcher.Err()), perr)

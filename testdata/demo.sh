@@ -34,24 +34,37 @@ p80=$(free_port) p8080=$(free_port)
 "$cloudlet" overlay info "$work/app.overlay"
 
 echo
-echo "== 3. an origin serving the overlay over an emulated 38 Mbit/s link with 20 ms RTT"
+echo "== 3. cloudlet overlay profile: record what the app touches until it answers, fetch that first"
+port=$(free_port)
+"$cloudlet" overlay profile "$work/app.overlay" --base "$id" -o "$work/app.profiled.overlay" \
+	--hostfwd "tcp:127.0.0.1:$port-:8080" --probe "http://127.0.0.1:$port/" >/dev/null
+
+echo
+echo "== 4. origins serving the overlays over an emulated 38 Mbit/s link with 20 ms RTT"
 go build -o "$work/origin" ./bench/origin
-"$work/origin" -file "$work/app.overlay" -rtt 20ms -bandwidth 38Mbit >"$work/origin.url" 2>/dev/null &
-pids+=($!)
-for _ in $(seq 1 50); do [[ -s $work/origin.url ]] && break; sleep 0.1; done
-url=$(head -n1 "$work/origin.url")
-echo "origin: $url"
+serve() {
+	"$work/origin" -file "$1" -rtt 20ms -bandwidth 38Mbit >"$1.url" 2>/dev/null &
+	pids+=($!)
+	for _ in $(seq 1 50); do [[ -s $1.url ]] && break; sleep 0.1; done
+	head -n1 "$1.url"
+}
+plain=$(serve "$work/app.overlay")
+profiled=$(serve "$work/app.profiled.overlay")
 
 ttfr() { sed -n 's/^ *\([0-9.]*\)s  first_answer.*/\1/p' "$1"; }
-for mode in early-start no-early-start; do
+synth() { # name url flags...
+	local name=$1 url=$2
+	shift 2
 	echo
-	echo "== 4. cloudlet synthesis ($mode)"
+	echo "== 5. cloudlet synthesis: $name"
 	port=$(free_port)
-	flags=()
-	[[ $mode == no-early-start ]] && flags=(--no-early-start)
-	"$cloudlet" synthesis "$id" "$url" "${flags[@]}" --hostfwd "tcp:127.0.0.1:$port-:8080" \
-		--probe "http://127.0.0.1:$port/" --exit-when-complete 2>/dev/null | tee "$work/$mode.txt"
-done
+	"$cloudlet" synthesis "$id" "$url" "$@" --hostfwd "tcp:127.0.0.1:$port-:8080" \
+		--probe "http://127.0.0.1:$port/" --exit-when-complete 2>/dev/null | tee "$work/$name.txt"
+}
+synth profiled "$profiled"
+synth unprofiled "$plain"
+synth no-early-start "$plain" --no-early-start
 echo
-echo "TTFR with early start:    $(ttfr "$work/early-start.txt")s"
-echo "TTFR without early start: $(ttfr "$work/no-early-start.txt")s"
+echo "TTFR, early start with the profiled working set: $(ttfr "$work/profiled.txt")s"
+echo "TTFR, early start without profiling:             $(ttfr "$work/unprofiled.txt")s"
+echo "TTFR, download everything first (Elijah):        $(ttfr "$work/no-early-start.txt")s"

@@ -17,6 +17,7 @@ import (
 	"github.com/cloudlet/cloudlet/base"
 	"github.com/cloudlet/cloudlet/capture"
 	"github.com/cloudlet/cloudlet/overlay"
+	"github.com/cloudlet/cloudlet/synthesis"
 	"github.com/cloudlet/cloudlet/vm"
 )
 
@@ -26,6 +27,7 @@ func overlayCommand() *cli.Command {
 		Usage: "create, inspect, verify and apply overlays",
 		Subcommands: []*cli.Command{
 			overlayCreateCommand(),
+			overlayProfileCommand(),
 			{Name: "info", Usage: "describe an overlay", ArgsUsage: "FILE", Action: func(c *cli.Context) error {
 				if c.NArg() != 1 {
 					return fmt.Errorf("%w: overlay info takes one file", errUsage)
@@ -347,4 +349,70 @@ func (n noCursorQueries) Write(p []byte) (int, error) {
 		return 0, err
 	}
 	return len(p), nil
+}
+
+func overlayProfileCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "profile",
+		Usage:     "record the working set of a synthesised VM and lay the overlay out to fetch it first",
+		UsageText: "cloudlet overlay profile FILE --base ID --probe PROBE [-o FILE] [--hostfwd ...]",
+		Description: "Synthesises the overlay locally, records the order in which the VM first touches overlay\n" +
+			"chunks until PROBE answers (plus --tail), and rewrites the overlay with those chunks first,\n" +
+			"in blobs of their own, so a synthesiser fetches the working set with one range request.",
+		Flags: append([]cli.Flag{
+			&cli.StringFlag{Name: "base", Required: true, Usage: "the base ID"},
+			&cli.StringFlag{Name: "probe", Required: true, Usage: "PROBE whose first answer ends the working set"},
+			&cli.DurationFlag{Name: "probe-timeout", Value: 5 * time.Minute, Usage: "give up if PROBE has not answered by then"},
+			&cli.DurationFlag{Name: "tail", Value: time.Second, Usage: "keep recording this long after the first answer"},
+			&cli.StringFlag{Name: "output", Aliases: []string{"o"}, Usage: "profiled overlay to write (default: rewrite FILE)"},
+		}, runFlags()...),
+		Action: func(c *cli.Context) error {
+			if c.NArg() != 1 {
+				return fmt.Errorf("%w: overlay profile takes one overlay file", errUsage)
+			}
+			return runOverlayProfile(c, c.Args().First())
+		},
+	}
+}
+
+func runOverlayProfile(c *cli.Context, file string) error {
+	g, stderr := globalsOf(c), c.App.ErrWriter
+	run, err := parseRunOptions(c)
+	if err != nil {
+		return err
+	}
+	pr, err := parseProbe(c.String("probe"))
+	if err != nil {
+		return fmt.Errorf("--probe: %w", err)
+	}
+	output := c.String("output")
+	if output == "" {
+		output = file
+	}
+	if output, err = filepath.Abs(output); err != nil {
+		return err
+	}
+	store, b, err := openBase(g, c.String("base"))
+	if err != nil {
+		return err
+	}
+	work, err := store.NewDraft()
+	if err != nil {
+		return err
+	}
+	defer work.Discard()
+	o := synthesis.Options{Base: b, Source: file, CacheDir: work.Path("cache"), MountDir: work.Path("mnt"),
+		Probe: pr, ProbeTimeout: c.Duration("probe-timeout"), ProfileTail: c.Duration("tail")}
+	closeLog, err := run.apply(&o.VM, stderr)
+	if err != nil {
+		return err
+	}
+	defer closeLog()
+	ws, err := synthesis.Profile(c.Context, o, output)
+	if err != nil {
+		return fmt.Errorf("profile %s: %w", file, err)
+	}
+	fmt.Fprintf(stderr, "working set: %d stored chunks, fetched first; profiled overlay written to %s\n", ws, output)
+	fmt.Fprintln(c.App.Writer, output)
+	return nil
 }
