@@ -113,4 +113,3 @@ func rewrite(ctx context.Context, r *overlay.Reader, accessed []cloudletfs.Chunk
 	}
 	return ws, nil
 }
-
