@@ -28,6 +28,8 @@ import (
 type Options struct {
 	Base   *base.Base
 	Source string // overlay file or URL
+	// Origin, if set, is used instead of opening Source (an upload in progress).
+	Origin Origin
 	HTTP   HTTPOptions
 	Fetch  FetchOptions
 	// CacheDir holds the materialised images; reusing it after a crash continues where the
@@ -84,9 +86,12 @@ func Run(ctx context.Context, o Options) (Timeline, error) {
 		}
 	}
 
-	origin, err := OpenOrigin(ctx, o.Source, o.HTTP)
-	if err != nil {
-		return tl, err
+	origin := o.Origin
+	if origin == nil {
+		var err error
+		if origin, err = OpenOrigin(ctx, o.Source, o.HTTP); err != nil {
+			return tl, err
+		}
 	}
 	defer origin.Close()
 	r, err := overlay.Open(readerAt{ctx, origin}, origin.Size())

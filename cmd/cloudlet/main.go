@@ -58,6 +58,8 @@ func newApp(stdin io.Reader, stdout, stderr io.Writer) *cli.App {
 			mountCommand(),
 			overlayCommand(),
 			synthesisCommand(),
+			serveCommand(),
+			clientCommand(),
 		},
 		Reader:          stdin,
 		Writer:          stdout,

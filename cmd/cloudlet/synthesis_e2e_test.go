@@ -1,12 +1,17 @@
 package main
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"fmt"
+	"io"
+	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -109,6 +114,7 @@ func testSynthesis(t *testing.T, ctx context.Context, home, id, file, applied st
 		}
 		checkCache(t, cache, applied, baseDir)
 	})
+	t.Run("server and client", func(t *testing.T) { testServer(t, ctx, home, id, data) })
 	t.Run("bad source", func(t *testing.T) {
 		r := run(t, ctx, home, "synthesis", id, "http://127.0.0.1:1/overlay", "--exit-when-complete", "--retry-for", "2s")
 		if r.code == 0 || !strings.Contains(r.stderr, "refused") {
@@ -158,4 +164,86 @@ func mustRead(t *testing.T, path string) []byte {
 		t.Fatal(err)
 	}
 	return b
+}
+
+// testServer runs 'cloudlet serve' and drives it with 'cloudlet client' (upload and URL) and
+// with junk requests.
+func testServer(t *testing.T, ctx context.Context, home, id string, data []byte) {
+	port := testguest.FreePort(t)
+	addr := fmt.Sprintf("127.0.0.1:%d", port)
+	srv := exec.CommandContext(ctx, cloudletBin, "serve", "--listen", addr, "--max-sessions", "1")
+	srv.Env = append(os.Environ(), "CLOUDLET_HOME="+home)
+	var serr bytes.Buffer
+	srv.Stderr = &serr
+	out, _ := srv.StdoutPipe()
+	if err := srv.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		srv.Process.Signal(syscall.SIGTERM)
+		if err := srv.Wait(); err != nil {
+			t.Errorf("serve after SIGTERM: %v\n%s", err, serr.String())
+		}
+		noQEMULeft(t, home)
+	}()
+	if line, err := bufio.NewReader(out).ReadString('\n'); err != nil || !strings.Contains(line, "serving on") {
+		t.Fatalf("serve: %q %v\n%s", line, err, serr.String())
+	}
+	file := filepath.Join(t.TempDir(), "app.overlay")
+	os.WriteFile(file, data, 0o644)
+	origin := synthesis.NewShapedServer(data)
+	defer origin.Close()
+
+	for _, src := range [][]string{{"-o", file}, {"-u", origin.URL()}} {
+		r := run(t, ctx, home, append([]string{"client", "-s", addr, "--base", id[:12], "--probe", "8080/"}, src...)...)
+		if r.code != 0 || !strings.Contains(r.stdout, "first_answer") || !strings.Contains(r.stdout, "guest port 8080 is at") {
+			t.Fatalf("client %v: exit %d\n%s\n%s\nserver: %s", src, r.code, r.stdout, r.stderr, serr.String())
+		}
+		// The forwarded address reaches the custom app.
+		var fwd string
+		for _, l := range strings.Split(r.stdout, "\n") {
+			if a, ok := strings.CutPrefix(l, "guest port 8080 is at "); ok {
+				fwd = a
+			}
+		}
+		if body := waitBody(t, ctx, "http://"+fwd+"/"); !strings.Contains(body, "custom-app") {
+			t.Fatalf("custom app through %s: %q", fwd, body)
+		}
+		sid := strings.Fields(r.stdout)[1]
+		if r := run(t, ctx, home, "client", "-s", addr, "--stop", sid); r.code != 0 {
+			t.Fatalf("client --stop: %s", r.stderr)
+		}
+	}
+
+	bad := []struct {
+		name, method, path, ctype, body string
+		code                            int
+	}{
+		{"junk JSON", "POST", "/v1/sessions", "application/json", "{not json", 400},
+		{"unknown field", "POST", "/v1/sessions", "application/json", `{"base":"x","url":"http://a/b","what":1}`, 400},
+		{"no url", "POST", "/v1/sessions", "application/json", `{"base":"` + id + `"}`, 400},
+		{"bad url", "POST", "/v1/sessions", "application/json", `{"base":"` + id + `","url":"file:///etc/passwd"}`, 400},
+		{"unknown base", "POST", "/v1/sessions", "application/json", `{"base":"0123456789abcdef","url":"http://a/b"}`, 404},
+		{"probe port not forwarded", "POST", "/v1/sessions", "application/json", `{"base":"` + id + `","url":"http://a/b","probe_port":80}`, 400},
+		{"unknown session", "GET", "/v1/sessions/nope", "", "", 404},
+		{"unknown endpoint", "GET", "/v2/x", "", "", 404},
+	}
+	for _, b := range bad {
+		req, _ := http.NewRequest(b.method, "http://"+addr+b.path, strings.NewReader(b.body))
+		if b.ctype != "" {
+			req.Header.Set("Content-Type", b.ctype)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		msg, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != b.code && !(b.name == "probe port not forwarded" && resp.StatusCode >= 400) || !strings.Contains(string(msg), `"error"`) {
+			t.Errorf("%s: %d %s, want %d with a JSON error", b.name, resp.StatusCode, msg, b.code)
+		}
+	}
+	if r := run(t, ctx, home, "serve", "--listen", "0.0.0.0:0"); r.code == 0 || !strings.Contains(r.stderr, "--token-file") {
+		t.Fatalf("serve on a public address without a token: %s", r.stderr)
+	}
 }

@@ -1,0 +1,419 @@
+package synthesis
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/subtle"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log"
+	"net"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/cloudlet/cloudlet/base"
+	"github.com/cloudlet/cloudlet/probe"
+	"github.com/cloudlet/cloudlet/vm"
+)
+
+// ServerOptions configure the synthesis server.
+type ServerOptions struct {
+	Store *base.Store
+	// ForwardHost is the address host ports are opened on (the listener's host).
+	ForwardHost string
+	// Token, if set, is required as "Authorization: Bearer TOKEN" on every request.
+	Token       string
+	MaxSessions int
+	MaxUpload   int64
+	VM          vm.Options // accelerator and such, shared by all sessions
+	Log         *log.Logger
+}
+
+// SessionRequest is the body of POST /v1/sessions (or its query, with an upload).
+type SessionRequest struct {
+	Base string `json:"base"`
+	URL  string `json:"url,omitempty"`
+	// Ports are guest TCP ports to forward; each gets a host port, returned in the session.
+	Ports []int `json:"ports"`
+	// ProbePort and ProbePath make the server time the first HTTP answer of the guest.
+	ProbePort int    `json:"probe_port,omitempty"`
+	ProbePath string `json:"probe_path,omitempty"`
+	NoEarly   bool   `json:"no_early_start,omitempty"`
+	Bandwidth int64  `json:"bandwidth,omitempty"`
+}
+
+// SessionStatus is what GET /v1/sessions/{id} answers.
+type SessionStatus struct {
+	ID       string            `json:"id"`
+	Base     string            `json:"base"`
+	State    string            `json:"state"` // running, failed, stopped
+	Error    string            `json:"error,omitempty"`
+	Forwards map[string]string `json:"forwards"` // guest port -> host address
+	Timeline []Event           `json:"timeline"`
+}
+
+// Server is the HTTP/JSON synthesis API.
+type Server struct {
+	opts ServerOptions
+	ctx  context.Context
+
+	mu       sync.Mutex
+	sessions map[string]*session
+	wg       sync.WaitGroup
+}
+
+type session struct {
+	status  SessionStatus
+	cancel  context.CancelFunc
+	done    chan struct{}
+	changed chan struct{} // closed and replaced on each event
+	draft   *base.Draft
+}
+
+// NewServer returns a server whose sessions live until ctx ends.
+func NewServer(ctx context.Context, opts ServerOptions) *Server {
+	if opts.MaxSessions <= 0 {
+		opts.MaxSessions = 2
+	}
+	if opts.MaxUpload <= 0 {
+		opts.MaxUpload = 8 << 30
+	}
+	if opts.Log == nil {
+		opts.Log = log.Default()
+	}
+	return &Server{opts: opts, ctx: ctx, sessions: map[string]*session{}}
+}
+
+// Handler is the API.
+func (s *Server) Handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /v1/bases", s.listBases)
+	mux.HandleFunc("POST /v1/sessions", s.createSession)
+	mux.HandleFunc("GET /v1/sessions", s.listSessions)
+	mux.HandleFunc("GET /v1/sessions/{id}", s.getSession)
+	mux.HandleFunc("GET /v1/sessions/{id}/events", s.sessionEvents)
+	mux.HandleFunc("DELETE /v1/sessions/{id}", s.deleteSession)
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		jsonError(w, http.StatusNotFound, fmt.Errorf("no such endpoint: %s %s", r.Method, r.URL.Path))
+	})
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if s.opts.Token != "" {
+			got := strings.TrimPrefix(r.Header.Get("Authorization"), "Bearer ")
+			if subtle.ConstantTimeCompare([]byte(got), []byte(s.opts.Token)) != 1 {
+				jsonError(w, http.StatusUnauthorized, errors.New("missing or wrong bearer token"))
+				return
+			}
+		}
+		mux.ServeHTTP(w, r)
+	})
+}
+
+// Wait blocks until every session has stopped (after the server's context ended).
+func (s *Server) Wait() { s.wg.Wait() }
+
+func jsonError(w http.ResponseWriter, code int, err error) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	json.NewEncoder(w).Encode(map[string]string{"error": err.Error()})
+}
+
+func writeJSON(w http.ResponseWriter, code int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	json.NewEncoder(w).Encode(v)
+}
+
+func (s *Server) listBases(w http.ResponseWriter, r *http.Request) {
+	bases, _ := s.opts.Store.List()
+	type info struct {
+		ID          string `json:"id"`
+		Name        string `json:"name,omitempty"`
+		MemoryBytes int64  `json:"memory_bytes"`
+		DiskBytes   int64  `json:"disk_bytes"`
+	}
+	out := []info{}
+	for _, b := range bases {
+		out = append(out, info{b.ID, b.Manifest.Name, b.Manifest.VM.MemoryBytes, b.Manifest.Files[base.DiskFile].Size})
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+// createSession starts a synthesis from a URL (JSON body) or from the request body itself (an
+// upload: Content-Type application/octet-stream, parameters in the query).
+func (s *Server) createSession(w http.ResponseWriter, r *http.Request) {
+	var req SessionRequest
+	upload := r.Header.Get("Content-Type") == "application/octet-stream"
+	if upload {
+		q := r.URL.Query()
+		req.Base, req.ProbePath = q.Get("base"), q.Get("probe_path")
+		for _, p := range q["port"] {
+			n, err := strconv.Atoi(p)
+			if err != nil {
+				jsonError(w, http.StatusBadRequest, fmt.Errorf("port %q is not a number", p))
+				return
+			}
+			req.Ports = append(req.Ports, n)
+		}
+		req.ProbePort, _ = strconv.Atoi(q.Get("probe_port"))
+		req.NoEarly = q.Get("no_early_start") == "true"
+		if r.ContentLength <= 0 {
+			jsonError(w, http.StatusLengthRequired, errors.New("an upload needs a Content-Length"))
+			return
+		}
+		if r.ContentLength > s.opts.MaxUpload {
+			jsonError(w, http.StatusRequestEntityTooLarge, fmt.Errorf("upload of %d bytes exceeds the limit of %d", r.ContentLength, s.opts.MaxUpload))
+			return
+		}
+	} else {
+		dec := json.NewDecoder(io.LimitReader(r.Body, 1<<20))
+		dec.DisallowUnknownFields()
+		if err := dec.Decode(&req); err != nil {
+			jsonError(w, http.StatusBadRequest, fmt.Errorf("request body: %w", err))
+			return
+		}
+		if req.URL == "" {
+			jsonError(w, http.StatusBadRequest, errors.New("give an overlay url, or upload the overlay as application/octet-stream"))
+			return
+		}
+		if !strings.HasPrefix(req.URL, "http://") && !strings.HasPrefix(req.URL, "https://") {
+			jsonError(w, http.StatusBadRequest, fmt.Errorf("url %q: want http:// or https://", req.URL))
+			return
+		}
+	}
+	for _, p := range append([]int{req.ProbePort}, req.Ports...) {
+		if p < 0 || p > 65535 {
+			jsonError(w, http.StatusBadRequest, fmt.Errorf("port %d out of range", p))
+			return
+		}
+	}
+	b, err := s.opts.Store.Get(req.Base)
+	if err != nil {
+		jsonError(w, http.StatusNotFound, err)
+		return
+	}
+	sess, o, err := s.newSession(req, b)
+	if err != nil {
+		code := http.StatusInternalServerError
+		if errors.Is(err, errBusy) {
+			code = http.StatusTooManyRequests
+		}
+		jsonError(w, code, err)
+		return
+	}
+	var up *UploadOrigin
+	if upload {
+		if up, err = NewUploadOrigin(sess.draft.Path("upload.overlay"), r.ContentLength); err != nil {
+			s.endSession(sess, err)
+			jsonError(w, http.StatusInternalServerError, err)
+			return
+		}
+		o.Origin = up
+	}
+	s.run(sess, o)
+	if !upload {
+		writeJSON(w, http.StatusCreated, s.statusOf(sess))
+		return
+	}
+	// Answer at once, then keep reading the body: the synthesis uses it as it arrives.
+	http.NewResponseController(w).EnableFullDuplex()
+	writeJSON(w, http.StatusCreated, s.statusOf(sess))
+	http.NewResponseController(w).Flush()
+	if err := up.Receive(r.Body); err != nil {
+		s.opts.Log.Printf("session %s: %v", sess.status.ID, err)
+	}
+}
+
+var errBusy = errors.New("too many sessions")
+
+func (s *Server) newSession(req SessionRequest, b *base.Base) (*session, Options, error) {
+	s.mu.Lock()
+	active := 0
+	for _, x := range s.sessions {
+		if x.status.State == "running" {
+			active++
+		}
+	}
+	s.mu.Unlock()
+	if active >= s.opts.MaxSessions {
+		return nil, Options{}, fmt.Errorf("%w: %d running, the limit is %d", errBusy, active, s.opts.MaxSessions)
+	}
+	draft, err := s.opts.Store.NewDraft()
+	if err != nil {
+		return nil, Options{}, err
+	}
+	idb := make([]byte, 8)
+	rand.Read(idb)
+	sess := &session{draft: draft, done: make(chan struct{}), changed: make(chan struct{}),
+		status: SessionStatus{ID: hex.EncodeToString(idb), Base: b.ID, State: "running", Forwards: map[string]string{}}}
+	vmo := s.opts.VM
+	vmo.Forwards = nil
+	for _, p := range req.Ports {
+		hp, err := freePort(s.opts.ForwardHost)
+		if err != nil {
+			draft.Discard()
+			return nil, Options{}, err
+		}
+		vmo.Forwards = append(vmo.Forwards, vm.Forward{Proto: "tcp", HostAddr: s.opts.ForwardHost, HostPort: hp, GuestPort: p})
+		sess.status.Forwards[strconv.Itoa(p)] = net.JoinHostPort(s.opts.ForwardHost, strconv.Itoa(hp))
+	}
+	o := Options{Base: b, Source: req.URL, CacheDir: draft.Path("cache"), MountDir: draft.Path("mnt"), VM: vmo,
+		EarlyStart: !req.NoEarly, Fetch: FetchOptions{BytesPerSecond: req.Bandwidth}, ProbeTimeout: 5 * time.Minute}
+	if req.ProbePort != 0 {
+		addr, ok := sess.status.Forwards[strconv.Itoa(req.ProbePort)]
+		if !ok {
+			draft.Discard()
+			return nil, Options{}, fmt.Errorf("probe port %d is not among the forwarded ports", req.ProbePort)
+		}
+		path := req.ProbePath
+		if !strings.HasPrefix(path, "/") {
+			path = "/" + path
+		}
+		pr, err := probe.Parse("http://" + addr + path)
+		if err != nil {
+			draft.Discard()
+			return nil, Options{}, err
+		}
+		o.Probe = &pr
+	}
+	s.mu.Lock()
+	s.sessions[sess.status.ID] = sess
+	s.mu.Unlock()
+	return sess, o, nil
+}
+
+func freePort(host string) (int, error) {
+	l, err := net.Listen("tcp", net.JoinHostPort(host, "0"))
+	if err != nil {
+		return 0, fmt.Errorf("allocate a host port: %w", err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port, nil
+}
+
+// run starts the session's synthesis; it runs until deleted or the server stops.
+func (s *Server) run(sess *session, o Options) {
+	ctx, cancel := context.WithCancel(s.ctx)
+	sess.cancel = cancel
+	o.OnEvent = func(e Event) {
+		s.mu.Lock()
+		sess.status.Timeline = append(sess.status.Timeline, e)
+		close(sess.changed)
+		sess.changed = make(chan struct{})
+		s.mu.Unlock()
+	}
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		_, err := Run(ctx, o)
+		s.endSession(sess, err)
+	}()
+}
+
+func (s *Server) endSession(sess *session, err error) {
+	s.mu.Lock()
+	if err != nil {
+		sess.status.State, sess.status.Error = "failed", err.Error()
+		s.opts.Log.Printf("session %s failed: %v", sess.status.ID, err)
+	} else {
+		sess.status.State = "stopped"
+	}
+	close(sess.changed)
+	sess.changed = make(chan struct{})
+	s.mu.Unlock()
+	sess.draft.Discard()
+	close(sess.done)
+}
+
+func (s *Server) statusOf(sess *session) SessionStatus {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	st := sess.status
+	st.Timeline = append([]Event{}, sess.status.Timeline...)
+	return st
+}
+
+func (s *Server) lookup(w http.ResponseWriter, r *http.Request) *session {
+	s.mu.Lock()
+	sess := s.sessions[r.PathValue("id")]
+	s.mu.Unlock()
+	if sess == nil {
+		jsonError(w, http.StatusNotFound, fmt.Errorf("no session %q", r.PathValue("id")))
+	}
+	return sess
+}
+
+func (s *Server) listSessions(w http.ResponseWriter, r *http.Request) {
+	s.mu.Lock()
+	var out []SessionStatus
+	for _, sess := range s.sessions {
+		out = append(out, sess.status)
+	}
+	s.mu.Unlock()
+	writeJSON(w, http.StatusOK, out)
+}
+
+func (s *Server) getSession(w http.ResponseWriter, r *http.Request) {
+	if sess := s.lookup(w, r); sess != nil {
+		writeJSON(w, http.StatusOK, s.statusOf(sess))
+	}
+}
+
+// sessionEvents streams the timeline as server-sent events: what happened so far, then each
+// new event, then the final state.
+func (s *Server) sessionEvents(w http.ResponseWriter, r *http.Request) {
+	sess := s.lookup(w, r)
+	if sess == nil {
+		return
+	}
+	w.Header().Set("Content-Type", "text/event-stream")
+	w.Header().Set("Cache-Control", "no-cache")
+	rc := http.NewResponseController(w)
+	sent := 0
+	for {
+		s.mu.Lock()
+		events := append([]Event{}, sess.status.Timeline[sent:]...)
+		state, msg, changed := sess.status.State, sess.status.Error, sess.changed
+		s.mu.Unlock()
+		for _, e := range events {
+			b, _ := json.Marshal(e)
+			fmt.Fprintf(w, "event: timeline\ndata: %s\n\n", b)
+			sent++
+		}
+		if state != "running" {
+			b, _ := json.Marshal(map[string]string{"state": state, "error": msg})
+			fmt.Fprintf(w, "event: end\ndata: %s\n\n", b)
+			rc.Flush()
+			return
+		}
+		rc.Flush()
+		select {
+		case <-r.Context().Done():
+			return
+		case <-changed:
+		}
+	}
+}
+
+func (s *Server) deleteSession(w http.ResponseWriter, r *http.Request) {
+	sess := s.lookup(w, r)
+	if sess == nil {
+		return
+	}
+	sess.cancel()
+	select {
+	case <-sess.done:
+	case <-time.After(time.Minute):
+		jsonError(w, http.StatusGatewayTimeout, errors.New("the session did not stop within a minute"))
+		return
+	}
+	s.mu.Lock()
+	delete(s.sessions, sess.status.ID)
+	s.mu.Unlock()
+	w.WriteHeader(http.StatusNoContent)
+}
