@@ -3,9 +3,12 @@ package main
 import (
 	"encoding/json"
 	"fmt"
+	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/urfave/cli/v2"
@@ -31,10 +34,14 @@ func synthesisCommand() *cli.Command {
 			&cli.IntFlag{Name: "concurrency", Value: 4, Usage: "range requests in flight"},
 			&cli.DurationFlag{Name: "retry-for", Value: 2 * time.Minute, Usage: "how long to retry a failing origin before giving up"},
 			&cli.BoolFlag{Name: "exit-when-complete", Usage: "stop the VM and exit once the probe answered and the overlay is complete"},
+			&cli.BoolFlag{Name: "detach", Usage: "keep running in the background once the VM has resumed (and the probe answered); prints its PID and log"},
 		}, runFlags()...),
 		Action: func(c *cli.Context) error {
 			if c.NArg() != 2 {
 				return fmt.Errorf("%w: synthesis takes a base ID and an overlay file or URL", errUsage)
+			}
+			if c.Bool("detach") {
+				return runDetached(c)
 			}
 			return runSynthesis(c)
 		},
@@ -123,4 +130,58 @@ func parseBandwidth(s string) (int64, error) {
 		return 0, fmt.Errorf("--bandwidth %q: want a rate like 38Mbit or 5MB", s)
 	}
 	return int64(v * mult), nil
+}
+
+// runDetached starts this same synthesis as a background process in its own session, with its
+// JSON timeline in a log file, and returns once the VM has resumed (and, with --probe, once it
+// has answered), or with the child's error.
+func runDetached(c *cli.Context) error {
+	self, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	var args []string
+	for _, a := range os.Args[1:] {
+		if a != "--detach" && a != "-detach" {
+			args = append(args, a)
+		}
+	}
+	args = append([]string{"--json"}, args...)
+	logDir := filepath.Join(globalsOf(c).home, "logs")
+	if err := os.MkdirAll(logDir, 0o755); err != nil {
+		return err
+	}
+	logFile, err := os.CreateTemp(logDir, "synthesis-*.log")
+	if err != nil {
+		return err
+	}
+	defer logFile.Close()
+	cmd := exec.Command(self, args...)
+	cmd.Stdout, cmd.Stderr = logFile, logFile
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := cmd.Start(); err != nil {
+		return err
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	want := "resumed"
+	if c.String("probe") != "" {
+		want = "first_answer"
+	}
+	for {
+		b, _ := os.ReadFile(logFile.Name())
+		if strings.Contains(string(b), `"event":"`+want+`"`) {
+			fmt.Fprintf(c.App.Writer, "synthesis runs detached as pid %d; timeline and log: %s; stop it with: kill %d\n",
+				cmd.Process.Pid, logFile.Name(), cmd.Process.Pid)
+			return nil
+		}
+		select {
+		case err := <-exited:
+			return fmt.Errorf("detached synthesis ended (%v):\n%s", err, b)
+		case <-c.Context.Done():
+			cmd.Process.Signal(syscall.SIGTERM)
+			return c.Context.Err()
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
 }

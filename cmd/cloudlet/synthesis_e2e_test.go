@@ -115,6 +115,26 @@ func testSynthesis(t *testing.T, ctx context.Context, home, id, file, applied st
 		checkCache(t, cache, applied, baseDir)
 	})
 	t.Run("server and client", func(t *testing.T) { testServer(t, ctx, home, id, data) })
+	t.Run("detach", func(t *testing.T) {
+		port := testguest.FreePort(t)
+		r := run(t, ctx, home, "synthesis", id, file, "--detach", "--hostfwd", fmt.Sprintf("tcp:127.0.0.1:%d-:8080", port),
+			"--probe", fmt.Sprintf("http://127.0.0.1:%d/", port))
+		var pid int
+		if _, err := fmt.Sscanf(r.stdout, "synthesis runs detached as pid %d", &pid); r.code != 0 || err != nil {
+			t.Fatalf("--detach: exit %d, %q, %s", r.code, r.stdout, r.stderr)
+		}
+		if body := waitBody(t, ctx, fmt.Sprintf("http://127.0.0.1:%d/", port)); !strings.Contains(body, "custom-app") {
+			t.Fatalf("detached VM answered %q", body)
+		}
+		syscall.Kill(pid, syscall.SIGTERM)
+		deadline := time.Now().Add(20 * time.Second)
+		for alive(pid) {
+			if time.Now().After(deadline) {
+				t.Fatal("detached synthesis still runs 20 s after SIGTERM")
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	})
 	t.Run("bad source", func(t *testing.T) {
 		r := run(t, ctx, home, "synthesis", id, "http://127.0.0.1:1/overlay", "--exit-when-complete", "--retry-for", "2s")
 		if r.code == 0 || !strings.Contains(r.stderr, "refused") {
@@ -246,4 +266,14 @@ func testServer(t *testing.T, ctx context.Context, home, id string, data []byte)
 	if r := run(t, ctx, home, "serve", "--listen", "0.0.0.0:0"); r.code == 0 || !strings.Contains(r.stderr, "--token-file") {
 		t.Fatalf("serve on a public address without a token: %s", r.stderr)
 	}
+}
+
+// alive reports whether pid runs (a zombie no longer does).
+func alive(pid int) bool {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return false
+	}
+	i := bytes.LastIndexByte(b, ')')
+	return i > 0 && i+2 < len(b) && b[i+2] != 'Z'
 }
