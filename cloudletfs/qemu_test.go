@@ -57,9 +57,11 @@ func TestQEMUOnCloudletfs(t *testing.T) {
 	opts.MemoryBytes = guestRAM
 	vmOpts := vm.Options{
 		Config: opts, Kernel: g.Kernel, Initrd: g.Initrd,
-		Disk:     vm.Disk{Path: filepath.Join(mp, "disk/image")},
-		Memory:   vm.Memory{Path: filepath.Join(mp, "memory/image"), Share: true},
-		Forwards: []vm.Forward{{Proto: "tcp", HostAddr: "127.0.0.1", HostPort: port, GuestPort: 80}},
+		Disk:   vm.Disk{Path: filepath.Join(mp, "disk/image")},
+		Memory: vm.Memory{Path: filepath.Join(mp, "memory/image"), Share: true},
+		// This test process serves the mount, and must not open it itself.
+		NoSnapshotSync: true,
+		Forwards:       []vm.Forward{{Proto: "tcp", HostAddr: "127.0.0.1", HostPort: port, GuestPort: 80}},
 	}
 	v, err := vm.Boot(ctx, vmOpts)
 	if err != nil {
@@ -81,7 +83,7 @@ func TestQEMUOnCloudletfs(t *testing.T) {
 	if mem.BytesWritten < 16<<20 || disk.BytesRead == 0 {
 		t.Fatalf("the guest's RAM writes did not reach memory/image (%d bytes) or its disk was not read", mem.BytesWritten)
 	}
-	images := map[string][]byte{"memory": readAll(t, filepath.Join(mp, "memory/image")), "disk": readAll(t, filepath.Join(mp, "disk/image"))}
+	images := map[string][]byte{"memory": readImage(t, bootFS.Image("memory")), "disk": readImage(t, bootFS.Image("disk"))}
 	if err := mnt.Unmount(); err != nil {
 		t.Fatal(err)
 	}
@@ -184,10 +186,11 @@ func fileSize(t *testing.T, path string) int64 {
 	return st.Size()
 }
 
-func readAll(t *testing.T, path string) []byte {
+// readImage reads a whole image through the store (not the mount, which this process serves).
+func readImage(t *testing.T, img *cloudletfs.Image) []byte {
 	t.Helper()
-	b, err := os.ReadFile(path)
-	if err != nil {
+	b := make([]byte, img.Size())
+	if _, err := img.ReadAt(context.Background(), b, 0); err != nil {
 		t.Fatal(err)
 	}
 	return b

@@ -43,9 +43,13 @@ type Options struct {
 	// KeepHugepageAdvice runs QEMU directly, without the launcher's seccomp filter, for
 	// benchmarks that compare both.
 	KeepHugepageAdvice bool
-	QEMU               string    // binary; default qemu-system-x86_64 from PATH
-	Log                io.Writer // driver notes such as the accelerator choice; nil discards
-	SerialLog          io.Writer // a copy of everything the guest prints on its serial port
+	// NoSnapshotSync leaves making the images durable after a snapshot to the caller. For
+	// images on cloudletfs it must be set when the caller serves the mount: the serving
+	// process must never open its own mount. (QEMU's exit already wrote back its dirty pages.)
+	NoSnapshotSync bool
+	QEMU           string    // binary; default qemu-system-x86_64 from PATH
+	Log            io.Writer // driver notes such as the accelerator choice; nil discards
+	SerialLog      io.Writer // a copy of everything the guest prints on its serial port
 }
 
 // startTimeout bounds how long QEMU may take to open its monitor.
@@ -60,6 +64,7 @@ type VM struct {
 	accel   Accel
 	memory  string // paths of the RAM file and the disk, synced after a snapshot
 	disk    string
+	noSync  bool
 	cmd     *exec.Cmd
 	runDir  string
 	qmp     *qmp
@@ -137,6 +142,9 @@ func (v *VM) Snapshot(ctx context.Context, path string) error {
 	}
 	if err := v.Stop(ctx); err != nil {
 		return fmt.Errorf("snapshot: %w", err)
+	}
+	if v.noSync {
+		return nil
 	}
 	// QEMU never msyncs a shared RAM file, and its disk cache is writeback.
 	for _, p := range []string{v.memory, v.disk} {
@@ -298,7 +306,7 @@ func start(ctx context.Context, opts Options, incoming bool) (*VM, error) {
 		os.RemoveAll(runDir)
 		return nil, fmt.Errorf("start %s: %w", qemuPath, err)
 	}
-	v := &VM{accel: accel, memory: opts.Memory.Path, disk: opts.Disk.Path, cmd: cmd, runDir: runDir, stderr: stderr, exited: make(chan struct{})}
+	v := &VM{accel: accel, memory: opts.Memory.Path, disk: opts.Disk.Path, noSync: opts.NoSnapshotSync, cmd: cmd, runDir: runDir, stderr: stderr, exited: make(chan struct{})}
 	v.stopContext = context.AfterFunc(ctx, v.kill)
 	go func() {
 		err := cmd.Wait()

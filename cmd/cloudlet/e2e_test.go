@@ -2,11 +2,14 @@ package main
 
 import (
 	"bufio"
+	"strconv"
+
 	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
+	"golang.org/x/sys/unix"
 	"io"
 	"net"
 	"net/http"
@@ -28,6 +31,10 @@ import (
 var cloudletBin string
 
 func TestMain(m *testing.M) {
+	// Tests kill cloudlet with SIGKILL; its QEMU then dies too, orphaned. As a subreaper the
+	// test process adopts such orphans, and reapOrphans collects them: no zombie outlives
+	// the tests.
+	unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
 	dir, err := os.MkdirTemp("", "cloudlet-bin-")
 	if err != nil {
 		panic(err)
@@ -38,6 +45,7 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	code := m.Run()
+	reapOrphans()
 	os.RemoveAll(dir)
 	os.Exit(code)
 }
@@ -261,6 +269,7 @@ func resumeAndGet(t *testing.T, ctx context.Context, home, id string, sig syscal
 	// QEMU goes with its owner, however the owner ends.
 	deadline := time.Now().Add(10 * time.Second)
 	for {
+		reapOrphans()
 		out, _ := exec.Command("pgrep", "-f", "qemu-system.*"+regexp.QuoteMeta(home)).Output()
 		if len(out) == 0 {
 			return
@@ -342,4 +351,25 @@ func httpGetBody(ctx context.Context, url string) (string, error) {
 		return "", fmt.Errorf("status %s", resp.Status)
 	}
 	return string(b), err
+}
+
+// reapOrphans waits for adopted children that have exited (zombies whose parent is us).
+func reapOrphans() {
+	entries, _ := os.ReadDir("/proc")
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		b, err := os.ReadFile("/proc/" + e.Name() + "/stat")
+		if err != nil {
+			continue
+		}
+		i := bytes.LastIndexByte(b, ')')
+		f := strings.Fields(string(b[i+1:]))
+		if len(f) > 1 && f[0] == "Z" && f[1] == strconv.Itoa(os.Getpid()) {
+			var ws unix.WaitStatus
+			unix.Wait4(pid, &ws, 0, nil)
+		}
+	}
 }

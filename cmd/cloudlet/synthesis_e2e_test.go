@@ -128,7 +128,7 @@ func testSynthesis(t *testing.T, ctx context.Context, home, id, file, applied st
 		}
 		syscall.Kill(pid, syscall.SIGTERM)
 		deadline := time.Now().Add(20 * time.Second)
-		for alive(pid) {
+		for reapOrphans(); alive(pid); reapOrphans() {
 			if time.Now().After(deadline) {
 				t.Fatal("detached synthesis still runs 20 s after SIGTERM")
 			}
