@@ -230,6 +230,11 @@ func testServer(t *testing.T, ctx context.Context, home, id string, data []byte)
 			t.Fatalf("custom app through %s: %q", fwd, body)
 		}
 		sid := strings.Fields(r.stdout)[1]
+		// With one session running, the limit of one refuses another.
+		busy := run(t, ctx, home, "client", "-s", addr, "--base", id, "-u", origin.URL())
+		if busy.code == 0 || !strings.Contains(busy.stderr, "429") || !strings.Contains(busy.stderr, "too many sessions") {
+			t.Fatalf("a second session over the limit: exit %d, %s", busy.code, busy.stderr)
+		}
 		if r := run(t, ctx, home, "client", "-s", addr, "--stop", sid); r.code != 0 {
 			t.Fatalf("client --stop: %s", r.stderr)
 		}
