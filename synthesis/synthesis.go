@@ -58,7 +58,9 @@ type Event struct {
 	Name    string  `json:"event"` // index, resumed, first_answer, complete
 	Seconds float64 `json:"t_s"`   // since the start
 	Bytes   int64   `json:"bytes_fetched"`
-	Detail  string  `json:"detail,omitempty"`
+	// Stall is the time guest reads spent waiting for chunks so far, by image.
+	Stall  map[string]float64 `json:"stall_s,omitempty"`
+	Detail string             `json:"detail,omitempty"`
 }
 
 // Timeline is every event of a run, by name.
@@ -72,12 +74,18 @@ func Run(ctx context.Context, o Options) (Timeline, error) {
 	tl := Timeline{}
 	var mu sync.Mutex
 	var fetcher *Fetcher
+	var fsys *cloudletfs.FS
 	emit := func(name, detail string) {
-		var bytes int64
+		e := Event{Name: name, Seconds: time.Since(start).Seconds(), Detail: detail}
 		if fetcher != nil {
-			bytes = fetcher.BytesFetched()
+			e.Bytes = fetcher.BytesFetched()
 		}
-		e := Event{Name: name, Seconds: time.Since(start).Seconds(), Bytes: bytes, Detail: detail}
+		if fsys != nil {
+			e.Stall = map[string]float64{}
+			for _, img := range fsys.Images() {
+				e.Stall[img.Name()] = img.Stats().StallSeconds
+			}
+		}
 		mu.Lock()
 		tl[name] = e
 		mu.Unlock()
@@ -123,7 +131,7 @@ func Run(ctx context.Context, o Options) (Timeline, error) {
 
 	plans := Plans(r.Index)
 	b := o.Base
-	fsys, err := cloudletfs.Open(cloudletfs.Config{
+	fsys, err = cloudletfs.Open(cloudletfs.Config{
 		Dir:             o.CacheDir,
 		Identity:        "synthesis " + r.ID(),
 		DiscardModified: true,

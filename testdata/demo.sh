@@ -16,31 +16,12 @@ trap cleanup EXIT
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
-port=$(free_port)
-echo "== 1. cloudlet base create: boot the test guest, wait for its HTTP server, snapshot it"
-id=$("$cloudlet" base create --disk "$guest/rootfs.img" --kernel "$guest/vmlinuz" --initrd "$guest/initrd.img" \
-	--memory 256M --name demo --ready "http://127.0.0.1:$port/" --hostfwd "tcp:127.0.0.1:$port-:80" | tail -n1)
+id=$(testdata/app-overlay.sh "$cloudlet" "$guest" "$home" "$work" | tail -n1)
 echo "base ID: $id"
-
-echo
-echo "== 2. cloudlet overlay create: add an app (HTTP on port 8080) and 24 MiB of app state in RAM"
-p80=$(free_port) p8080=$(free_port)
-"$cloudlet" overlay create "$id" \
-	--exec 'mkdir -p /www2 && echo "hello from the custom app" > /www2/index.html' \
-	--exec 'dd if=/dev/urandom of=/dev/shm/app-state bs=1M count=24 2>/dev/null' \
-	--exec 'httpd -p 8080 -h /www2' \
-	--hostfwd "tcp:127.0.0.1:$p80-:80" --hostfwd "tcp:127.0.0.1:$p8080-:8080" --ready "http://127.0.0.1:$p8080/" \
-	-o "$work/app.overlay" >/dev/null
 "$cloudlet" overlay info "$work/app.overlay"
 
 echo
-echo "== 3. cloudlet overlay profile: record what the app touches until it answers, fetch that first"
-port=$(free_port)
-"$cloudlet" overlay profile "$work/app.overlay" --base "$id" -o "$work/app.profiled.overlay" \
-	--hostfwd "tcp:127.0.0.1:$port-:8080" --probe "http://127.0.0.1:$port/" >/dev/null
-
-echo
-echo "== 4. origins serving the overlays over an emulated 38 Mbit/s link with 20 ms RTT"
+echo "== origins serving the overlays over an emulated 38 Mbit/s link with 20 ms RTT"
 go build -o "$work/origin" ./bench/origin
 serve() {
 	"$work/origin" -file "$1" -rtt 20ms -bandwidth 38Mbit >"$1.url" 2>/dev/null &
@@ -56,7 +37,7 @@ synth() { # name url flags...
 	local name=$1 url=$2
 	shift 2
 	echo
-	echo "== 5. cloudlet synthesis: $name"
+	echo "== cloudlet synthesis: $name"
 	port=$(free_port)
 	"$cloudlet" synthesis "$id" "$url" "$@" --hostfwd "tcp:127.0.0.1:$port-:8080" \
 		--probe "http://127.0.0.1:$port/" --exit-when-complete 2>/dev/null | tee "$work/$name.txt"
