@@ -52,7 +52,12 @@ test-short:
 clean:
 	rm -rf $(BUILD)
 
-# Benchmarks: cloudletfs against its backing files (see bench/RESULTS.md).
-bench:
+# Benchmarks (see bench/RESULTS.md): time to first response by mode and link speed (writes
+# bench/ttfr.md, .json and .svg), then cloudletfs against its backing files, overlays against
+# qcow2+xz, and the dirty-limit stall.
+bench: build guest
+	bench/ttfr.sh 3
 	$(GO) test ./bench -run '^$$' -bench Sequential -benchtime 20x -count 3
 	$(GO) test ./bench -run '^$$' -bench 'Random|Demand' -benchtime 4000x -count 3
+	$(GO) test ./bench -run '^$$' -bench SharedMmapDirty -benchtime 3x -count 2
+	$(GO) test ./bench -run '^$$' -bench Overlay -benchtime 1x
