@@ -95,7 +95,7 @@ func Create(ctx context.Context, o Options) (Result, error) {
 	opts.Config, opts.Kernel, opts.Initrd = bo.Config, bo.Kernel, bo.Initrd
 	opts.Disk = vm.Disk{Path: filepath.Join(mp, "disk/image")}
 	opts.Memory = vm.Memory{Path: filepath.Join(mp, "memory/image"), Share: true}
-	opts.NoSnapshotSync = true // we serve the mount: sync through the store instead
+	opts.ServedByCaller = true // we serve the mount: sync through the store instead
 	v, err := vm.Resume(ctx, opts, b.Path(base.DevstateFile))
 	if err != nil {
 		return res, fmt.Errorf("resume base %s for capture: %w", b.ID, err)

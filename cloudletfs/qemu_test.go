@@ -60,7 +60,7 @@ func TestQEMUOnCloudletfs(t *testing.T) {
 		Disk:   vm.Disk{Path: filepath.Join(mp, "disk/image")},
 		Memory: vm.Memory{Path: filepath.Join(mp, "memory/image"), Share: true},
 		// This test process serves the mount, and must not open it itself.
-		NoSnapshotSync: true,
+		ServedByCaller: true,
 		Forwards:       []vm.Forward{{Proto: "tcp", HostAddr: "127.0.0.1", HostPort: port, GuestPort: 80}},
 	}
 	v, err := vm.Boot(ctx, vmOpts)

@@ -172,6 +172,7 @@ func Run(ctx context.Context, o Options) (Timeline, error) {
 	opts.Config, opts.Kernel, opts.Initrd = bo.Config, bo.Kernel, bo.Initrd
 	opts.Disk = vm.Disk{Path: filepath.Join(mnt.Dir, "disk/image")}
 	opts.Memory = vm.Memory{Path: filepath.Join(mnt.Dir, "memory/image"), Share: false}
+	opts.ServedByCaller = true
 	v, err := vm.Resume(ctx, opts, devPath)
 	if err != nil {
 		if fetcher.Err() != nil {

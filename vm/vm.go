@@ -43,10 +43,11 @@ type Options struct {
 	// KeepHugepageAdvice runs QEMU directly, without the launcher's seccomp filter, for
 	// benchmarks that compare both.
 	KeepHugepageAdvice bool
-	// NoSnapshotSync leaves making the images durable after a snapshot to the caller. For
-	// images on cloudletfs it must be set when the caller serves the mount: the serving
-	// process must never open its own mount. (QEMU's exit already wrote back its dirty pages.)
-	NoSnapshotSync bool
+	// ServedByCaller says the disk and memory paths are on a FUSE mount that this process
+	// serves. The driver then never touches them itself (the serving process must not open
+	// its own mount): no existence check, and no sync after a snapshot, which the caller does
+	// through its store (QEMU's exit has written back its dirty pages by then).
+	ServedByCaller bool
 	QEMU           string    // binary; default qemu-system-x86_64 from PATH
 	Log            io.Writer // driver notes such as the accelerator choice; nil discards
 	SerialLog      io.Writer // a copy of everything the guest prints on its serial port
@@ -258,8 +259,12 @@ func start(ctx context.Context, opts Options, incoming bool) (*VM, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%s not found: install QEMU 7.2 or later (make deps): %w", qemu, err)
 	}
+	disk := opts.Disk.Path
+	if opts.ServedByCaller {
+		disk = ""
+	}
 	for _, f := range []struct{ what, path string }{
-		{"disk", opts.Disk.Path}, {"kernel", opts.Kernel}, {"initrd", opts.Initrd},
+		{"disk", disk}, {"kernel", opts.Kernel}, {"initrd", opts.Initrd},
 	} {
 		if f.path == "" {
 			continue
@@ -306,7 +311,7 @@ func start(ctx context.Context, opts Options, incoming bool) (*VM, error) {
 		os.RemoveAll(runDir)
 		return nil, fmt.Errorf("start %s: %w", qemuPath, err)
 	}
-	v := &VM{accel: accel, memory: opts.Memory.Path, disk: opts.Disk.Path, noSync: opts.NoSnapshotSync, cmd: cmd, runDir: runDir, stderr: stderr, exited: make(chan struct{})}
+	v := &VM{accel: accel, memory: opts.Memory.Path, disk: opts.Disk.Path, noSync: opts.ServedByCaller, cmd: cmd, runDir: runDir, stderr: stderr, exited: make(chan struct{})}
 	v.stopContext = context.AfterFunc(ctx, v.kill)
 	go func() {
 		err := cmd.Wait()
