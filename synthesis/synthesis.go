@@ -107,7 +107,7 @@ func Run(ctx context.Context, o Options) (Timeline, error) {
 		return tl, fmt.Errorf("%s: %w", origin, err)
 	}
 	defer r.Close()
-	if err := checkOverlay(r, o.Base); err != nil {
+	if err := CheckOverlay(r, o.Base); err != nil {
 		return tl, err
 	}
 	dev, err := r.Devstate()
@@ -231,8 +231,9 @@ func Run(ctx context.Context, o Options) (Timeline, error) {
 	}
 }
 
-// checkOverlay refuses an overlay made on another base or for other images.
-func checkOverlay(r *overlay.Reader, b *base.Base) error {
+// CheckOverlay refuses an overlay made on another base, for other images, or for another VM
+// configuration.
+func CheckOverlay(r *overlay.Reader, b *base.Base) error {
 	if err := r.CheckBase(b.ID); err != nil {
 		return err
 	}

@@ -228,16 +228,10 @@ func openWithBase(g globals, path, baseID string) (*overlay.Reader, *base.Base, 
 	if err != nil {
 		return nil, nil, nil, err
 	}
-	if err := r.CheckBase(b.ID); err != nil {
+	if err := synthesis.CheckOverlay(r, b); err != nil {
 		r.Close()
 		f.Close()
-		return nil, nil, nil, err
-	}
-	if len(r.Index.Images) != 2 || r.Index.Images[0].Name != "disk" || r.Index.Images[1].Name != "memory" ||
-		r.Index.Images[0].Size != b.Manifest.Files[base.DiskFile].Size || r.Index.Images[1].Size != b.Manifest.Files[base.MemoryFile].Size {
-		r.Close()
-		f.Close()
-		return nil, nil, nil, fmt.Errorf("overlay %s: its images do not match base %s's disk and memory", path, b.ID)
+		return nil, nil, nil, fmt.Errorf("%s: %w", path, err)
 	}
 	return r, b, func() { r.Close(); f.Close() }, nil
 }
