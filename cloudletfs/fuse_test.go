@@ -5,6 +5,7 @@ import (
 	"context"
 	"math/rand"
 	"os"
+	"os/exec"
 	"strconv"
 	"strings"
 	"sync"
@@ -335,5 +336,19 @@ func TestReadWaitsAreCancellable(t *testing.T) {
 	_, err = fsys.Image("disk").ReadAt(ctx, make([]byte, 10), 2*chunk.Size)
 	if err == nil || !strings.Contains(err.Error(), "chunks 2-2") {
 		t.Fatalf("read of a held chunk: %v", err)
+	}
+}
+
+// TestChildrenDoNotInheritTheDevice: a process started after the mount (QEMU) must not hold
+// /dev/fuse, or it would keep a dead server's connection alive and hang in its own exit.
+func TestChildrenDoNotInheritTheDevice(t *testing.T) {
+	f := newFixture(t, t.TempDir(), 14)
+	f.mount(t, t.TempDir(), nil, cloudletfs.MountOptions{})
+	out, err := exec.Command("sh", "-c", "ls -l /proc/$$/fd").CombinedOutput()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(string(out), "/dev/fuse") {
+		t.Fatalf("a child inherited the FUSE device:\n%s", out)
 	}
 }

@@ -73,6 +73,15 @@ func (fsys *FS) Mount(dir string, opts MountOptions) (*Mount, error) {
 	}
 	timeout := attrTimeout
 	root := &rootNode{fsys: fsys, log: opts.Log}
+	// As root, go-fuse mounts with mount(2) and opens /dev/fuse without O_CLOEXEC. A child
+	// started meanwhile (QEMU!) would inherit the device: if we then die, the connection
+	// stays alive with nobody serving it, and that child hangs forever in its exit, flushing
+	// to us. So no fork may happen until the descriptor is close-on-exec: hold ForkLock, and
+	// mount strictly directly (a fusermount fallback would fork under the lock).
+	direct := os.Geteuid() == 0
+	if direct {
+		syscall.ForkLock.Lock()
+	}
 	server, err := fs.Mount(dir, root, &fs.Options{
 		EntryTimeout:    &timeout,
 		AttrTimeout:     &timeout,
@@ -86,15 +95,21 @@ func (fsys *FS) Mount(dir string, opts MountOptions) (*Mount, error) {
 			// mtime): our bytes only change through this mount.
 			ExplicitDataCacheControl: true,
 			DisableXAttrs:            true,
-			DirectMount:              true,
+			DirectMount:              direct,
+			DirectMountStrict:        direct,
 			// QEMU may run as another user (libvirt).
 			AllowOther: os.Geteuid() == 0,
 			Debug:      opts.Debug,
 		},
 	})
+	if direct {
+		closeOnExecFUSE()
+		syscall.ForkLock.Unlock()
+	}
 	if err != nil {
 		return nil, fmt.Errorf("mount cloudletfs at %s: %w", dir, err)
 	}
+	mountFusectl()
 	m := &Mount{Dir: dir, fsys: fsys, server: server}
 	var st unix.Stat_t
 	if err := unix.Stat(dir, &st); err == nil {
@@ -132,6 +147,33 @@ func (m *Mount) Unmount() error {
 	}
 	m.server.Wait()
 	return nil
+}
+
+// closeOnExecFUSE marks every /dev/fuse descriptor of this process close-on-exec.
+func closeOnExecFUSE() {
+	entries, _ := os.ReadDir("/proc/self/fd")
+	for _, e := range entries {
+		if target, err := os.Readlink("/proc/self/fd/" + e.Name()); err == nil && target == "/dev/fuse" {
+			if fd, err := strconv.Atoi(e.Name()); err == nil {
+				unix.CloseOnExec(fd)
+			}
+		}
+	}
+}
+
+// mountFusectl makes /sys/fs/fuse/connections available (as root), so that Unmount can abort
+// a connection that something still holds open.
+func mountFusectl() {
+	const dir = "/sys/fs/fuse/connections"
+	if os.Geteuid() != 0 {
+		return
+	}
+	if entries, err := os.ReadDir(dir); err != nil || len(entries) > 0 {
+		return
+	}
+	if mounted, _ := mountedAt(dir); !mounted {
+		unix.Mount("fusectl", dir, "fusectl", 0, "")
+	}
 }
 
 // CheckFUSE says in one sentence why FUSE cannot be used here, or returns nil.
