@@ -98,6 +98,12 @@ func (d *decoder) uvarint(what string, limit uint64) uint64 {
 		d.fail(fmt.Errorf("%s: %w", what, errShort))
 		return 0
 	}
+	// Only the shortest encoding is valid, so that an index has exactly one byte form (its
+	// digest is the overlay's identity).
+	if n != binary.PutUvarint(make([]byte, binary.MaxVarintLen64), v) {
+		d.fail(fmt.Errorf("%s: overlong varint", what))
+		return 0
+	}
 	d.b = d.b[n:]
 	if v > limit {
 		d.fail(fmt.Errorf("%s is %d, limit %d", what, v, limit))
