@@ -10,7 +10,6 @@ package synthesis
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -218,8 +217,7 @@ func Run(ctx context.Context, o Options) (Timeline, error) {
 			traceTimer = nil
 			o.OnTrace(fsys.Trace())
 		case <-fetcher.Failed():
-			perr := v.Pause(context.WithoutCancel(ctx))
-			return tl, errors.Join(fmt.Errorf("fetch overlay: %w; the VM was paused", fetcher.Err()), perr)
+			return tl, haltOnFailure(ctx, v, fetcher.Err())
 		case <-v.Done():
 			if v.Err() != nil {
 				return tl, fmt.Errorf("the VM stopped: %w", v.Err())
@@ -252,4 +250,20 @@ func CheckOverlay(r *overlay.Reader, b *base.Base) error {
 		return fmt.Errorf("overlay %s: VM config %s differs from the base's %s", r.ID()[:12], got, want)
 	}
 	return nil
+}
+
+// pauseTimeout bounds pausing a VM after a failed fetch: a vCPU blocked in a fault on a chunk
+// that will never come cannot pause.
+const pauseTimeout = 5 * time.Second
+
+// haltOnFailure pauses the VM after a failed fetch, so that it never runs on, and says so. If
+// it cannot be paused, it is stopped.
+func haltOnFailure(ctx context.Context, v *vm.VM, cause error) error {
+	pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), pauseTimeout)
+	defer cancel()
+	if err := v.Pause(pctx); err != nil {
+		v.Kill()
+		return fmt.Errorf("fetch overlay: %w; the VM was stopped: it could not be paused while it waited for chunks that will not come", cause)
+	}
+	return fmt.Errorf("fetch overlay: %w; the VM was paused", cause)
 }

@@ -87,7 +87,7 @@ func testSynthesis(t *testing.T, ctx context.Context, home, id, file, applied st
 		s := synthesis.NewShapedServer(bad)
 		defer s.Close()
 		r := synth(s.URL(), t.TempDir())
-		if r.code == 0 || !strings.Contains(r.stderr, "digest") || !strings.Contains(r.stderr, "paused") {
+		if r.code == 0 || !strings.Contains(r.stderr, "digest") || !strings.Contains(r.stderr, "the VM was") {
 			t.Fatalf("corrupt blob: exit %d\n%s\n%s", r.code, r.stdout, r.stderr)
 		}
 	})
