@@ -102,10 +102,13 @@ func Create(ctx context.Context, o Options) (Result, error) {
 	}
 	defer v.Kill()
 	logf("resumed base %s (QEMU pid %d)\n", b.ID[:12], v.PID())
+	// Commands and the probe wait for the guest: if it dies, they end at once and say so.
+	gctx, stopWaiting := v.Until(ctx)
+	defer stopWaiting()
 
 	for _, cmd := range o.Exec {
 		logf("guest$ %s\n", cmd)
-		out, status, err := v.Console().Run(ctx, cmd)
+		out, status, err := v.Console().Run(gctx, cmd)
 		if out != "" {
 			logf("%s", indentOutput(out))
 		}
@@ -117,12 +120,12 @@ func Create(ctx context.Context, o Options) (Result, error) {
 		}
 	}
 	if o.Wait != nil {
-		if err := o.Wait(ctx, v); err != nil {
+		if err := o.Wait(gctx, v); err != nil {
 			return res, err
 		}
 	}
 	if o.Ready != nil {
-		wctx, cancel := context.WithTimeout(ctx, o.ReadyTimeout)
+		wctx, cancel := context.WithTimeout(gctx, o.ReadyTimeout)
 		err := o.Ready.Wait(wctx, v.Console())
 		cancel()
 		if err != nil {

@@ -66,8 +66,8 @@ func (p Probe) String() string {
 	return p.target
 }
 
-// Wait retries the probe until it succeeds or ctx ends; the error then says what the last
-// attempt saw.
+// Wait retries the probe until it succeeds or ctx ends; the error then gives ctx's cause and
+// what the last attempt saw.
 func (p Probe) Wait(ctx context.Context, console Text) error {
 	if p.kind == "serial" {
 		if err := console.WaitFor(ctx, p.target); err != nil {
@@ -84,7 +84,7 @@ func (p Probe) Wait(ctx context.Context, console Text) error {
 		}
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("probe %s: %w (last attempt: %v)", p, ctx.Err(), last)
+			return fmt.Errorf("probe %s: %w (last attempt: %v)", p, context.Cause(ctx), last)
 		case <-time.After(retryInterval):
 		}
 	}

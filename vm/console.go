@@ -111,7 +111,7 @@ func (c *Console) Expect(ctx context.Context, from int, re *regexp.Regexp) ([]st
 		}
 		select {
 		case <-ctx.Done():
-			return nil, 0, fmt.Errorf("waiting for %q on the serial console: %w", re, ctx.Err())
+			return nil, 0, fmt.Errorf("waiting for %q on the serial console: %w", re, context.Cause(ctx))
 		case <-changed:
 		}
 	}

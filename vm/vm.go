@@ -179,6 +179,24 @@ func (v *VM) PID() int { return v.cmd.Process.Pid }
 // Done is closed when QEMU has exited.
 func (v *VM) Done() <-chan struct{} { return v.exited }
 
+// Until returns a context that also ends when QEMU exits, with the reason as its cause, so a
+// wait for the guest (a probe, a serial command) ends at once, and says why, if the VM dies.
+func (v *VM) Until(ctx context.Context) (context.Context, context.CancelFunc) {
+	ctx, cancel := context.WithCancelCause(ctx)
+	go func() {
+		select {
+		case <-v.exited:
+			if v.waitErr != nil {
+				cancel(fmt.Errorf("the VM stopped: %w", v.waitErr))
+			} else {
+				cancel(errors.New("the VM stopped: the guest shut down"))
+			}
+		case <-ctx.Done():
+		}
+	}()
+	return ctx, func() { cancel(nil) }
+}
+
 // Err is why QEMU exited, with its last words; valid after Done.
 func (v *VM) Err() error { return v.waitErr }
 

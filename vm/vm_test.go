@@ -284,11 +284,22 @@ func TestContextCancelKillsQEMU(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer v.Kill()
+	guest, stop := v.Until(context.Background())
+	defer stop()
 	cancel()
 	select {
 	case <-v.Done():
 	case <-time.After(10 * time.Second):
 		t.Fatal("QEMU still runs 10 s after its context was cancelled")
+	}
+	// A wait on the guest ends with the VM, and says why.
+	select {
+	case <-guest.Done():
+		if cause := context.Cause(guest); cause == nil || !strings.Contains(cause.Error(), "the VM stopped") {
+			t.Fatalf("cause %v", cause)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("a context bound to the VM outlived it")
 	}
 	if err := syscallKill0(v.PID()); err == nil {
 		t.Fatal("QEMU process still exists")

@@ -179,22 +179,11 @@ func runBaseCreate(ctx context.Context, o baseCreateOptions, stdin io.Reader, st
 	return nil
 }
 
-// waitReady waits for the probe, or for QEMU to exit, whichever comes first.
+// waitReady waits for the probe, ending early (and saying why) if QEMU exits.
 func waitReady(ctx context.Context, p probe.Probe, v *vm.VM) error {
-	ctx, cancel := context.WithCancelCause(ctx)
-	defer cancel(nil)
-	go func() {
-		select {
-		case <-v.Done():
-			cancel(fmt.Errorf("the VM stopped: %w", v.Err()))
-		case <-ctx.Done():
-		}
-	}()
-	err := p.Wait(ctx, v.Console())
-	if cause := context.Cause(ctx); cause != nil && !errors.Is(cause, context.Canceled) && !errors.Is(cause, context.DeadlineExceeded) {
-		return cause
-	}
-	return err
+	ctx, cancel := v.Until(ctx)
+	defer cancel()
+	return p.Wait(ctx, v.Console())
 }
 
 func waitEnter(ctx context.Context, stdin io.Reader, v *vm.VM) error {
