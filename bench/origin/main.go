@@ -13,8 +13,6 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
-	"strconv"
-	"strings"
 	"syscall"
 	"time"
 
@@ -31,7 +29,10 @@ func main() {
 		fmt.Fprintln(os.Stderr, "origin:", err)
 		os.Exit(1)
 	}
-	rate, err := bitsOrBytes(*bw)
+	var rate int64
+	if *bw != "0" {
+		rate, err = synthesis.ParseRate(*bw)
+	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "origin:", err)
 		os.Exit(2)
@@ -44,23 +45,4 @@ func main() {
 	defer stop()
 	<-ctx.Done()
 	fmt.Fprintf(os.Stderr, "origin: served %d requests, %d bytes\n", s.Requests.Load(), s.Bytes.Load())
-}
-
-// bitsOrBytes reads "38Mbit" (bits) or "5MB" (bytes) per second as bytes per second.
-func bitsOrBytes(s string) (int64, error) {
-	t := strings.ToLower(s)
-	mult := 1.0
-	switch {
-	case strings.HasSuffix(t, "mbit"):
-		t, mult = strings.TrimSuffix(t, "mbit"), 1e6/8
-	case strings.HasSuffix(t, "kbit"):
-		t, mult = strings.TrimSuffix(t, "kbit"), 1e3/8
-	case strings.HasSuffix(t, "mb"):
-		t, mult = strings.TrimSuffix(t, "mb"), 1e6
-	}
-	v, err := strconv.ParseFloat(t, 64)
-	if err != nil || v < 0 {
-		return 0, fmt.Errorf("bandwidth %q: want e.g. 38Mbit or 5MB", s)
-	}
-	return int64(v * mult), nil
 }

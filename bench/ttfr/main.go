@@ -24,7 +24,6 @@ import (
 	"os/exec"
 	"os/signal"
 	"sort"
-	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -72,11 +71,11 @@ func main() {
 	flag.StringVar(&o.out, "out", "bench/ttfr", "output prefix: .md, .json and .svg are written")
 	flag.Parse()
 	for _, l := range strings.Split(links, ",") {
-		v, err := strconv.ParseFloat(strings.TrimSuffix(strings.ToLower(l), "mbit"), 64)
-		if err != nil || v <= 0 {
-			fail(fmt.Errorf("-links %q: want speeds like 38Mbit", l))
+		v, err := synthesis.ParseRate(l)
+		if err != nil {
+			fail(fmt.Errorf("-links: %w", err))
 		}
-		o.links = append(o.links, int64(v*1e6))
+		o.links = append(o.links, v*8)
 	}
 	if o.home == "" || o.base == "" || o.overlay == "" || o.profiled == "" {
 		fail(fmt.Errorf("-home, -base, -overlay and -profiled are required"))

@@ -6,7 +6,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -59,9 +58,11 @@ func runSynthesis(c *cli.Context) error {
 	if err != nil {
 		return fmt.Errorf("--probe: %w", err)
 	}
-	bw, err := parseBandwidth(c.String("bandwidth"))
-	if err != nil {
-		return err
+	var bw int64
+	if v := c.String("bandwidth"); v != "" {
+		if bw, err = synthesis.ParseRate(v); err != nil {
+			return fmt.Errorf("--bandwidth: %w", err)
+		}
 	}
 	store, b, err := openBase(g, c.Args().Get(0))
 	if err != nil {
@@ -107,29 +108,6 @@ func runSynthesis(c *cli.Context) error {
 		return fmt.Errorf("synthesis of %s: %w", filepath.Base(src), err)
 	}
 	return nil
-}
-
-// parseBandwidth reads "38Mbit", "5MB", "1000000" (bytes per second).
-func parseBandwidth(s string) (int64, error) {
-	if s == "" {
-		return 0, nil
-	}
-	t := strings.ToLower(strings.TrimSuffix(strings.TrimSuffix(strings.ToLower(s), "/s"), "ps"))
-	mult := 1.0
-	for _, u := range []struct {
-		suffix string
-		m      float64
-	}{{"gbit", 1e9 / 8}, {"mbit", 1e6 / 8}, {"kbit", 1e3 / 8}, {"gb", 1e9}, {"mb", 1e6}, {"kb", 1e3}, {"b", 1}} {
-		if strings.HasSuffix(t, u.suffix) {
-			t, mult = strings.TrimSuffix(t, u.suffix), u.m
-			break
-		}
-	}
-	v, err := strconv.ParseFloat(t, 64)
-	if err != nil || v <= 0 {
-		return 0, fmt.Errorf("--bandwidth %q: want a rate like 38Mbit or 5MB", s)
-	}
-	return int64(v * mult), nil
 }
 
 // runDetached starts this same synthesis as a background process in its own session, with its
