@@ -6,7 +6,7 @@ set -euo pipefail
 cloudlet=$1 guest=$2 home=$3 out=$4
 export CLOUDLET_HOME=$home
 mkdir -p "$out"
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+. "$(dirname "$0")/lib.sh"
 
 port=$(free_port)
 echo "== cloudlet base create: boot the test guest, wait for its HTTP server, snapshot it" >&2

@@ -14,7 +14,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+. "$(dirname "$0")/lib.sh"
 
 id=$(testdata/app-overlay.sh "$cloudlet" "$guest" "$home" "$work" | tail -n1)
 echo "base ID: $id"
