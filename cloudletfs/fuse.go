@@ -3,7 +3,6 @@ package cloudletfs
 import (
 	"context"
 	"errors"
-	"fmt"
 	"log"
 	"syscall"
 
@@ -178,37 +177,4 @@ func toErrno(l *log.Logger, err error) syscall.Errno {
 		l.Printf("cloudletfs: %v", err)
 	}
 	return syscall.EIO
-}
-
-// Stats are one image's counters.
-type Stats struct {
-	Image         string
-	BytesRead     int64
-	BytesWritten  int64
-	ChunksRead    int64
-	ChunksWritten int64
-	ChunksFetched int64
-	DemandMisses  int64
-	StallSeconds  float64
-	ChunksPresent int64
-	ChunksTotal   int64
-}
-
-// Stats returns the image's counters now.
-func (img *Image) Stats() Stats {
-	s := &img.stats
-	return Stats{
-		Image: img.name, BytesRead: s.bytesRead.Load(), BytesWritten: s.bytesWritten.Load(),
-		ChunksRead: s.chunksRead.Load(), ChunksWritten: s.chunksWritten.Load(),
-		ChunksFetched: s.chunksFetched.Load(), DemandMisses: s.demandMisses.Load(),
-		StallSeconds: float64(s.stallNanos.Load()) / 1e9, ChunksPresent: s.present.Load(), ChunksTotal: img.chunks,
-	}
-}
-
-// String renders the stats as "name value" lines, the format of stats/IMAGE.
-func (s Stats) String() string {
-	return fmt.Sprintf("bytes_read %d\nbytes_written %d\nchunks_read %d\nchunks_written %d\nchunks_fetched %d\n"+
-		"demand_misses %d\nstall_seconds %.6f\nchunks_present %d\nchunks_total %d\n",
-		s.BytesRead, s.BytesWritten, s.ChunksRead, s.ChunksWritten, s.ChunksFetched,
-		s.DemandMisses, s.StallSeconds, s.ChunksPresent, s.ChunksTotal)
 }
