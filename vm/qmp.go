@@ -68,8 +68,7 @@ func (q *qmp) Execute(ctx context.Context, cmd string, args, out any) error {
 	return q.execute(ctx, cmd, args, out, nil)
 }
 
-// SendFD passes an open file to QEMU under name, for fd: migration URIs. Passing the fd keeps
-// the shell out of migration (no exec: URIs) and works where a sandbox forbids spawning.
+// SendFD passes an open file to QEMU under name over the monitor socket.
 func (q *qmp) SendFD(ctx context.Context, name string, f *os.File) error {
 	return q.execute(ctx, "getfd", map[string]any{"fdname": name}, nil, f)
 }
@@ -81,12 +80,9 @@ func (q *qmp) execute(ctx context.Context, cmd string, args, out any, fd *os.Fil
 	defer stop()
 	defer q.conn.SetDeadline(time.Time{})
 
-	req, err := json.Marshal(map[string]any{"execute": cmd, "arguments": args})
-	if args == nil {
-		req, err = json.Marshal(map[string]any{"execute": cmd})
-	}
+	req, err := qmpRequest(cmd, args)
 	if err != nil {
-		return fmt.Errorf("qmp %s: %w", cmd, err)
+		return err
 	}
 	req = append(req, '\n')
 	if fd != nil {
@@ -102,32 +98,50 @@ func (q *qmp) execute(ctx context.Context, cmd string, args, out any, fd *os.Fil
 		if err != nil {
 			return fmt.Errorf("qmp %s: monitor connection: %w", cmd, errors.Join(err, ctx.Err()))
 		}
-		var resp struct {
-			Return json.RawMessage `json:"return"`
-			Error  *struct {
-				Class string `json:"class"`
-				Desc  string `json:"desc"`
-			} `json:"error"`
-			Event string `json:"event"`
-		}
-		if err := json.Unmarshal(line, &resp); err != nil {
-			return fmt.Errorf("qmp %s: bad reply %q: %w", cmd, line, err)
-		}
-		switch {
-		case resp.Event != "":
-			continue
-		case resp.Error != nil:
-			return &QMPError{Command: cmd, Class: resp.Error.Class, Desc: resp.Error.Desc}
-		case resp.Return != nil:
-			if out == nil {
-				return nil
-			}
-			if err := json.Unmarshal(resp.Return, out); err != nil {
-				return fmt.Errorf("qmp %s: decode %q: %w", cmd, resp.Return, err)
-			}
-			return nil
+		if done, err := decodeReply(cmd, line, out); done {
+			return err
 		}
 	}
+}
+
+func qmpRequest(cmd string, args any) ([]byte, error) {
+	req := map[string]any{"execute": cmd}
+	if args != nil {
+		req["arguments"] = args
+	}
+	b, err := json.Marshal(req)
+	if err != nil {
+		return nil, fmt.Errorf("qmp %s: %w", cmd, err)
+	}
+	return b, nil
+}
+
+// decodeReply reads one monitor message: an answer to cmd (done), or an event to skip.
+func decodeReply(cmd string, line []byte, out any) (done bool, err error) {
+	var resp struct {
+		Return json.RawMessage `json:"return"`
+		Error  *struct {
+			Class string `json:"class"`
+			Desc  string `json:"desc"`
+		} `json:"error"`
+		Event string `json:"event"`
+	}
+	if err := json.Unmarshal(line, &resp); err != nil {
+		return true, fmt.Errorf("qmp %s: bad reply %q: %w", cmd, line, err)
+	}
+	switch {
+	case resp.Error != nil:
+		return true, &QMPError{Command: cmd, Class: resp.Error.Class, Desc: resp.Error.Desc}
+	case resp.Return != nil:
+		if out == nil {
+			return true, nil
+		}
+		if err := json.Unmarshal(resp.Return, out); err != nil {
+			return true, fmt.Errorf("qmp %s: decode %q: %w", cmd, resp.Return, err)
+		}
+		return true, nil
+	}
+	return false, nil // an event
 }
 
 // migrationStatus is the part of query-migrate the driver needs.
@@ -138,7 +152,7 @@ type migrationStatus struct {
 
 // waitMigration polls query-migrate until the migration completes or fails. Polling (rather
 // than events) keeps the client simple; a 10 ms period adds no visible latency.
-func (q *qmp) waitMigration(ctx context.Context) error {
+func waitMigration(ctx context.Context, q monitor) error {
 	tick := time.NewTicker(10 * time.Millisecond)
 	defer tick.Stop()
 	for {

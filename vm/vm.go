@@ -5,14 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"os"
-	"os/exec"
-	"path/filepath"
-	"strconv"
-	"strings"
 	"sync"
-	"syscall"
 	"time"
 )
 
@@ -28,6 +22,36 @@ type Memory struct {
 	// Share maps the file MAP_SHARED, so guest writes reach it (needed to snapshot). Without
 	// it the mapping is private: the file is only read, and guest writes stay in QEMU.
 	Share bool
+}
+
+// Driver names who starts QEMU.
+type Driver string
+
+const (
+	// DriverQEMU runs QEMU as a child of this process.
+	DriverQEMU Driver = "qemu"
+	// DriverLibvirt asks a libvirt daemon to run QEMU as a transient domain, so operators
+	// see and manage it with virsh.
+	DriverLibvirt Driver = "libvirt"
+)
+
+// ParseDriver reads the --driver flag.
+func ParseDriver(s string) (Driver, error) {
+	switch Driver(s) {
+	case "", DriverQEMU:
+		return DriverQEMU, nil
+	case DriverLibvirt:
+		return DriverLibvirt, nil
+	}
+	return "", fmt.Errorf("driver %q: want qemu or libvirt", s)
+}
+
+// Libvirt is where and how the libvirt driver runs a domain.
+type Libvirt struct {
+	URI string // e.g. qemu:///system; empty means libvirt's default
+	// LogDir is where the daemon writes each domain's QEMU log (NAME.log), read to quote QEMU's
+	// last words in errors. Empty means /var/log/libvirt/qemu, a system daemon's place.
+	LogDir string
 }
 
 // Options is one run of a VM: the snapshot-stable Config plus the per-run details.
@@ -51,6 +75,12 @@ type Options struct {
 	QEMU           string    // binary; default qemu-system-x86_64 from PATH
 	Log            io.Writer // driver notes such as the accelerator choice; nil discards
 	SerialLog      io.Writer // a copy of everything the guest prints on its serial port
+
+	Driver  Driver // default DriverQEMU
+	Libvirt Libvirt
+	// Name tells this VM apart for operators: the libvirt domain is "cloudlet-NAME". Empty
+	// means a random name.
+	Name string
 }
 
 // startTimeout bounds how long QEMU may take to open its monitor.
@@ -59,23 +89,46 @@ const startTimeout = 30 * time.Second
 // stopGrace is how long a VM gets to quit before it is killed.
 const stopGrace = 5 * time.Second
 
-// VM is a running QEMU process. Its life is bound to the context given to Boot or Resume:
-// cancelling it kills QEMU, so no VM outlives its owner.
+// VM is a running QEMU, whichever driver started it. Its life is bound to the context given to
+// Boot or Resume: cancelling it ends QEMU, so no VM outlives its owner.
 type VM struct {
 	accel   Accel
 	memory  string // paths of the RAM file and the disk, synced after a snapshot
 	disk    string
 	noSync  bool
-	cmd     *exec.Cmd
-	runDir  string
-	qmp     *qmp
+	proc    process
 	console *Console
-	stderr  *tailBuffer
-	exited  chan struct{} // closed when the process has been reaped
+	exited  chan struct{} // closed when QEMU is gone
 	waitErr error         // set before exited is closed
 
 	stopOnce    sync.Once
 	stopContext func() bool
+}
+
+// process is QEMU as one driver runs it.
+type process interface {
+	monitor
+	// cont runs the guest CPUs, and pause stops them, so that whoever manages QEMU knows.
+	cont(ctx context.Context) error
+	pause(ctx context.Context) error
+	// quit asks QEMU to exit; kill makes it. Neither waits.
+	quit(ctx context.Context) error
+	kill()
+	// lastWords is the tail of QEMU's stderr, for error messages.
+	lastWords() string
+	// release frees what the driver holds once QEMU is gone.
+	release()
+	pid() int
+	String() string
+}
+
+// monitor is QEMU's QMP monitor.
+type monitor interface {
+	Execute(ctx context.Context, cmd string, args, out any) error
+	// SendFD passes an open file to QEMU under name, for fd: migration URIs. Passing the fd
+	// keeps the shell out of migration (no exec: URIs) and works where a sandbox forbids
+	// spawning.
+	SendFD(ctx context.Context, name string, f *os.File) error
 }
 
 // Boot starts a VM from its disk (and kernel, if given).
@@ -84,7 +137,7 @@ func Boot(ctx context.Context, opts Options) (*VM, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := v.qmp.Execute(ctx, "cont", nil, nil); err != nil {
+	if err := v.proc.cont(ctx); err != nil {
 		return nil, v.failed("boot", err)
 	}
 	return v, nil
@@ -104,12 +157,12 @@ func Resume(ctx context.Context, opts Options, devstate string) (*VM, error) {
 	}
 	steps := []func() error{
 		func() error { return v.setIgnoreShared(ctx) },
-		func() error { return v.qmp.SendFD(ctx, "devstate", f) },
+		func() error { return v.proc.SendFD(ctx, "devstate", f) },
 		func() error {
-			return v.qmp.Execute(ctx, "migrate-incoming", map[string]any{"uri": "fd:devstate"}, nil)
+			return v.proc.Execute(ctx, "migrate-incoming", map[string]any{"uri": "fd:devstate"}, nil)
 		},
-		func() error { return v.qmp.waitMigration(ctx) },
-		func() error { return v.qmp.Execute(ctx, "cont", nil, nil) },
+		func() error { return waitMigration(ctx, v.proc) },
+		func() error { return v.proc.cont(ctx) },
 	}
 	for _, step := range steps {
 		if err := step(); err != nil {
@@ -129,11 +182,11 @@ func (v *VM) Snapshot(ctx context.Context, path string) error {
 	}
 	defer f.Close()
 	steps := []func() error{
-		func() error { return v.qmp.Execute(ctx, "stop", nil, nil) },
+		func() error { return v.proc.pause(ctx) },
 		func() error { return v.setIgnoreShared(ctx) },
-		func() error { return v.qmp.SendFD(ctx, "snapshot", f) },
-		func() error { return v.qmp.Execute(ctx, "migrate", map[string]any{"uri": "fd:snapshot"}, nil) },
-		func() error { return v.qmp.waitMigration(ctx) },
+		func() error { return v.proc.SendFD(ctx, "snapshot", f) },
+		func() error { return v.proc.Execute(ctx, "migrate", map[string]any{"uri": "fd:snapshot"}, nil) },
+		func() error { return waitMigration(ctx, v.proc) },
 		func() error { return f.Sync() },
 	}
 	for _, step := range steps {
@@ -157,15 +210,13 @@ func (v *VM) Snapshot(ctx context.Context, path string) error {
 }
 
 func (v *VM) setIgnoreShared(ctx context.Context) error {
-	return v.qmp.Execute(ctx, "migrate-set-capabilities", map[string]any{
+	return v.proc.Execute(ctx, "migrate-set-capabilities", map[string]any{
 		"capabilities": []map[string]any{{"capability": "x-ignore-shared", "state": true}},
 	}, nil)
 }
 
 // Pause stops the guest's CPUs; QEMU keeps running, so the state can be inspected or resumed.
-func (v *VM) Pause(ctx context.Context) error {
-	return v.qmp.Execute(ctx, "stop", nil, nil)
-}
+func (v *VM) Pause(ctx context.Context) error { return v.proc.pause(ctx) }
 
 // Console is the guest's serial port.
 func (v *VM) Console() *Console { return v.console }
@@ -173,8 +224,11 @@ func (v *VM) Console() *Console { return v.console }
 // Accel is the accelerator QEMU runs with.
 func (v *VM) Accel() Accel { return v.accel }
 
-// PID is QEMU's process ID.
-func (v *VM) PID() int { return v.cmd.Process.Pid }
+// PID is QEMU's process ID, or 0 where the driver cannot tell (a remote libvirt daemon).
+func (v *VM) PID() int { return v.proc.pid() }
+
+// String names the VM for people: "QEMU pid 123" or "libvirt domain cloudlet-ab12".
+func (v *VM) String() string { return v.proc.String() }
 
 // Done is closed when QEMU has exited.
 func (v *VM) Done() <-chan struct{} { return v.exited }
@@ -208,11 +262,11 @@ func (v *VM) Stop(ctx context.Context) error {
 	default:
 		qctx, cancel := context.WithTimeout(ctx, stopGrace)
 		// quit's reply can race the monitor closing; the exit below is what counts.
-		_ = v.qmp.Execute(qctx, "quit", nil, nil)
+		_ = v.proc.quit(qctx)
 		select {
 		case <-v.exited:
 		case <-qctx.Done():
-			v.kill()
+			v.proc.kill()
 			<-v.exited
 		}
 		cancel()
@@ -223,20 +277,25 @@ func (v *VM) Stop(ctx context.Context) error {
 
 // Kill ends QEMU at once.
 func (v *VM) Kill() {
-	v.kill()
+	v.proc.kill()
 	<-v.exited
 	v.cleanup()
 }
 
-func (v *VM) kill() { v.cmd.Process.Signal(syscall.SIGKILL) }
-
 func (v *VM) cleanup() {
 	v.stopOnce.Do(func() {
 		v.stopContext()
-		v.qmp.Close()
-		v.console.Close()
-		os.RemoveAll(v.runDir)
+		if v.console != nil {
+			v.console.Close()
+		}
+		v.proc.release()
 	})
+}
+
+// exit records why QEMU ended; each driver calls it once, when it sees the end.
+func (v *VM) exit(err error) {
+	v.waitErr = err
+	close(v.exited)
 }
 
 // failed turns an error during a QMP step into one that carries QEMU's own message, and makes
@@ -253,7 +312,7 @@ func (v *VM) failed(what string, err error) error {
 		case <-time.After(2 * time.Second):
 		}
 	}
-	msg := v.stderr.String()
+	msg := v.proc.lastWords()
 	v.Kill()
 	switch {
 	case exited && msg != "":
@@ -265,17 +324,10 @@ func (v *VM) failed(what string, err error) error {
 	return fmt.Errorf("%s: %w", what, err)
 }
 
+// start checks what every driver needs, then has the driver start QEMU, paused.
 func start(ctx context.Context, opts Options, incoming bool) (*VM, error) {
 	if err := opts.Config.Validate(); err != nil {
 		return nil, err
-	}
-	qemu := opts.QEMU
-	if qemu == "" {
-		qemu = "qemu-system-x86_64"
-	}
-	qemuPath, err := exec.LookPath(qemu)
-	if err != nil {
-		return nil, fmt.Errorf("%s not found: install QEMU 7.2 or later (make deps): %w", qemu, err)
 	}
 	disk := opts.Disk.Path
 	if opts.ServedByCaller {
@@ -302,151 +354,22 @@ func start(ctx context.Context, opts Options, incoming bool) (*VM, error) {
 	accel, why := chooseAccel(opts.Accel, "/sys/module")
 	logf(opts.Log, "accelerator: %s (%s)\n", accel, why)
 
-	runDir, err := os.MkdirTemp("", "cloudlet-vm-")
+	v := &VM{accel: accel, memory: opts.Memory.Path, disk: opts.Disk.Path, noSync: opts.ServedByCaller, exited: make(chan struct{})}
+	var err error
+	switch opts.Driver {
+	case "", DriverQEMU:
+		err = startQEMU(ctx, v, opts, incoming)
+	case DriverLibvirt:
+		err = startLibvirt(ctx, v, opts, incoming)
+	default:
+		err = fmt.Errorf("driver %q: want qemu or libvirt", opts.Driver)
+	}
 	if err != nil {
-		return nil, fmt.Errorf("vm run directory: %w", err)
+		return nil, err
 	}
-	args := buildArgs(opts, accel, runDir, incoming)
-
-	var cmd *exec.Cmd
-	if opts.KeepHugepageAdvice {
-		cmd = exec.Command(qemuPath, args...)
-	} else {
-		self, err := os.Executable()
-		if err != nil {
-			os.RemoveAll(runDir)
-			return nil, fmt.Errorf("qemu launcher: %w", err)
-		}
-		cmd = exec.Command(self, append([]string{qemuPath}, args...)...)
-		cmd.Env = append(os.Environ(), launcherEnv+"="+strconv.FormatInt(opts.Config.MemoryBytes, 10))
-	}
-	stderr := &tailBuffer{max: 16 << 10}
-	cmd.Stderr = stderr
-	// Own process group: a terminal's Ctrl-C reaches us, and we stop QEMU in order.
-	// Pdeathsig: if we die without cleaning up, the kernel kills QEMU.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
-		os.RemoveAll(runDir)
-		return nil, fmt.Errorf("start %s: %w", qemuPath, err)
-	}
-	v := &VM{accel: accel, memory: opts.Memory.Path, disk: opts.Disk.Path, noSync: opts.ServedByCaller, cmd: cmd, runDir: runDir, stderr: stderr, exited: make(chan struct{})}
-	v.stopContext = context.AfterFunc(ctx, v.kill)
-	go func() {
-		err := cmd.Wait()
-		if msg := stderr.String(); msg != "" && err != nil {
-			err = fmt.Errorf("qemu exited (%w): %s", err, msg)
-		} else if err != nil {
-			err = fmt.Errorf("qemu exited: %w", err)
-		}
-		v.waitErr = err
-		close(v.exited)
-	}()
-
-	if err := v.connect(ctx, opts.SerialLog); err != nil {
-		msg := stderr.String()
-		v.kill()
-		<-v.exited
-		os.RemoveAll(runDir)
-		v.stopContext()
-		if msg != "" {
-			return nil, fmt.Errorf("start qemu: %w; qemu said: %s", err, msg)
-		}
-		return nil, fmt.Errorf("start qemu: %w", err)
-	}
+	v.stopContext = context.AfterFunc(ctx, v.proc.kill)
 	return v, nil
 }
-
-// connect waits for QEMU's monitor socket and attaches the serial console. QEMU creates both
-// sockets before it parses the rest of its setup, so a start failure shows up as an exit here.
-func (v *VM) connect(ctx context.Context, serialLog io.Writer) error {
-	ctx, cancel := context.WithTimeout(ctx, startTimeout)
-	defer cancel()
-	tick := time.NewTicker(10 * time.Millisecond)
-	defer tick.Stop()
-	for {
-		q, err := dialQMP(ctx, filepath.Join(v.runDir, "qmp.sock"))
-		if err == nil {
-			v.qmp = q
-			break
-		}
-		select {
-		case <-v.exited:
-			return errors.New("qemu exited before its monitor was ready")
-		case <-ctx.Done():
-			return fmt.Errorf("qemu monitor not ready: %w", ctx.Err())
-		case <-tick.C:
-		}
-	}
-	var d net.Dialer
-	c, err := d.DialContext(ctx, "unix", filepath.Join(v.runDir, "serial.sock"))
-	if err != nil {
-		v.qmp.Close()
-		return fmt.Errorf("serial console: %w", err)
-	}
-	v.console = newConsole(c, serialLog)
-	return nil
-}
-
-// buildArgs is the whole QEMU command line. Everything that shapes guest-visible state comes
-// from Config and the fixed device model, so a boot and a later resume match.
-func buildArgs(opts Options, accel Accel, runDir string, incoming bool) []string {
-	c := opts.Config
-	mem := strconv.FormatInt(c.MemoryBytes>>20, 10) + "M"
-	share := "off"
-	if opts.Memory.Share {
-		share = "on"
-	}
-	format := opts.Disk.Format
-	if format == "" {
-		format = "raw"
-	}
-	netdev := "user,id=net0"
-	for _, f := range opts.Forwards {
-		netdev += ",hostfwd=" + f.String()
-	}
-	args := []string{
-		"-nodefaults", "-no-user-config",
-		"-machine", c.Machine + ",memory-backend=mem",
-		"-accel", string(accel),
-		"-cpu", c.CPU,
-		"-smp", strconv.Itoa(c.CPUs),
-		"-m", mem,
-		"-object", "memory-backend-file,id=mem,size=" + mem + ",mem-path=" + qemuEscape(opts.Memory.Path) + ",share=" + share,
-	}
-	if opts.Kernel != "" {
-		args = append(args, "-kernel", opts.Kernel, "-append", c.Append)
-		if opts.Initrd != "" {
-			args = append(args, "-initrd", opts.Initrd)
-		}
-	}
-	args = append(args,
-		"-drive", "file="+qemuEscape(opts.Disk.Path)+",format="+format+",if=none,id=disk0,cache=writeback",
-		"-device", "virtio-blk-pci,drive=disk0",
-		"-netdev", netdev,
-		// romfile= skips the iPXE option ROM: it is never used and would be one more RAM block.
-		"-device", "virtio-net-pci,netdev=net0,romfile=",
-		"-chardev", "socket,id=serial0,path="+filepath.Join(runDir, "serial.sock")+",server=on,wait=off",
-		"-serial", "chardev:serial0",
-		"-vga", "std",
-		"-chardev", "socket,id=qmp,path="+filepath.Join(runDir, "qmp.sock")+",server=on,wait=off",
-		"-mon", "chardev=qmp,mode=control",
-	)
-	if opts.VNC != "" {
-		args = append(args, "-vnc", opts.VNC)
-	} else {
-		args = append(args, "-display", "none")
-	}
-	if incoming {
-		args = append(args, "-incoming", "defer")
-	} else {
-		// Start paused so the console is attached before the guest prints anything.
-		args = append(args, "-S")
-	}
-	return args
-}
-
-// qemuEscape doubles commas, QEMU's escape inside option values.
-func qemuEscape(s string) string { return strings.ReplaceAll(s, ",", ",,") }
 
 func syncFile(path string) error {
 	f, err := os.OpenFile(path, os.O_RDWR, 0)
@@ -464,27 +387,4 @@ func logf(w io.Writer, format string, args ...any) {
 	if w != nil {
 		fmt.Fprintf(w, format, args...)
 	}
-}
-
-// tailBuffer keeps the last max bytes written to it: QEMU's stderr, for error messages.
-type tailBuffer struct {
-	mu  sync.Mutex
-	max int
-	b   []byte
-}
-
-func (t *tailBuffer) Write(p []byte) (int, error) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	t.b = append(t.b, p...)
-	if over := len(t.b) - t.max; over > 0 {
-		t.b = append(t.b[:0:0], t.b[over:]...)
-	}
-	return len(p), nil
-}
-
-func (t *tailBuffer) String() string {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	return strings.TrimSpace(string(t.b))
 }

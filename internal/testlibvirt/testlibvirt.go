@@ -1,0 +1,178 @@
+// Package testlibvirt starts a private libvirt daemon for a test: its own configuration,
+// state, logs and socket under a temporary directory, bound over libvirt's fixed paths in a
+// mount namespace of its own, so the host's /etc and libvirt state are never touched. The
+// daemon is stopped, and every domain it runs destroyed, when the test ends.
+package testlibvirt
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/cloudlet/cloudlet/internal/testguest"
+)
+
+// Daemon is a running private libvirtd.
+type Daemon struct {
+	URI    string // qemu:///system through the private socket
+	LogDir string // where QEMU's domain logs land, as this process sees them
+	dir    string
+	cmd    *exec.Cmd
+}
+
+// qemuConf is the operator set-up the README documents, plus what a host without systemd
+// needs: QEMU logs to files (no virtlogd) and no cgroup controllers.
+const qemuConf = `user = "root"
+group = "root"
+dynamic_ownership = 0
+remember_owner = 0
+security_driver = "none"
+stdio_handler = "file"
+cgroup_controllers = [ ]
+`
+
+const libvirtdConf = `unix_sock_dir = "/run/libvirt"
+unix_sock_rw_perms = "0700"
+auth_unix_rw = "none"
+auth_unix_ro = "none"
+log_outputs = "3:stderr"
+`
+
+// Start starts the daemon. Mounts made later under shared (cloudletfs's) are visible to it and
+// its QEMUs: shared becomes a shared mount point first, and the daemon's namespace its slave.
+func Start(t testing.TB, shared string) *Daemon {
+	t.Helper()
+	testguest.Require(t, "libvirtd", "virsh", "unshare", "mount", "umount")
+	if os.Geteuid() != 0 {
+		t.Fatal("the private libvirt daemon needs root (mount namespaces, bind mounts)")
+	}
+	dir := t.TempDir()
+	d := &Daemon{URI: "qemu:///system?socket=" + filepath.Join(dir, "run", "libvirt-sock"), LogDir: filepath.Join(dir, "log", "qemu"), dir: dir}
+	for _, sub := range []string{"etc", "run", "lib", "log", "cache"} {
+		if err := os.MkdirAll(filepath.Join(dir, sub), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write := func(name, content string) {
+		if err := os.WriteFile(filepath.Join(dir, "etc", name), []byte(content), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write("qemu.conf", qemuConf)
+	write("libvirtd.conf", libvirtdConf)
+	write("libvirt.conf", "")
+	// libvirt 9.0 looks up its libvirt-qemu user even when QEMU runs as root.
+	for _, f := range []struct{ name, line string }{
+		{"passwd", "libvirt-qemu:x:64055:64055:Libvirt Qemu:/var/lib/libvirt:/usr/sbin/nologin\n"},
+		{"group", "libvirt-qemu:x:64055:\n"},
+	} {
+		b, err := os.ReadFile("/etc/" + f.name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Contains(b, []byte("\nlibvirt-qemu:")) {
+			b = append(b, f.line...)
+		}
+		write(f.name, string(b))
+	}
+
+	mount := func(args ...string) {
+		if out, err := exec.Command("mount", args...).CombinedOutput(); err != nil {
+			t.Fatalf("mount %v: %v: %s", args, err, out)
+		}
+	}
+	mount("--bind", shared, shared)
+	t.Cleanup(func() { exec.Command("umount", "-l", shared).Run() })
+	mount("--make-shared", shared)
+
+	script := `set -e
+mount --make-rslave /
+mount --bind "$1/etc" /etc/libvirt
+mount --bind "$1/etc/passwd" /etc/passwd
+mount --bind "$1/etc/group" /etc/group
+for d in run:/run/libvirt lib:/var/lib/libvirt log:/var/log/libvirt cache:/var/cache/libvirt; do
+	mkdir -p "${d#*:}"
+	mount --bind "$1/${d%%:*}" "${d#*:}"
+done
+exec libvirtd -f /etc/libvirt/libvirtd.conf
+`
+	logf, err := os.Create(filepath.Join(dir, "libvirtd.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer logf.Close()
+	d.cmd = exec.Command("unshare", "--mount", "sh", "-c", script, "sh", dir)
+	d.cmd.Stdout, d.cmd.Stderr = logf, logf
+	// The daemon dies with the test binary, whatever happens to it.
+	d.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := d.cmd.Start(); err != nil {
+		t.Fatalf("start libvirtd: %v", err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- d.cmd.Wait() }()
+	t.Cleanup(func() { d.stop(t, exited) })
+
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		if _, err := d.Virsh("version"); err == nil {
+			return d
+		}
+		select {
+		case err := <-exited:
+			exited <- err
+			t.Fatalf("libvirtd exited: %v\n%s", err, d.Log())
+		case <-time.After(100 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("libvirtd not answering after 30 s:\n%s", d.Log())
+		}
+	}
+}
+
+// Virsh runs virsh against the daemon.
+func (d *Daemon) Virsh(args ...string) (string, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, "virsh", append([]string{"-c", d.URI}, args...)...).CombinedOutput()
+	if err != nil {
+		return string(out), fmt.Errorf("virsh %s: %w: %s", strings.Join(args, " "), err, out)
+	}
+	return string(out), nil
+}
+
+// Domains lists the names of all domains, running or not.
+func (d *Daemon) Domains(t testing.TB) []string {
+	t.Helper()
+	out, err := d.Virsh("list", "--all", "--name")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return strings.Fields(out)
+}
+
+// Log is the daemon's own log, for failure messages.
+func (d *Daemon) Log() string {
+	b, _ := os.ReadFile(filepath.Join(d.dir, "libvirtd.log"))
+	return string(b)
+}
+
+func (d *Daemon) stop(t testing.TB, exited chan error) {
+	out, _ := d.Virsh("list", "--name")
+	for _, name := range strings.Fields(out) {
+		d.Virsh("destroy", name)
+	}
+	d.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-exited:
+	case <-time.After(10 * time.Second):
+		d.cmd.Process.Kill()
+		<-exited
+	}
+}
