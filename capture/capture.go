@@ -101,7 +101,7 @@ func Create(ctx context.Context, o Options) (Result, error) {
 		return res, fmt.Errorf("resume base %s for capture: %w", b.ID, err)
 	}
 	defer v.Kill()
-	logf("resumed base %s (QEMU pid %d)\n", b.ID[:12], v.PID())
+	logf("resumed base %s (%s)\n", b.ID[:12], v)
 	// Commands and the probe wait for the guest: if it dies, they end at once and say so.
 	gctx, stopWaiting := v.Until(ctx)
 	defer stopWaiting()

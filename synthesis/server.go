@@ -253,6 +253,7 @@ func (s *Server) newSession(req SessionRequest, b *base.Base) (*session, Options
 		status: SessionStatus{ID: hex.EncodeToString(idb), Base: b.ID, State: "running", Forwards: map[string]string{}}}
 	vmo := s.opts.VM
 	vmo.Forwards = nil
+	vmo.Name = sess.status.ID
 	for _, p := range req.Ports {
 		hp, err := freePort(s.opts.ForwardHost)
 		if err != nil {

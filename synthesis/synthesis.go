@@ -10,6 +10,7 @@ package synthesis
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -54,7 +55,7 @@ type Options struct {
 
 // Event is a point on the synthesis timeline.
 type Event struct {
-	Name    string  `json:"event"` // index, resumed, first_answer, complete
+	Name    string  `json:"event"` // index, resumed, first_answer, complete, stopped
 	Seconds float64 `json:"t_s"`   // since the start
 	Bytes   int64   `json:"bytes_fetched"`
 	// Stall is the time guest reads spent waiting for chunks so far, by image.
@@ -180,7 +181,7 @@ func Run(ctx context.Context, o Options) (Timeline, error) {
 		return tl, err
 	}
 	defer v.Stop(context.WithoutCancel(ctx))
-	emit("resumed", fmt.Sprintf("QEMU pid %d, %s", v.PID(), v.Accel()))
+	emit("resumed", fmt.Sprintf("%s, %s", v, v.Accel()))
 
 	answered := make(chan error, 1)
 	if o.Probe != nil {
@@ -219,6 +220,10 @@ func Run(ctx context.Context, o Options) (Timeline, error) {
 		case <-fetcher.Failed():
 			return tl, haltOnFailure(ctx, v, fetcher.Err())
 		case <-v.Done():
+			if errors.Is(v.Err(), vm.ErrStoppedOutside) {
+				emit("stopped", v.Err().Error())
+				return tl, nil
+			}
 			if v.Err() != nil {
 				return tl, fmt.Errorf("the VM stopped: %w", v.Err())
 			}

@@ -43,6 +43,7 @@ type libvirtProcess struct {
 	runDir    string
 	qemuPID   int
 	quitting  atomic.Bool // we asked the domain to stop: its end is no error
+	killing   atomic.Bool
 
 	mu   sync.Mutex // guards conn and dom, which a reconnect replaces
 	conn *libvirt.Connect
@@ -160,22 +161,24 @@ func (p *libvirtProcess) watch(v *VM) {
 
 var shutdownReason = regexp.MustCompile(`shutting down, reason=(\w+)`)
 
-// stopped is the exit error for a domain that is gone; nil for a guest that shut down.
+// stopped is the exit error for a domain that is gone; nil when the guest shut down or we
+// asked it to stop.
 func (p *libvirtProcess) stopped(state string) error {
 	reason := state
 	if m := shutdownReason.FindAllStringSubmatch(p.log(), -1); m != nil {
 		reason = m[len(m)-1][1]
 	}
-	if reason == "shutdown" || p.quitting.Load() {
+	switch {
+	case p.quitting.Load() || reason == "shutdown":
 		return nil
-	}
-	if reason == "" {
+	case p.killing.Load():
+		return fmt.Errorf("libvirt domain %s: killed by cloudlet", p.name)
+	case reason == "destroyed":
+		return fmt.Errorf("libvirt domain %s was destroyed outside cloudlet (virsh destroy): %w", p.name, ErrStoppedOutside)
+	case reason == "":
 		reason = "gone"
 	}
 	err := fmt.Sprintf("libvirt domain %s stopped (%s)", p.name, reason)
-	if reason == "destroyed" {
-		err += ": destroyed through libvirt (virsh destroy, or cloudlet itself)"
-	}
 	if words := p.lastWords(); words != "" {
 		err += ": " + words
 	}
@@ -278,6 +281,7 @@ func (p *libvirtProcess) lv(ctx context.Context, what string, f func(*libvirt.Do
 
 // kill destroys the domain without waiting: the watcher sees it go.
 func (p *libvirtProcess) kill() {
+	p.killing.Store(true)
 	dom := p.domain()
 	go dom.Destroy()
 }

@@ -46,6 +46,14 @@ func ParseDriver(s string) (Driver, error) {
 	return "", fmt.Errorf("driver %q: want qemu or libvirt", s)
 }
 
+// ErrLibvirtNotBuilt is the libvirt driver's answer in a binary built without it.
+var ErrLibvirtNotBuilt = errors.New("this cloudlet was built without libvirt support " +
+	"(CGO_ENABLED=0 or -tags nolibvirt); rebuild it with cgo and libvirt-dev installed (make deps build)")
+
+// ErrStoppedOutside is in a VM's exit error when someone stopped it on purpose outside
+// cloudlet, as an operator's 'virsh destroy' does: an end, not a failure.
+var ErrStoppedOutside = errors.New("stopped outside cloudlet")
+
 // Libvirt is where and how the libvirt driver runs a domain.
 type Libvirt struct {
 	URI string // e.g. qemu:///system; empty means libvirt's default

@@ -142,7 +142,7 @@ func runBaseCreate(ctx context.Context, o baseCreateOptions, stdin io.Reader, st
 		return fmt.Errorf("boot %s: %w", o.disk, err)
 	}
 	defer v.Kill()
-	fmt.Fprintf(stderr, "booting %s (QEMU pid %d)\n", o.disk, v.PID())
+	fmt.Fprintf(stderr, "booting %s (%s)\n", o.disk, v)
 	reachability(stderr, o.run)
 
 	if interactive {

@@ -87,6 +87,7 @@ func runBaseResume(ctx context.Context, o baseResumeOptions, stdout, stderr io.W
 	opts := b.VMOptions()
 	opts.Disk = vm.Disk{Path: layer, Format: "qcow2"}
 	opts.Memory = vm.Memory{Path: b.Path(base.MemoryFile), Share: false}
+	opts.Name = b.ID[:12]
 	closeLog, err := o.run.apply(&opts, stderr)
 	if err != nil {
 		return err
@@ -99,7 +100,7 @@ func runBaseResume(ctx context.Context, o baseResumeOptions, stdout, stderr io.W
 	}
 	defer v.Stop(context.WithoutCancel(ctx))
 	t := resumeTimes{BaseID: b.ID, Accel: string(v.Accel()), ResumedSecs: time.Since(start).Seconds()}
-	fmt.Fprintf(stderr, "resumed base %s in %.3fs (QEMU pid %d); Ctrl-C stops it\n", b.ID[:12], t.ResumedSecs, v.PID())
+	fmt.Fprintf(stderr, "resumed base %s in %.3fs (%s); Ctrl-C stops it\n", b.ID[:12], t.ResumedSecs, v)
 	reachability(stderr, o.run)
 
 	if o.probe != nil {

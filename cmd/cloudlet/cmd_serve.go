@@ -26,13 +26,13 @@ func serveCommand() *cli.Command {
 			"the overlay itself as application/octet-stream with those in the query); GET /v1/sessions/ID;\n" +
 			"GET /v1/sessions/ID/events (server-sent events); DELETE /v1/sessions/ID. A listener that is\n" +
 			"not loopback needs --token-file: clients then send 'Authorization: Bearer TOKEN'.",
-		Flags: []cli.Flag{
+		Flags: append([]cli.Flag{
 			&cli.StringFlag{Name: "listen", Value: "127.0.0.1:8021", Usage: "address to listen on"},
 			&cli.StringFlag{Name: "token-file", Usage: "file holding the bearer token clients must send"},
 			&cli.IntFlag{Name: "max-sessions", Value: 2, Usage: "sessions that may run at once"},
 			&cli.StringFlag{Name: "max-upload", Value: "8G", Usage: "largest overlay upload"},
 			&cli.StringFlag{Name: "accel", Value: "auto", Usage: "accelerator for the VMs: auto, kvm or tcg"},
-		},
+		}, driverFlags()...),
 		Action: runServe,
 	}
 }
@@ -64,13 +64,17 @@ func runServe(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
+	vmo := vm.Options{Accel: accel, Log: stderr}
+	if err := parseDriver(c, &vmo); err != nil {
+		return err
+	}
 	store, err := openStore(globalsOf(c))
 	if err != nil {
 		return err
 	}
 	logger := log.New(stderr, "", log.LstdFlags)
 	srv := synthesis.NewServer(ctx, synthesis.ServerOptions{Store: store, ForwardHost: host, Token: token,
-		MaxSessions: c.Int("max-sessions"), MaxUpload: maxUpload, VM: vm.Options{Accel: accel, Log: stderr}, Log: logger})
+		MaxSessions: c.Int("max-sessions"), MaxUpload: maxUpload, VM: vmo, Log: logger})
 	l, err := net.Listen("tcp", c.String("listen"))
 	if err != nil {
 		return err

@@ -13,13 +13,36 @@ import (
 
 // runFlags are the flags of every command that runs a VM.
 func runFlags() []cli.Flag {
-	return []cli.Flag{
+	return append([]cli.Flag{
 		&cli.StringSliceFlag{Name: "hostfwd", Usage: "forward a host port into the guest: tcp:[HOSTADDR:]HOSTPORT-:GUESTPORT (repeatable)"},
 		&cli.StringFlag{Name: "accel", Value: "auto", Usage: "accelerator: auto (KVM with kvm_intel/kvm_amd, else TCG), kvm or tcg"},
 		&cli.StringFlag{Name: "vnc", Usage: "serve the display over VNC, e.g. 127.0.0.1:1 (QEMU -vnc syntax)"},
 		&cli.BoolFlag{Name: "keep-hugepage-advice", Usage: "let QEMU advise MADV_HUGEPAGE on guest RAM (for benchmarks; see README)"},
 		&cli.StringFlag{Name: "serial-log", Usage: "append the guest's serial output to this file"},
+	}, driverFlags()...)
+}
+
+// driverFlags choose who runs QEMU; the server takes them too.
+func driverFlags() []cli.Flag {
+	return []cli.Flag{
+		&cli.StringFlag{Name: "driver", Value: "qemu", Usage: "who runs QEMU: qemu (a child of cloudlet) or libvirt (a transient domain that virsh lists)"},
+		&cli.StringFlag{Name: "libvirt-uri", Usage: "libvirt connection URI, e.g. qemu:///system (default: libvirt's own default)"},
+		&cli.StringFlag{Name: "libvirt-log-dir", Value: "/var/log/libvirt/qemu", Usage: "where the libvirt daemon writes domain logs, read to quote QEMU's errors"},
 	}
+}
+
+// parseDriver reads driverFlags into a VM's options.
+func parseDriver(c *cli.Context, v *vm.Options) error {
+	d, err := vm.ParseDriver(c.String("driver"))
+	if err != nil {
+		return err
+	}
+	if d == vm.DriverLibvirt && !vm.LibvirtBuilt {
+		return fmt.Errorf("--driver libvirt: %w", vm.ErrLibvirtNotBuilt)
+	}
+	v.Driver = d
+	v.Libvirt = vm.Libvirt{URI: c.String("libvirt-uri"), LogDir: c.String("libvirt-log-dir")}
+	return nil
 }
 
 // runOptions is the parsed form of runFlags.
@@ -29,6 +52,7 @@ type runOptions struct {
 	vnc                string
 	keepHugepageAdvice bool
 	serialLog          string
+	driver             vm.Options // only Driver and Libvirt are set
 }
 
 func parseRunOptions(c *cli.Context) (runOptions, error) {
@@ -47,7 +71,7 @@ func parseRunOptions(c *cli.Context) (runOptions, error) {
 	o.vnc = c.String("vnc")
 	o.keepHugepageAdvice = c.Bool("keep-hugepage-advice")
 	o.serialLog = c.String("serial-log")
-	return o, nil
+	return o, parseDriver(c, &o.driver)
 }
 
 // apply copies the run options into a VM's options; log receives driver notes. The returned
@@ -58,6 +82,7 @@ func (o runOptions) apply(v *vm.Options, log io.Writer) (func(), error) {
 	v.VNC = o.vnc
 	v.KeepHugepageAdvice = o.keepHugepageAdvice
 	v.Log = log
+	v.Driver, v.Libvirt = o.driver.Driver, o.driver.Libvirt
 	if o.serialLog == "" {
 		return func() {}, nil
 	}

@@ -93,7 +93,6 @@ func Start(t testing.TB, shared string) *Daemon {
 	mount("--make-shared", shared)
 
 	script := `set -e
-mount --make-rslave /
 mount --bind "$1/etc" /etc/libvirt
 mount --bind "$1/etc/passwd" /etc/passwd
 mount --bind "$1/etc/group" /etc/group
@@ -101,14 +100,20 @@ for d in run:/run/libvirt lib:/var/lib/libvirt log:/var/log/libvirt cache:/var/c
 	mkdir -p "${d#*:}"
 	mount --bind "$1/${d%%:*}" "${d#*:}"
 done
-exec libvirtd -f /etc/libvirt/libvirtd.conf
+libvirtd -f /etc/libvirt/libvirtd.conf &
+# This shell is the namespace's init: wait reaps every orphan (QEMU's capability probes
+# daemonize), which libvirt waits to see gone.
+wait
 `
 	logf, err := os.Create(filepath.Join(dir, "libvirtd.log"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer logf.Close()
-	d.cmd = exec.Command("unshare", "--mount", "sh", "-c", script, "sh", dir)
+	// A PID namespace of its own: a test binary may be a child subreaper that does not reap
+	// everything at once, and zombies of QEMU's probes would stall libvirt. When unshare
+	// ends, its child, the namespace's init, is killed, and with it the whole namespace.
+	d.cmd = exec.Command("unshare", "--mount", "--propagation", "slave", "--pid", "--fork", "--mount-proc", "--kill-child", "sh", "-c", script, "sh", dir)
 	d.cmd.Stdout, d.cmd.Stderr = logf, logf
 	// The daemon dies with the test binary, whatever happens to it.
 	d.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}

@@ -1,0 +1,173 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/cloudlet/cloudlet/internal/testguest"
+	"github.com/cloudlet/cloudlet/internal/testlibvirt"
+	"github.com/cloudlet/cloudlet/synthesis"
+)
+
+// TestLibvirtEndToEnd is the operator's path with --driver libvirt against a private daemon:
+// base create, overlay create, then synthesis with early start through the server; the app
+// answers while virsh lists the domain; 'virsh destroy' ends the session cleanly; and nothing
+// is left behind.
+func TestLibvirtEndToEnd(t *testing.T) {
+	g := testguest.Get(t)
+	testguest.RequireFUSE(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
+	defer cancel()
+	home := t.TempDir()
+	d := testlibvirt.Start(t, home)
+	t.Cleanup(func() { noQEMULeft(t, home) })
+	lv := []string{"--driver", "libvirt", "--libvirt-uri", d.URI, "--libvirt-log-dir", d.LogDir}
+
+	port := testguest.FreePort(t)
+	r := run(t, ctx, home, append([]string{"base", "create", "--disk", g.RootFS, "--kernel", g.Kernel, "--initrd", g.Initrd,
+		"--memory", "128M", "--name", "libvirt-e2e",
+		"--ready", fmt.Sprintf("http://127.0.0.1:%d/", port), "--hostfwd", fmt.Sprintf("tcp:127.0.0.1:%d-:80", port)}, lv...)...)
+	if r.code != 0 {
+		t.Fatalf("base create --driver libvirt: exit %d\n%s\ndaemon:\n%s", r.code, r.stderr, d.Log())
+	}
+	if !strings.Contains(r.stderr, "libvirt domain cloudlet-") {
+		t.Errorf("base create does not name its domain:\n%s", r.stderr)
+	}
+	lines := strings.Split(strings.TrimSpace(r.stdout), "\n")
+	id := lines[len(lines)-1]
+
+	file := filepath.Join(t.TempDir(), "app.overlay")
+	p8080 := testguest.FreePort(t)
+	r = run(t, ctx, home, append([]string{"overlay", "create", id,
+		"--exec", "mkdir -p /www2 && echo custom-app > /www2/index.html", "--exec", "httpd -p 8080 -h /www2",
+		"--hostfwd", fmt.Sprintf("tcp:127.0.0.1:%d-:8080", p8080), "--ready", fmt.Sprintf("http://127.0.0.1:%d/", p8080),
+		"-o", file}, lv...)...)
+	if r.code != 0 {
+		t.Fatalf("overlay create --driver libvirt: exit %d\n%s", r.code, r.stderr)
+	}
+
+	// The server runs the session as a domain.
+	addr := fmt.Sprintf("127.0.0.1:%d", testguest.FreePort(t))
+	srv := exec.CommandContext(ctx, cloudletBin, append([]string{"serve", "--listen", addr}, lv...)...)
+	srv.Env = append(os.Environ(), "CLOUDLET_HOME="+home)
+	var serr bytes.Buffer
+	srv.Stderr = &serr
+	out, _ := srv.StdoutPipe()
+	if err := srv.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		srv.Process.Signal(syscall.SIGTERM)
+		if err := srv.Wait(); err != nil {
+			t.Errorf("serve after SIGTERM: %v\n%s", err, serr.String())
+		}
+	}()
+	if line, err := bufio.NewReader(out).ReadString('\n'); err != nil || !strings.Contains(line, "serving on") {
+		t.Fatalf("serve: %q %v\n%s", line, err, serr.String())
+	}
+	origin := synthesis.NewShapedServer(mustRead(t, file))
+	defer origin.Close()
+	origin.Shape(10*time.Millisecond, 38e6/8)
+	r = run(t, ctx, home, "client", "-s", addr, "--base", id[:12], "--probe", "8080/", "-u", origin.URL())
+	if r.code != 0 || !strings.Contains(r.stdout, "first_answer") {
+		t.Fatalf("client: exit %d\n%s\n%s\nserver: %s", r.code, r.stdout, r.stderr, serr.String())
+	}
+	sid := strings.Fields(r.stdout)[1]
+	domain := "cloudlet-" + sid
+	var fwd string
+	for _, l := range strings.Split(r.stdout, "\n") {
+		if a, ok := strings.CutPrefix(l, "guest port 8080 is at "); ok {
+			fwd = a
+		}
+	}
+	if body := waitBody(t, ctx, "http://"+fwd+"/"); !strings.Contains(body, "custom-app") {
+		t.Fatalf("custom app through %s: %q", fwd, body)
+	}
+	if list, _ := d.Virsh("list"); !strings.Contains(list, domain) || !strings.Contains(list, "running") {
+		t.Fatalf("virsh list does not show %s running:\n%s", domain, list)
+	}
+	mnt := mountsUnder(t, home)
+	if len(mnt) == 0 {
+		t.Fatal("no cloudletfs mount while the session runs")
+	}
+
+	if _, err := d.Virsh("destroy", domain); err != nil {
+		t.Fatal(err)
+	}
+	st := waitSession(t, ctx, addr, sid)
+	if st.State != "stopped" {
+		t.Fatalf("session after virsh destroy: %+v", st)
+	}
+	if m := mountsUnder(t, home); len(m) != 0 {
+		t.Fatalf("mounts left after the session stopped: %v", m)
+	}
+	if names := d.Domains(t); len(names) != 0 {
+		t.Fatalf("domains left: %v", names)
+	}
+}
+
+// waitSession polls the server until the session is no longer running.
+func waitSession(t *testing.T, ctx context.Context, addr, sid string) synthesis.SessionStatus {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		var st synthesis.SessionStatus
+		resp, err := http.Get("http://" + addr + "/v1/sessions/" + sid)
+		if err == nil {
+			err = json.NewDecoder(resp.Body).Decode(&st)
+			resp.Body.Close()
+		}
+		if err == nil && st.State != "running" {
+			return st
+		}
+		if time.Now().After(deadline) || ctx.Err() != nil {
+			t.Fatalf("session %s still %q after 30 s (%v)", sid, st.State, err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// mountsUnder lists the mount points below dir.
+func mountsUnder(t *testing.T, dir string) []string {
+	t.Helper()
+	b, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, l := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(l); len(f) > 4 && strings.HasPrefix(f[4], dir+"/") {
+			out = append(out, f[4])
+		}
+	}
+	return out
+}
+
+// TestBuiltWithoutLibvirt: a binary built without cgo's libvirt says so when asked for the
+// libvirt driver, before it touches anything.
+func TestBuiltWithoutLibvirt(t *testing.T) {
+	bin := filepath.Join(t.TempDir(), "cloudlet")
+	if out, err := exec.Command("go", "build", "-tags", "nolibvirt", "-o", bin, ".").CombinedOutput(); err != nil {
+		t.Fatalf("go build -tags nolibvirt: %v\n%s", err, out)
+	}
+	for _, args := range [][]string{
+		{"base", "resume", "0123456789ab", "--driver", "libvirt"},
+		{"serve", "--driver", "libvirt"},
+	} {
+		out, err := exec.Command(bin, args...).CombinedOutput()
+		if err == nil || !strings.Contains(string(out), "built without libvirt support") {
+			t.Errorf("cloudlet %v: %v\n%s", args, err, out)
+		}
+	}
+}
