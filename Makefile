@@ -8,7 +8,7 @@ BUILD    := build
 BIN      := $(BUILD)/cloudlet
 # The Debian packages the project uses, at run time and to build the test guest.
 DEB_PKGS := qemu-system-x86 qemu-utils fuse3 busybox-static cpio kmod e2fsprogs libvirt-dev \
-            libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients \
+            libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients qemu-block-extra debootstrap \
             pkg-config gcc ca-certificates xz-utils
 SUDO     := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 

@@ -7,6 +7,7 @@ import (
 	"io"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"golang.org/x/time/rate"
 
@@ -50,6 +51,10 @@ type Fetcher struct {
 
 	fs      *cloudletfs.FS
 	fetched atomic.Int64 // bytes read from the origin
+	// Where the fetcher's time goes, in nanoseconds summed over workers: waiting for range
+	// requests, decoding blobs (blob digest and decompression), checking chunk digests, and
+	// writing chunks into cloudletfs.
+	requests, requestNs, decodeNs, verifyNs, writeNs atomic.Int64
 
 	mu       sync.Mutex
 	state    []uint8  // guarded by mu: per blob
@@ -176,6 +181,23 @@ func (f *Fetcher) Err() error {
 
 // BytesFetched is what has been read from the origin so far.
 func (f *Fetcher) BytesFetched() int64 { return f.fetched.Load() }
+
+// FetchStats is where the fetcher's time went so far, summed over its workers (so it can
+// exceed the wall-clock time).
+type FetchStats struct {
+	Requests   int64   `json:"requests"`
+	RequestSec float64 `json:"request_s"` // waiting for range requests (the network)
+	DecodeSec  float64 `json:"decode_s"`  // blob digests and decompression
+	VerifySec  float64 `json:"verify_s"`  // chunk digests
+	WriteSec   float64 `json:"write_s"`   // chunks into cloudletfs's cache
+}
+
+// Stats is where the fetcher's time went so far.
+func (f *Fetcher) Stats() FetchStats {
+	sec := func(a *atomic.Int64) float64 { return time.Duration(a.Load()).Seconds() }
+	return FetchStats{Requests: f.requests.Load(), RequestSec: sec(&f.requestNs), DecodeSec: sec(&f.decodeNs),
+		VerifySec: sec(&f.verifyNs), WriteSec: sec(&f.writeNs)}
+}
 
 // Demand puts the blob holding a demanded chunk at the front of the queue.
 func (f *Fetcher) Demand(image string, c int64, prio cloudletfs.Priority) {
@@ -309,7 +331,11 @@ func (f *Fetcher) fetchRun(ctx context.Context, first, end int) error {
 			}
 		}
 	}
-	if err := f.origin.ReadAt(ctx, buf, off); err != nil {
+	t := time.Now()
+	err := f.origin.ReadAt(ctx, buf, off)
+	f.requests.Add(1)
+	f.requestNs.Add(int64(time.Since(t)))
+	if err != nil {
 		return fmt.Errorf("fetch blobs %d-%d: %w", first, end-1, err)
 	}
 	f.fetched.Add(int64(len(buf)))
@@ -321,7 +347,9 @@ func (f *Fetcher) fetchRun(ctx context.Context, first, end int) error {
 func (f *Fetcher) deliverRun(first, end int, off int64, buf []byte) error {
 	for b := first; b < end; b++ {
 		bo, bl := f.r.BlobRange(b)
+		t := time.Now()
 		raw, err := f.r.DecodeBlob(uint32(b), buf[bo-off:bo-off+bl])
+		f.decodeNs.Add(int64(time.Since(t)))
 		if err != nil {
 			return err // a corrupt blob is never delivered
 		}
@@ -342,10 +370,16 @@ func (f *Fetcher) deliverBlob(b uint32, raw []byte) error {
 		}
 		n := min(int64(ix.ChunkSize), ix.Images[src.Image].Size-src.Index*int64(ix.ChunkSize))
 		data := raw[src.Offset : src.Offset+n]
-		if chunk.Sum(data) != c.Digest {
+		t := time.Now()
+		ok := chunk.Sum(data) == c.Digest
+		f.verifyNs.Add(int64(time.Since(t)))
+		if !ok {
 			return &overlay.CorruptError{Part: fmt.Sprintf("chunk %d of %s in blob %d", c.Index, ix.Images[c.Image].Name, b), Err: errors.New("digest mismatch")}
 		}
-		if err := f.fs.Deliver(ix.Images[c.Image].Name, c.Index, data); err != nil {
+		t = time.Now()
+		err := f.fs.Deliver(ix.Images[c.Image].Name, c.Index, data)
+		f.writeNs.Add(int64(time.Since(t)))
+		if err != nil {
 			return err
 		}
 	}

@@ -60,6 +60,7 @@ type Event struct {
 	Bytes   int64   `json:"bytes_fetched"`
 	// Stall is the time guest reads spent waiting for chunks so far, by image.
 	Stall  map[string]float64 `json:"stall_s,omitempty"`
+	Fetch  *FetchStats        `json:"fetch,omitempty"`
 	Detail string             `json:"detail,omitempty"`
 }
 
@@ -79,6 +80,8 @@ func Run(ctx context.Context, o Options) (Timeline, error) {
 		e := Event{Name: name, Seconds: time.Since(start).Seconds(), Detail: detail}
 		if fetcher != nil {
 			e.Bytes = fetcher.BytesFetched()
+			st := fetcher.Stats()
+			e.Fetch = &st
 		}
 		if fsys != nil {
 			e.Stall = map[string]float64{}

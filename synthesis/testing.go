@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -22,6 +23,7 @@ type ShapedServer struct {
 
 	mu        sync.Mutex
 	data      []byte
+	files     map[string][]byte // more files at /NAME, behind the same link
 	etag      string
 	latency   time.Duration // added before each answer (one RTT)
 	bytesPerS int64         // 0: unlimited
@@ -42,6 +44,18 @@ func NewShapedServer(data []byte) *ShapedServer {
 
 // URL of the overlay.
 func (s *ShapedServer) URL() string { return s.Server.URL + "/overlay" }
+
+// Add serves data at /name too, through the same emulated link, and returns its URL: a
+// benchmark's peer fetches a disk image and a memory stream over one link.
+func (s *ShapedServer) Add(name string, data []byte) string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.files == nil {
+		s.files = map[string][]byte{}
+	}
+	s.files[name] = data
+	return s.Server.URL + "/" + name
+}
 
 // Shape sets the emulated link: latency per request (an RTT) and bandwidth.
 func (s *ShapedServer) Shape(latency time.Duration, bytesPerSecond int64) {
@@ -76,15 +90,19 @@ func (s *ShapedServer) serve(w http.ResponseWriter, r *http.Request) {
 		s.etag = `"v2"`
 	}
 	data, etag, latency, link := s.data, s.etag, s.latency, s.link
+	if r.URL.Path != "/overlay" {
+		var ok bool
+		if data, ok = s.files[strings.TrimPrefix(r.URL.Path, "/")]; !ok {
+			s.mu.Unlock()
+			http.NotFound(w, r)
+			return
+		}
+	}
 	drop := s.drops > 0 && r.Header.Get("Range") != "bytes=0-0"
 	if drop {
 		s.drops--
 	}
 	s.mu.Unlock()
-	if r.URL.Path != "/overlay" {
-		http.NotFound(w, r)
-		return
-	}
 	time.Sleep(latency)
 	w.Header().Set("ETag", etag)
 	var out http.ResponseWriter = w

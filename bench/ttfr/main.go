@@ -1,14 +1,21 @@
 // Command ttfr measures time to first response of VM synthesis over emulated links: for a base
 // and an overlay (and its profiled twin), at each link speed, it runs every mode several
-// times, interleaved, through the cloudlet command, and reports medians and spreads as a
-// Markdown table, JSON and an SVG plot.
+// times, interleaved, and reports medians and spreads as a Markdown table, JSON and an SVG
+// plot, with a breakdown of where the time went.
 //
 //	go run ./bench/ttfr -cloudlet build/cloudlet -home H -base ID -overlay app.overlay \
 //	    -profiled app.profiled.overlay -port 8080 -links 10Mbit,38Mbit,100Mbit,1000Mbit -runs 3 -out bench/ttfr
 //
-// Modes: "profiled" (early start, profiled working set), "unprofiled" (early start, capture
-// order), "download-first" (--no-early-start: the Elijah baseline). The origin is a shaped
-// loopback HTTP server (one shared token bucket, RTT added per request).
+// Modes:
+//   - profiled: early start, the profiled working set fetched first;
+//   - unprofiled: early start, capture order;
+//   - download-first: --no-early-start, everything fetched before the resume (Elijah);
+//   - peer: stock QEMU without cloudlet: a qcow2 layer over the base read lazily over HTTP
+//     by QEMU's curl driver, RAM from a full migration stream (see peer.go).
+//
+// The origin is a shaped loopback HTTP server (one shared token bucket, RTT added per
+// request), or with -netns a server in a network namespace of its own behind a veth pair
+// shaped by the kernel (see netns.go).
 package main
 
 import (
@@ -18,17 +25,17 @@ import (
 	"encoding/json"
 	"flag"
 	"fmt"
-	"math"
 	"net"
 	"os"
 	"os/exec"
 	"os/signal"
-	"sort"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
 
 	"github.com/cloudlet/cloudlet/synthesis"
+	"github.com/cloudlet/cloudlet/vm"
 )
 
 type options struct {
@@ -37,7 +44,10 @@ type options struct {
 	links                                   []int64 // bits per second
 	rtt                                     time.Duration
 	runs                                    int
+	modes                                   []string
+	title                                   string
 	out                                     string
+	netns                                   bool
 }
 
 // sample is one synthesis run.
@@ -52,13 +62,16 @@ type sample struct {
 	BytesBefore int64   `json:"bytes_before_first_answer"`
 	StallMemory float64 `json:"stall_memory_s"`
 	StallDisk   float64 `json:"stall_disk_s"`
+	// Where the fetcher's time went until the first answer.
+	Fetch synthesis.FetchStats `json:"fetch_before_first_answer"`
 }
 
-var modes = []string{"profiled", "unprofiled", "download-first"}
+var allModes = []string{"profiled", "unprofiled", "download-first", "peer"}
 
 func main() {
+	vm.LauncherMain()
 	var o options
-	var links string
+	var links, modes string
 	flag.StringVar(&o.cloudlet, "cloudlet", "build/cloudlet", "the cloudlet binary")
 	flag.StringVar(&o.home, "home", "", "CLOUDLET_HOME holding the base")
 	flag.StringVar(&o.base, "base", "", "base ID")
@@ -68,14 +81,35 @@ func main() {
 	flag.StringVar(&links, "links", "10Mbit,38Mbit,100Mbit,1000Mbit", "link speeds")
 	flag.DurationVar(&o.rtt, "rtt", 20*time.Millisecond, "delay per request")
 	flag.IntVar(&o.runs, "runs", 3, "runs per mode and link")
+	flag.StringVar(&modes, "modes", strings.Join(allModes, ","), "modes to run")
+	flag.StringVar(&o.title, "title", "", "what is measured, for the report (e.g. the guest)")
 	flag.StringVar(&o.out, "out", "bench/ttfr", "output prefix: .md, .json and .svg are written")
+	flag.BoolVar(&o.netns, "netns", false, "shape the link in the kernel: origin in a network namespace behind a veth pair (root)")
+	serve := flag.String("serve-dir", "", "(internal) serve this directory as the -netns origin")
+	listen := flag.String("listen", "", "(internal) the -netns origin's address")
 	flag.Parse()
+	if *serve != "" {
+		if err := serveDir(*serve, *listen, o.rtt); err != nil {
+			fail(err)
+		}
+		return
+	}
 	for _, l := range strings.Split(links, ",") {
 		v, err := synthesis.ParseRate(l)
 		if err != nil {
 			fail(fmt.Errorf("-links: %w", err))
 		}
 		o.links = append(o.links, v*8)
+	}
+	for _, m := range strings.Split(modes, ",") {
+		if !slices.Contains(allModes, m) {
+			fail(fmt.Errorf("-modes: %q is not one of %v", m, allModes))
+		}
+	}
+	for _, m := range allModes { // report order, whatever the flag's order
+		if slices.Contains(strings.Split(modes, ","), m) {
+			o.modes = append(o.modes, m)
+		}
 	}
 	if o.home == "" || o.base == "" || o.overlay == "" || o.profiled == "" {
 		fail(fmt.Errorf("-home, -base, -overlay and -profiled are required"))
@@ -96,31 +130,64 @@ func fail(err error) {
 	os.Exit(1)
 }
 
+// link is one emulated link: the origin serving the overlays (and the peer's files).
+type link interface {
+	// url serves data under name and returns where.
+	url(name string, data []byte) string
+	// bytesServed counts what the origin sent so far.
+	bytesServed() int64
+	Close() error
+}
+
 func measure(ctx context.Context, o options) ([]sample, error) {
+	work, err := os.MkdirTemp("", "cloudlet-ttfr-")
+	if err != nil {
+		return nil, err
+	}
+	defer os.RemoveAll(work)
+	var p *peer
+	if slices.Contains(o.modes, "peer") {
+		if p, err = preparePeer(ctx, o, work); err != nil {
+			return nil, err
+		}
+	}
 	files := map[string]string{"profiled": o.profiled, "unprofiled": o.overlay, "download-first": o.overlay}
 	var samples []sample
-	total, done := len(o.links)*o.runs*len(modes), 0
+	total, done := len(o.links)*o.runs*len(o.modes), 0
 	for _, bits := range o.links {
-		servers := map[string]*synthesis.ShapedServer{}
-		for _, f := range []string{o.overlay, o.profiled} {
+		l, err := newLink(ctx, o, bits, work)
+		if err != nil {
+			return nil, err
+		}
+		defer l.Close()
+		urls := map[string]string{}
+		for name, f := range map[string]string{"app.overlay": o.overlay, "app.profiled.overlay": o.profiled} {
 			data, err := os.ReadFile(f)
 			if err != nil {
 				return nil, err
 			}
-			s := synthesis.NewShapedServer(data)
-			defer s.Close()
-			s.Shape(o.rtt, bits/8)
-			servers[f] = s
+			urls[f] = l.url(name, data)
+		}
+		if p != nil {
+			p.diskURL = l.url("peer-disk.qcow2", p.disk)
+			p.memURL = l.url("peer-memory.zst", p.memory)
 		}
 		for run := range o.runs {
-			for _, mode := range modes { // interleaved: each run goes through every mode
+			for _, mode := range o.modes { // interleaved: each run goes through every mode
 				done++
 				fmt.Fprintf(os.Stderr, "[%d/%d] %d Mbit/s, run %d, %s\n", done, total, bits/1e6, run+1, mode)
-				s, err := synthesise(ctx, o, servers[files[mode]].URL(), mode == "download-first")
+				var s sample
+				var err error
+				if mode == "peer" {
+					s, err = p.run(ctx, l)
+				} else {
+					s, err = synthesise(ctx, o, l, urls[files[mode]], mode == "download-first")
+				}
 				if err != nil {
 					return nil, fmt.Errorf("%s at %d Mbit/s: %w", mode, bits/1e6, err)
 				}
 				s.Mode, s.LinkBits, s.Run = mode, bits, run
+				fmt.Fprintf(os.Stderr, "      TTFR %.2f s, %.1f MB before it\n", s.TTFR, float64(s.BytesBefore)/1e6)
 				samples = append(samples, s)
 			}
 		}
@@ -128,8 +195,9 @@ func measure(ctx context.Context, o options) ([]sample, error) {
 	return samples, nil
 }
 
-// synthesise runs one 'cloudlet synthesis' and reads its JSON timeline.
-func synthesise(ctx context.Context, o options, url string, downloadFirst bool) (sample, error) {
+// synthesise runs one 'cloudlet synthesis' and reads its JSON timeline as it comes, so that
+// the origin's byte count is read at the first answer.
+func synthesise(ctx context.Context, o options, l link, url string, downloadFirst bool) (sample, error) {
 	var s sample
 	hostPort, err := freePort()
 	if err != nil {
@@ -145,12 +213,18 @@ func synthesise(ctx context.Context, o options, url string, downloadFirst bool) 
 	cmd.Env = append(os.Environ(), "CLOUDLET_HOME="+o.home)
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
-	out, err := cmd.Output()
+	out, err := cmd.StdoutPipe()
 	if err != nil {
-		return s, fmt.Errorf("%v: %s", err, stderr.String())
+		return s, err
 	}
-	sc := bufio.NewScanner(bytes.NewReader(out))
+	before := l.bytesServed()
+	if err := cmd.Start(); err != nil {
+		return s, err
+	}
+	var lines []string
+	sc := bufio.NewScanner(out)
 	for sc.Scan() {
+		lines = append(lines, sc.Text())
 		var e synthesis.Event
 		if json.Unmarshal(sc.Bytes(), &e) != nil {
 			continue
@@ -161,14 +235,20 @@ func synthesise(ctx context.Context, o options, url string, downloadFirst bool) 
 		case "resumed":
 			s.Resumed = e.Seconds
 		case "first_answer":
-			s.TTFR, s.BytesBefore = e.Seconds, e.Bytes
+			s.TTFR, s.BytesBefore = e.Seconds, l.bytesServed()-before
 			s.StallMemory, s.StallDisk = e.Stall["memory"], e.Stall["disk"]
+			if e.Fetch != nil {
+				s.Fetch = *e.Fetch
+			}
 		case "complete":
 			s.Complete = e.Seconds
 		}
 	}
+	if err := cmd.Wait(); err != nil {
+		return s, fmt.Errorf("%v: %s", err, stderr.String())
+	}
 	if s.TTFR == 0 {
-		return s, fmt.Errorf("no first answer in %q", out)
+		return s, fmt.Errorf("no first answer in %q", strings.Join(lines, "\n"))
 	}
 	return s, nil
 }
@@ -180,131 +260,4 @@ func freePort() (int, error) {
 	}
 	defer l.Close()
 	return l.Addr().(*net.TCPAddr).Port, nil
-}
-
-// stat is a median with its spread.
-type stat struct{ Median, Min, Max float64 }
-
-func summarise(v []float64) stat {
-	sort.Float64s(v)
-	return stat{v[len(v)/2], v[0], v[len(v)-1]}
-}
-
-func (s stat) String() string { return fmt.Sprintf("%.2f (%.2f–%.2f)", s.Median, s.Min, s.Max) }
-
-type row struct {
-	Mode        string  `json:"mode"`
-	LinkMbit    int64   `json:"link_mbit"`
-	TTFR        stat    `json:"ttfr_s"`
-	BytesBefore stat    `json:"bytes_before_first_answer"`
-	Complete    stat    `json:"complete_s"`
-	StallMemory stat    `json:"stall_memory_s"`
-	StallDisk   stat    `json:"stall_disk_s"`
-	Limit       float64 `json:"physical_limit_s"`
-}
-
-func rows(o options, samples []sample) []row {
-	var out []row
-	for _, bits := range o.links {
-		// The physical limit: index and resume as measured, plus the bytes the profiled run
-		// needed before its first answer at the link's speed, plus one RTT for the request.
-		var limit float64
-		for _, mode := range modes {
-			var ttfr, bytesB, comp, sm, sd, res []float64
-			for _, s := range samples {
-				if s.Mode == mode && s.LinkBits == bits {
-					ttfr = append(ttfr, s.TTFR)
-					bytesB = append(bytesB, float64(s.BytesBefore))
-					comp = append(comp, s.Complete)
-					sm = append(sm, s.StallMemory)
-					sd = append(sd, s.StallDisk)
-					res = append(res, s.Resumed-s.Index)
-				}
-			}
-			r := row{Mode: mode, LinkMbit: bits / 1e6, TTFR: summarise(ttfr), BytesBefore: summarise(bytesB),
-				Complete: summarise(comp), StallMemory: summarise(sm), StallDisk: summarise(sd)}
-			if mode == "profiled" {
-				limit = summarise(res).Median + r.BytesBefore.Median*8/float64(bits) + o.rtt.Seconds()
-			}
-			r.Limit = limit
-			out = append(out, r)
-		}
-	}
-	return out
-}
-
-func report(o options, samples []sample) error {
-	rs := rows(o, samples)
-	var md strings.Builder
-	fmt.Fprintf(&md, "| link | mode | TTFR s, median (min–max) | MB before first answer | complete s | stall memory s | stall disk s | physical limit s |\n")
-	fmt.Fprintf(&md, "|---|---|---|---|---|---|---|---|\n")
-	for _, r := range rs {
-		fmt.Fprintf(&md, "| %d Mbit/s | %s | %s | %.1f | %.2f | %.2f | %.2f | %.2f |\n", r.LinkMbit, r.Mode, r.TTFR,
-			r.BytesBefore.Median/1e6, r.Complete.Median, r.StallMemory.Median, r.StallDisk.Median, r.Limit)
-	}
-	fmt.Fprintf(&md, "\nRatios we track:\n\n| link | early-start TTFR ÷ physical limit (goal ≤ 1.25) | download-first ÷ early start (goal ≥ 8 at 38 Mbit/s) |\n|---|---|---|\n")
-	for i := 0; i+2 < len(rs); i += len(modes) {
-		p, d := rs[i], rs[i+2]
-		fmt.Fprintf(&md, "| %d Mbit/s | %.2f | %.1f |\n", p.LinkMbit, p.TTFR.Median/p.Limit, d.TTFR.Median/p.TTFR.Median)
-	}
-	fmt.Print(md.String())
-	if err := os.WriteFile(o.out+".md", []byte(md.String()), 0o644); err != nil {
-		return err
-	}
-	j, _ := json.MarshalIndent(map[string]any{"rtt_s": o.rtt.Seconds(), "runs": o.runs, "rows": rs, "samples": samples}, "", "  ")
-	if err := os.WriteFile(o.out+".json", j, 0o644); err != nil {
-		return err
-	}
-	return os.WriteFile(o.out+".svg", []byte(plot(o, rs)), 0o644)
-}
-
-// plot draws TTFR by link speed as grouped bars, one colour per mode, on a log scale.
-func plot(o options, rs []row) string {
-	const w, h, left, bottom, top = 720, 360, 60, 50, 30
-	colours := map[string]string{"profiled": "#1b9e77", "unprofiled": "#7570b3", "download-first": "#d95f02"}
-	maxT := 0.0
-	for _, r := range rs {
-		maxT = max(maxT, r.TTFR.Max)
-	}
-	logMax := logCeil(maxT)
-	y := func(t float64) float64 {
-		frac := (log10(max(t, 0.01)) + 2) / (logMax + 2) // axis from 0.01 s
-		return float64(h-bottom) - frac*float64(h-bottom-top)
-	}
-	var b strings.Builder
-	fmt.Fprintf(&b, `<svg xmlns="http://www.w3.org/2000/svg" width="%d" height="%d" font-family="sans-serif" font-size="12">`+"\n", w, h)
-	fmt.Fprintf(&b, `<text x="%d" y="18" font-size="14">Time to first response by link speed (log scale; RTT %v)</text>`+"\n", left, o.rtt)
-	for e := -2.0; e <= logMax; e++ {
-		t := pow10(e)
-		fmt.Fprintf(&b, `<line x1="%d" x2="%d" y1="%.1f" y2="%.1f" stroke="#ddd"/><text x="%d" y="%.1f" text-anchor="end">%g s</text>`+"\n",
-			left, w-10, y(t), y(t), left-5, y(t)+4, t)
-	}
-	groupW := float64(w-left-20) / float64(len(o.links))
-	barW := groupW / float64(len(modes)+1)
-	for gi, bits := range o.links {
-		x0 := float64(left) + float64(gi)*groupW + barW/2
-		for mi, mode := range modes {
-			for _, r := range rs {
-				if r.Mode != mode || r.LinkMbit != bits/1e6 {
-					continue
-				}
-				x := x0 + float64(mi)*barW
-				fmt.Fprintf(&b, `<rect x="%.1f" y="%.1f" width="%.1f" height="%.1f" fill="%s"><title>%s: %.2f s</title></rect>`+"\n",
-					x, y(r.TTFR.Median), barW*0.9, float64(h-bottom)-y(r.TTFR.Median), colours[mode], mode, r.TTFR.Median)
-			}
-		}
-		fmt.Fprintf(&b, `<text x="%.1f" y="%d" text-anchor="middle">%d Mbit/s</text>`+"\n", x0+barW*1.5, h-bottom+18, bits/1e6)
-	}
-	for mi, mode := range modes {
-		fmt.Fprintf(&b, `<rect x="%d" y="%d" width="12" height="12" fill="%s"/><text x="%d" y="%d">%s</text>`+"\n",
-			left+mi*170, h-16, colours[mode], left+mi*170+16, h-6, mode)
-	}
-	b.WriteString("</svg>\n")
-	return b.String()
-}
-
-func log10(v float64) float64 { return math.Log10(v) }
-func pow10(e float64) float64 { return math.Pow(10, e) }
-func logCeil(v float64) float64 {
-	return math.Max(0, math.Ceil(math.Log10(math.Max(v, 1))))
 }
