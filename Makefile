@@ -53,12 +53,8 @@ test-short:
 clean:
 	rm -rf $(BUILD)
 
-# Benchmarks (see bench/RESULTS.md): time to first response by mode and link speed (writes
-# bench/ttfr.md, .json and .svg), then cloudletfs against its backing files, overlays against
-# qcow2+xz, and the dirty-limit stall.
-bench: build guest
-	bench/ttfr.sh 3
-	$(GO) test ./bench -run '^$$' -bench Sequential -benchtime 20x -count 3
-	$(GO) test ./bench -run '^$$' -bench 'Random|Demand' -benchtime 4000x -count 3
-	$(GO) test ./bench -run '^$$' -bench SharedMmapDirty -benchtime 3x -count 2
-	$(GO) test ./bench -run '^$$' -bench Overlay -benchtime 1x
+# Benchmarks: time to first response by mode and link speed on the test guest and on the
+# realistic guest (built on demand, cached), then cloudletfs against its backing files,
+# overlays against qcow2+xz, and the dirty-limit stall; writes bench/RESULTS.md.
+bench: deps build guest
+	bench/run.sh 3

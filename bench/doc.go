@@ -1,4 +1,5 @@
-// Package bench holds cloudlet's benchmarks: cloudletfs against its backing files, and (later)
-// time-to-first-response of synthesis against its baselines. Results, with the commands that
-// produced them, are in RESULTS.md.
+// Package bench holds cloudlet's micro-benchmarks: cloudletfs against its backing files,
+// the dirty-limit stall, and overlays against qcow2+xz. The time-to-first-response harness is
+// bench/ttfr, the realistic guest bench/realistic. 'make bench' (bench/run.sh) runs them all
+// and writes RESULTS.md with the commands and the machine; NOTES.md holds the analysis.
 package bench
