@@ -128,6 +128,38 @@ func TestShapedServerPaces(t *testing.T) {
 	}
 }
 
+func TestShapedServerSharesTheLink(t *testing.T) {
+	// Files added to a shaped server come through the same link: two 512 KiB reads, one of
+	// each file, at 4 MiB/s take a quarter second together, and the byte count covers both.
+	a, b := testData(512<<10), bytes.Repeat([]byte{7}, 512<<10)
+	s := NewShapedServer(nil)
+	defer s.Close()
+	s.Shape(0, 4<<20)
+	start := time.Now()
+	for _, f := range []struct {
+		name string
+		data []byte
+	}{{"a", a}, {"b", b}} {
+		o, err := OpenOrigin(context.Background(), s.Add(f.name, f.data), HTTPOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := make([]byte, len(f.data))
+		if err := o.ReadAt(context.Background(), got, 0); err != nil || !bytes.Equal(got, f.data) {
+			t.Fatalf("%s: %v", f.name, err)
+		}
+	}
+	if d := time.Since(start); d < 200*time.Millisecond {
+		t.Fatalf("1 MiB over a 4 MiB/s link took %v", d)
+	}
+	if n := s.Bytes.Load(); n < 1<<20 {
+		t.Fatalf("counted %d bytes, want at least 1 MiB", n)
+	}
+	if _, err := OpenOrigin(context.Background(), s.Server.URL+"/missing", HTTPOptions{}); err == nil {
+		t.Fatal("a file never added was served")
+	}
+}
+
 func TestParseRate(t *testing.T) {
 	tests := []struct {
 		in   string

@@ -120,7 +120,7 @@ type countingWriter struct {
 }
 
 func (c *countingWriter) Write(p []byte) (int, error) {
-	c.s.Bytes.Add(int64(len(p)))
+	c.s.Bytes.Add(int64(len(p))) // before the write, as in shapedWriter
 	return c.ResponseWriter.Write(p)
 }
 
@@ -151,10 +151,11 @@ func (w *shapedWriter) Write(p []byte) (int, error) {
 				return total, err
 			}
 		}
+		// Counted before the write: a reader that has the bytes sees them counted.
+		w.s.Bytes.Add(int64(n))
 		m, err := w.ResponseWriter.Write(p[:n])
 		w.written += m
 		total += m
-		w.s.Bytes.Add(int64(m))
 		if err != nil {
 			return total, err
 		}
