@@ -19,8 +19,8 @@ step() {
 	steps+=("$name|$title")
 }
 
-step ttfr-test "Time to first response: the test guest" bench/ttfr.sh "$runs"
-step ttfr-realistic "Time to first response: the realistic guest" bench/realistic.sh "$runs"
+step ttfr-test "Time to first response: the test guest" bench/ttfr.sh test "$runs"
+step ttfr-realistic "Time to first response: the realistic guest" bench/ttfr.sh realistic "$runs"
 step sequential "cloudletfs: sequential first-touch throughput" \
 	go test ./bench -run '^$' -bench Sequential -benchtime 20x -count 3
 step random "cloudletfs: random 4 KiB first-touch latency and demand misses" \

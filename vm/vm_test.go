@@ -197,7 +197,13 @@ func TestBootSnapshotResume(t *testing.T) {
 		}
 	}
 
-	// A config that does not match the snapshot: QEMU's own migration error reaches the caller.
+	checkMismatch(t, ctx, opts, devstate)
+}
+
+// checkMismatch resumes a 128 MiB snapshot with 64 MiB of RAM: QEMU's own migration error must
+// reach the caller.
+func checkMismatch(t *testing.T, ctx context.Context, opts vm.Options, devstate string) {
+	t.Helper()
 	bad := opts
 	bad.Memory.Share = false
 	bad.Config.MemoryBytes = 64 << 20

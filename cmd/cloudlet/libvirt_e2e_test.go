@@ -1,8 +1,6 @@
 package main
 
 import (
-	"bufio"
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -11,7 +9,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -58,24 +55,7 @@ func TestLibvirtEndToEnd(t *testing.T) {
 	}
 
 	// The server runs the session as a domain.
-	addr := fmt.Sprintf("127.0.0.1:%d", testguest.FreePort(t))
-	srv := exec.CommandContext(ctx, cloudletBin, append([]string{"serve", "--listen", addr}, lv...)...)
-	srv.Env = append(os.Environ(), "CLOUDLET_HOME="+home)
-	var serr bytes.Buffer
-	srv.Stderr = &serr
-	out, _ := srv.StdoutPipe()
-	if err := srv.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer func() {
-		srv.Process.Signal(syscall.SIGTERM)
-		if err := srv.Wait(); err != nil {
-			t.Errorf("serve after SIGTERM: %v\n%s", err, serr.String())
-		}
-	}()
-	if line, err := bufio.NewReader(out).ReadString('\n'); err != nil || !strings.Contains(line, "serving on") {
-		t.Fatalf("serve: %q %v\n%s", line, err, serr.String())
-	}
+	addr, serr := startServe(t, ctx, home, lv...)
 	origin := synthesis.NewShapedServer(mustRead(t, file))
 	defer origin.Close()
 	origin.Shape(10*time.Millisecond, 38e6/8)

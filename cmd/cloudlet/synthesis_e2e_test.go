@@ -189,26 +189,8 @@ func mustRead(t *testing.T, path string) []byte {
 // testServer runs 'cloudlet serve' and drives it with 'cloudlet client' (upload and URL) and
 // with junk requests.
 func testServer(t *testing.T, ctx context.Context, home, id string, data []byte) {
-	port := testguest.FreePort(t)
-	addr := fmt.Sprintf("127.0.0.1:%d", port)
-	srv := exec.CommandContext(ctx, cloudletBin, "serve", "--listen", addr, "--max-sessions", "1")
-	srv.Env = append(os.Environ(), "CLOUDLET_HOME="+home)
-	var serr bytes.Buffer
-	srv.Stderr = &serr
-	out, _ := srv.StdoutPipe()
-	if err := srv.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer func() {
-		srv.Process.Signal(syscall.SIGTERM)
-		if err := srv.Wait(); err != nil {
-			t.Errorf("serve after SIGTERM: %v\n%s", err, serr.String())
-		}
-		noQEMULeft(t, home)
-	}()
-	if line, err := bufio.NewReader(out).ReadString('\n'); err != nil || !strings.Contains(line, "serving on") {
-		t.Fatalf("serve: %q %v\n%s", line, err, serr.String())
-	}
+	t.Cleanup(func() { noQEMULeft(t, home) }) // after the server's own cleanup
+	addr, serr := startServe(t, ctx, home, "--max-sessions", "1")
 	file := filepath.Join(t.TempDir(), "app.overlay")
 	os.WriteFile(file, data, 0o644)
 	origin := synthesis.NewShapedServer(data)
@@ -271,6 +253,31 @@ func testServer(t *testing.T, ctx context.Context, home, id string, data []byte)
 	if r := run(t, ctx, home, "serve", "--listen", "0.0.0.0:0"); r.code == 0 || !strings.Contains(r.stderr, "--token-file") {
 		t.Fatalf("serve on a public address without a token: %s", r.stderr)
 	}
+}
+
+// startServe runs 'cloudlet serve' on a free loopback port until the test ends (then SIGTERM,
+// which must end it cleanly), and returns its address and its stderr.
+func startServe(t *testing.T, ctx context.Context, home string, args ...string) (string, *bytes.Buffer) {
+	t.Helper()
+	addr := fmt.Sprintf("127.0.0.1:%d", testguest.FreePort(t))
+	srv := exec.CommandContext(ctx, cloudletBin, append([]string{"serve", "--listen", addr}, args...)...)
+	srv.Env = append(os.Environ(), "CLOUDLET_HOME="+home)
+	serr := &bytes.Buffer{}
+	srv.Stderr = serr
+	out, _ := srv.StdoutPipe()
+	if err := srv.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		srv.Process.Signal(syscall.SIGTERM)
+		if err := srv.Wait(); err != nil {
+			t.Errorf("serve after SIGTERM: %v\n%s", err, serr.String())
+		}
+	})
+	if line, err := bufio.NewReader(out).ReadString('\n'); err != nil || !strings.Contains(line, "serving on") {
+		t.Fatalf("serve: %q %v\n%s", line, err, serr.String())
+	}
+	return addr, serr
 }
 
 // alive reports whether pid runs (a zombie no longer does).
