@@ -55,7 +55,7 @@ func TestLibvirtEndToEnd(t *testing.T) {
 	}
 
 	// The server runs the session as a domain.
-	addr, serr := startServe(t, ctx, home, lv...)
+	addr, serr := startServe(t, home, lv...)
 	origin := synthesis.NewShapedServer(mustRead(t, file))
 	defer origin.Close()
 	origin.Shape(10*time.Millisecond, 38e6/8)

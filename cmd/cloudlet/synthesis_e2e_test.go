@@ -190,7 +190,7 @@ func mustRead(t *testing.T, path string) []byte {
 // with junk requests.
 func testServer(t *testing.T, ctx context.Context, home, id string, data []byte) {
 	t.Cleanup(func() { noQEMULeft(t, home) }) // after the server's own cleanup
-	addr, serr := startServe(t, ctx, home, "--max-sessions", "1")
+	addr, serr := startServe(t, home, "--max-sessions", "1")
 	file := filepath.Join(t.TempDir(), "app.overlay")
 	os.WriteFile(file, data, 0o644)
 	origin := synthesis.NewShapedServer(data)
@@ -257,10 +257,12 @@ func testServer(t *testing.T, ctx context.Context, home, id string, data []byte)
 
 // startServe runs 'cloudlet serve' on a free loopback port until the test ends (then SIGTERM,
 // which must end it cleanly), and returns its address and its stderr.
-func startServe(t *testing.T, ctx context.Context, home string, args ...string) (string, *bytes.Buffer) {
+func startServe(t *testing.T, home string, args ...string) (string, *bytes.Buffer) {
 	t.Helper()
 	addr := fmt.Sprintf("127.0.0.1:%d", testguest.FreePort(t))
-	srv := exec.CommandContext(ctx, cloudletBin, append([]string{"serve", "--listen", addr}, args...)...)
+	// Not bound to ctx: the test's context ends before its cleanups run, and the server must
+	// get its SIGTERM, not a kill.
+	srv := exec.Command(cloudletBin, append([]string{"serve", "--listen", addr}, args...)...)
 	srv.Env = append(os.Environ(), "CLOUDLET_HOME="+home)
 	serr := &bytes.Buffer{}
 	srv.Stderr = serr
@@ -270,6 +272,8 @@ func startServe(t *testing.T, ctx context.Context, home string, args ...string) 
 	}
 	t.Cleanup(func() {
 		srv.Process.Signal(syscall.SIGTERM)
+		stuck := time.AfterFunc(30*time.Second, func() { srv.Process.Kill() })
+		defer stuck.Stop()
 		if err := srv.Wait(); err != nil {
 			t.Errorf("serve after SIGTERM: %v\n%s", err, serr.String())
 		}
