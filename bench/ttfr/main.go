@@ -34,6 +34,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/cloudlet/cloudlet/overlay"
 	"github.com/cloudlet/cloudlet/synthesis"
 	"github.com/cloudlet/cloudlet/vm"
 )
@@ -48,6 +49,7 @@ type options struct {
 	title                                   string
 	out                                     string
 	netns                                   bool
+	needed                                  int64 // bytes of the profiled overlay before its working set ends
 }
 
 // sample is one synthesis run.
@@ -114,6 +116,10 @@ func main() {
 	if o.home == "" || o.base == "" || o.overlay == "" || o.profiled == "" {
 		fail(fmt.Errorf("-home, -base, -overlay and -profiled are required"))
 	}
+	var err error
+	if o.needed, err = neededBytes(o.profiled); err != nil {
+		fail(err)
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	samples, err := measure(ctx, o)
@@ -123,6 +129,31 @@ func main() {
 	if err := report(o, samples); err != nil {
 		fail(err)
 	}
+}
+
+// neededBytes is what a VM cannot answer without: the profiled overlay's header, index and
+// device state, and its working-set blobs, which come first in the file.
+func neededBytes(profiled string) (int64, error) {
+	f, err := os.Open(profiled)
+	if err != nil {
+		return 0, err
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return 0, err
+	}
+	r, err := overlay.Open(f, st.Size())
+	if err != nil {
+		return 0, fmt.Errorf("%s: %w", profiled, err)
+	}
+	defer r.Close()
+	ws := int(r.Index.WorkingSetBlobs)
+	if ws == 0 {
+		return 0, fmt.Errorf("%s is not profiled (no working set): run 'cloudlet overlay profile' on it", profiled)
+	}
+	off, n := r.BlobRange(ws - 1)
+	return off + n, nil
 }
 
 func fail(err error) {

@@ -64,9 +64,10 @@ func rows(o options, samples []sample) []row {
 				Index: summarise(idx).Median, Resume: summarise(res).Median, Requests: summarise(nreq).Median,
 				RequestSec: summarise(req).Median, DecodeSec: summarise(dec).Median, VerifySec: summarise(ver).Median, WriteSec: summarise(wr).Median}
 			if mode == "profiled" {
-				// The physical limit: the resume as measured, plus the bytes the profiled run
-				// needed before its first answer at the link's speed, plus one RTT.
-				limit = r.Resume + r.BytesBefore.Median*8/float64(bits) + o.rtt.Seconds()
+				// The physical limit: the resume as measured, plus the bytes a VM cannot
+				// answer without (header, index, device state, working set) at the link's
+				// speed, plus one RTT.
+				limit = r.Resume + float64(o.needed)*8/float64(bits) + o.rtt.Seconds()
 			}
 			r.Limit = limit
 			out = append(out, r)
@@ -94,7 +95,9 @@ func report(o options, samples []sample) error {
 	if o.netns {
 		linkKind = "kernel shaping: origin in a network namespace behind a veth pair (tc)"
 	}
-	fmt.Fprintf(&md, "Link: %s; RTT %v; %d runs per mode and link, interleaved.\n\n", linkKind, o.rtt, o.runs)
+	fmt.Fprintf(&md, "Link: %s; RTT %v; %d runs per mode and link, interleaved. The physical limit is the resume "+
+		"plus the %.2f MB a VM cannot answer without (header, index, device state and working set of the profiled "+
+		"overlay) at link speed, plus one RTT.\n\n", linkKind, o.rtt, o.runs, float64(o.needed)/1e6)
 	fmt.Fprintf(&md, "| link | mode | TTFR s, median (min–max) | MB before first answer | complete s | stall memory s | stall disk s | physical limit s |\n")
 	fmt.Fprintf(&md, "|---|---|---|---|---|---|---|---|\n")
 	for _, r := range rs {

@@ -10,7 +10,7 @@ import (
 )
 
 func TestRowsAndReport(t *testing.T) {
-	o := options{links: []int64{8e6, 80e6}, rtt: 20 * time.Millisecond, runs: 3,
+	o := options{links: []int64{8e6, 80e6}, rtt: 20 * time.Millisecond, runs: 3, needed: 1e6,
 		modes: []string{"profiled", "download-first", "peer"}, out: filepath.Join(t.TempDir(), "r")}
 	var samples []sample
 	for _, bits := range o.links {
