@@ -15,16 +15,19 @@ echo "== cloudlet base create: boot the Debian guest, wait for its HTTP server, 
 id=$("$cloudlet" base create --disk "$guest/rootfs.img" --kernel "$guest/vmlinuz" --initrd "$guest/initrd.img" \
 	--memory 512M --name realistic --ready "http://127.0.0.1:$port/" --hostfwd "tcp:127.0.0.1:$port-:80" | tail -n1)
 
-# Each --exec is one line typed into the guest's serial shell (a tty line holds at most 4095
-# bytes), so app.py travels as one base64 line. The model is generated in the guest with a
-# fixed seed: the same weights every time, and incompressible like real ones. setsid -f
-# detaches the server so it outlives the exec step (a trailing '&' would not parse, as
-# cloudlet appends '; echo ...' to each command).
+# Each --exec is one line typed into the guest's serial shell, and a tty line holds at most 4095
+# bytes: so the Python sources travel as single base64 lines, free of any quoting. The model is made in the guest with a fixed
+# seed: the same weights every run, and incompressible like real ones. setsid -f detaches the
+# server so it outlives its exec step (a trailing '&' would not parse: cloudlet appends
+# '; echo ...' to each command).
+make_model='import numpy as np
+w = np.random.default_rng(2013).standard_normal((1536, 4096), dtype=np.float32)  # 24 MiB
+np.save("/opt/app/model.npy", w)'
 echo "== cloudlet overlay create: install the app and its model, start it (HTTP on port 8080)" >&2
 p80=$(free_port) p8080=$(free_port)
 "$cloudlet" overlay create "$id" \
 	--exec "mkdir -p /opt/app && echo $(base64 -w0 "$here/app.py") | base64 -d >/opt/app/app.py" \
-	--exec "python3 -c 'import numpy as np; np.save(\"/opt/app/model.npy\", np.random.default_rng(2013).standard_normal((1536, 4096), dtype=np.float32))'" \
+	--exec "echo $(echo "$make_model" | base64 -w0) | base64 -d | python3" \
 	--exec 'setsid -f python3 /opt/app/app.py </dev/null >/var/log/app.log 2>&1' \
 	--hostfwd "tcp:127.0.0.1:$p80-:80" --hostfwd "tcp:127.0.0.1:$p8080-:8080" --ready "http://127.0.0.1:$p8080/" \
 	-o "$out/app.overlay" >/dev/null

@@ -49,7 +49,7 @@ cleanup() {
 trap cleanup EXIT
 
 # minbase is apt and the Essential packages; busybox gives ip and httpd in one small binary.
-echo "realistic: debootstrap bookworm from $mirror (takes minutes)"
+echo "realistic: debootstrap bookworm from $mirror (a minute or more)"
 mkdir -m 755 "$work/root"
 debootstrap --variant=minbase --include=python3,python3-numpy,busybox \
 	bookworm "$work/root" "$mirror" >"$work/debootstrap.log" 2>&1 ||

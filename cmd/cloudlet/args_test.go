@@ -2,8 +2,11 @@ package main
 
 import (
 	"io"
+	"slices"
 	"strings"
 	"testing"
+
+	"github.com/urfave/cli/v2"
 )
 
 func TestInterspersed(t *testing.T) {
@@ -22,5 +25,21 @@ func TestInterspersed(t *testing.T) {
 		if got != tc.want {
 			t.Errorf("interspersed(%q) = %q, want %q", tc.in, got, tc.want)
 		}
+	}
+}
+
+// TestRepeatableFlagsKeepCommas: each --exec (and --hostfwd, --probe...) value is taken whole,
+// commas included, as users write shell and Python one-liners.
+func TestRepeatableFlagsKeepCommas(t *testing.T) {
+	app := newApp(strings.NewReader(""), io.Discard, io.Discard)
+	var got []string
+	create := app.Command("overlay").Command("create")
+	create.Action = func(c *cli.Context) error { got = c.StringSlice("exec"); return nil }
+	args := []string{"cloudlet", "overlay", "create", "ID", "--exec", `python3 -c "print(1, 2)"`, "--exec", "echo a,b", "-o", "x"}
+	if err := app.Run(interspersed(app, args)); err != nil {
+		t.Fatal(err)
+	}
+	if want := []string{`python3 -c "print(1, 2)"`, "echo a,b"}; !slices.Equal(got, want) {
+		t.Fatalf("--exec values %q, want %q", got, want)
 	}
 }

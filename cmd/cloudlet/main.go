@@ -47,6 +47,9 @@ func newApp(stdin io.Reader, stdout, stderr io.Writer) *cli.App {
 	return &cli.App{
 		Name:  "cloudlet",
 		Usage: "VM synthesis with early start on edge servers",
+		// A repeatable flag's value is taken whole: "--exec 'python3 -c \"f(a, b)\"'" is one
+		// command, not two.
+		DisableSliceFlagSeparator: true,
 		Description: "A base VM (disk + memory snapshot) sits on this cloudlet; small overlays turn it into custom\n" +
 			"app servers. See README.md for a walk-through.",
 		Flags: []cli.Flag{
