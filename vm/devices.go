@@ -6,9 +6,10 @@ import (
 )
 
 // guestArgs are the QEMU arguments for guest RAM and the PCI devices, shared by both drivers
-// so that a snapshot taken under one resumes under the other. Every PCI device has a fixed
-// slot: libvirt places devices of its own, and a device left to QEMU's first free slot could
-// land elsewhere than in the snapshot (and under libvirt, on a taken slot).
+// so that a snapshot taken under one resumes under the other. The VGA is the machine's own
+// (slot 1, made before any -device); the others have fixed slots: libvirt places devices of
+// its own, and a device left to QEMU's first free slot could land elsewhere than in the
+// snapshot (and under libvirt, on a taken slot).
 func guestArgs(opts Options) []string {
 	format := opts.Disk.Format
 	if format == "" {
@@ -27,7 +28,10 @@ func guestArgs(opts Options) []string {
 		// Guest RAM is this object, not the machine's default backend.
 		"-machine", "memory-backend=mem",
 		"-drive", "file=" + qemuEscape(opts.Disk.Path) + ",format=" + format + ",if=none,id=disk0,cache=writeback",
-		"-device", jsonArg(map[string]any{"driver": "VGA", "bus": bus, "addr": "0x1"}),
+		// -vga std, not -device VGA: the same device in the same first free slot (1), but the
+		// explicit device costs synthesis a memory demand miss outside the profiled working
+		// set at every resume (measured: TTFR 0.95 s instead of 0.48 s at 38 Mbit/s).
+		"-vga", "std",
 		"-device", jsonArg(map[string]any{"driver": "virtio-blk-pci", "drive": "disk0", "bus": bus, "addr": "0x2"}),
 		"-netdev", netdev,
 		// romfile= skips the iPXE option ROM: it is never used and would be one more RAM block.

@@ -100,7 +100,7 @@ for d in run:/run/libvirt lib:/var/lib/libvirt log:/var/log/libvirt cache:/var/c
 	mkdir -p "${d#*:}"
 	mount --bind "$1/${d%%:*}" "${d#*:}"
 done
-libvirtd -f /etc/libvirt/libvirtd.conf &
+libvirtd -f /etc/libvirt/libvirtd.conf -p /run/libvirt/libvirtd.pid &
 # This shell is the namespace's init: wait reaps every orphan (QEMU's capability probes
 # daemonize), which libvirt waits to see gone.
 wait
