@@ -16,23 +16,24 @@ import (
 // o.ProfileTail), and rewrites the overlay so those chunks come first, in that order, in
 // blobs of their own: one range request fetches the whole working set. The new overlay is
 // written atomically to output.
-func Profile(ctx context.Context, o Options, output string) (ws int, err error) {
+//
+// It does so runs times and takes the union (first run's order, then what later runs added):
+// a guest does not touch quite the same memory twice (the page allocator hands out whatever
+// is free when timers fire), and a chunk one run missed costs a later synthesis a demand miss
+// of a whole blob.
+func Profile(ctx context.Context, o Options, runs int, output string) (ws int, err error) {
 	if o.Probe == nil {
 		return 0, errors.New("profile needs a probe: the working set is what the VM touches until it answers")
 	}
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	var trace *cloudletfs.Trace
-	o.EarlyStart, o.ExitWhenComplete = true, false
-	o.OnTrace = func(t cloudletfs.Trace) {
-		trace = &t
-		cancel()
-	}
-	if _, err := Run(ctx, o); err != nil && trace == nil {
-		return 0, err
-	}
-	if trace == nil {
-		return 0, errors.New("profile: the run ended before the probe answered")
+	var accessed []cloudletfs.ChunkEvent
+	cacheDir := o.CacheDir
+	for i := range max(runs, 1) {
+		o.CacheDir = filepath.Join(cacheDir, fmt.Sprintf("run-%d", i+1))
+		trace, err := profileRun(ctx, o)
+		if err != nil {
+			return 0, fmt.Errorf("profile run %d: %w", i+1, err)
+		}
+		accessed = append(accessed, trace.Accessed...)
 	}
 	src, err := OpenOrigin(context.Background(), o.Source, o.HTTP)
 	if err != nil {
@@ -44,7 +45,26 @@ func Profile(ctx context.Context, o Options, output string) (ws int, err error) 
 		return 0, err
 	}
 	defer r.Close()
-	return rewrite(context.Background(), r, trace.Accessed, output, filepath.Dir(output))
+	return rewrite(context.Background(), r, accessed, output, filepath.Dir(output))
+}
+
+// profileRun is one synthesis, stopped once the trace is taken.
+func profileRun(ctx context.Context, o Options) (*cloudletfs.Trace, error) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var trace *cloudletfs.Trace
+	o.EarlyStart, o.ExitWhenComplete = true, false
+	o.OnTrace = func(t cloudletfs.Trace) {
+		trace = &t
+		cancel()
+	}
+	if _, err := Run(ctx, o); err != nil && trace == nil {
+		return nil, err
+	}
+	if trace == nil {
+		return nil, errors.New("the run ended before the probe answered")
+	}
+	return trace, nil
 }
 
 // rewrite writes r's overlay again with the stored chunks touched in accessed first.

@@ -352,12 +352,14 @@ func overlayProfileCommand() *cli.Command {
 		UsageText: "cloudlet overlay profile FILE --base ID --probe PROBE [-o FILE] [--hostfwd ...]",
 		Description: "Synthesises the overlay locally, records the order in which the VM first touches overlay\n" +
 			"chunks until PROBE answers (plus --tail), and rewrites the overlay with those chunks first,\n" +
-			"in blobs of their own, so a synthesiser fetches the working set with one range request.",
+			"in blobs of their own, so a synthesiser fetches the working set with one range request.\n" +
+			"With --runs N it does so N times and keeps the union: no two runs touch quite the same memory.",
 		Flags: append([]cli.Flag{
 			&cli.StringFlag{Name: "base", Required: true, Usage: "the base ID"},
 			&cli.StringFlag{Name: "probe", Required: true, Usage: "PROBE whose first answer ends the working set"},
 			&cli.DurationFlag{Name: "probe-timeout", Value: 5 * time.Minute, Usage: "give up if PROBE has not answered by then"},
 			&cli.DurationFlag{Name: "tail", Value: time.Second, Usage: "keep recording this long after the first answer"},
+			&cli.IntFlag{Name: "runs", Value: 3, Usage: "synthesise this many times and take the union of what the VM touched"},
 			&cli.StringFlag{Name: "output", Aliases: []string{"o"}, Usage: "profiled overlay to write (default: rewrite FILE)"},
 		}, runFlags()...),
 		Action: func(c *cli.Context) error {
@@ -402,7 +404,10 @@ func runOverlayProfile(c *cli.Context, file string) error {
 		return err
 	}
 	defer closeLog()
-	ws, err := synthesis.Profile(c.Context, o, output)
+	if c.Int("runs") < 1 {
+		return fmt.Errorf("--runs %d: want at least 1", c.Int("runs"))
+	}
+	ws, err := synthesis.Profile(c.Context, o, c.Int("runs"), output)
 	if err != nil {
 		return fmt.Errorf("profile %s: %w", file, err)
 	}
