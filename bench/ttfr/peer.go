@@ -49,10 +49,17 @@ func preparePeer(ctx context.Context, o options, work string) (*peer, error) {
 	if out, err := cmd.CombinedOutput(); err != nil {
 		return nil, fmt.Errorf("peer: overlay apply: %w: %s", err, out)
 	}
+	// The layer holds only the clusters where the custom disk differs from the base: an empty
+	// layer over the custom disk, rebased in safe mode onto the base, keeps exactly those.
+	// ('qemu-img convert -B' would copy every allocated cluster of a raw source.)
 	qcow := filepath.Join(work, "peer-disk.qcow2")
-	if out, err := exec.CommandContext(ctx, "qemu-img", "convert", "-O", "qcow2", "-B", b.Path(base.DiskFile), "-F", "raw",
-		filepath.Join(applied, base.DiskFile), qcow).CombinedOutput(); err != nil {
-		return nil, fmt.Errorf("peer: qemu-img convert: %w: %s", err, out)
+	for _, args := range [][]string{
+		{"create", "-q", "-f", "qcow2", "-b", filepath.Join(applied, base.DiskFile), "-F", "raw", qcow},
+		{"rebase", "-q", "-f", "qcow2", "-b", b.Path(base.DiskFile), "-F", "raw", qcow},
+	} {
+		if out, err := exec.CommandContext(ctx, "qemu-img", args...).CombinedOutput(); err != nil {
+			return nil, fmt.Errorf("peer: qemu-img %s: %w: %s", args[0], err, out)
+		}
 	}
 
 	// A resume of the custom VM with private RAM, snapshotted at once: x-ignore-shared skips
