@@ -89,7 +89,14 @@ func main() {
 	flag.BoolVar(&o.netns, "netns", false, "shape the link in the kernel: origin in a network namespace behind a veth pair (root)")
 	serve := flag.String("serve-dir", "", "(internal) serve this directory as the -netns origin")
 	listen := flag.String("listen", "", "(internal) the -netns origin's address")
+	rerun := flag.String("report", "", "render the report again from this JSON report (written to -out), measuring nothing")
 	flag.Parse()
+	if *rerun != "" {
+		if err := rerender(*rerun, o.out); err != nil {
+			fail(err)
+		}
+		return
+	}
 	if *serve != "" {
 		if err := serveDir(*serve, *listen, o.rtt); err != nil {
 			fail(err)

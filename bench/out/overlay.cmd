@@ -1,0 +1,1 @@
+go test ./bench -run '^$' -bench Overlay -benchtime 1x

@@ -1,0 +1,1 @@
+go test ./bench -run '^$' -bench Sequential -benchtime 20x -count 3
