@@ -59,21 +59,8 @@ func TestLibvirtEndToEnd(t *testing.T) {
 	origin := synthesis.NewShapedServer(mustRead(t, file))
 	defer origin.Close()
 	origin.Shape(10*time.Millisecond, 38e6/8)
-	r = run(t, ctx, home, "client", "-s", addr, "--base", id[:12], "--probe", "8080/", "-u", origin.URL())
-	if r.code != 0 || !strings.Contains(r.stdout, "first_answer") {
-		t.Fatalf("client: exit %d\n%s\n%s\nserver: %s", r.code, r.stdout, r.stderr, serr.String())
-	}
-	sid := strings.Fields(r.stdout)[1]
+	sid := clientSession(t, ctx, home, addr, id, serr, "-u", origin.URL())
 	domain := "cloudlet-" + sid
-	var fwd string
-	for _, l := range strings.Split(r.stdout, "\n") {
-		if a, ok := strings.CutPrefix(l, "guest port 8080 is at "); ok {
-			fwd = a
-		}
-	}
-	if body := waitBody(t, ctx, "http://"+fwd+"/"); !strings.Contains(body, "custom-app") {
-		t.Fatalf("custom app through %s: %q", fwd, body)
-	}
 	if list, _ := d.Virsh("list"); !strings.Contains(list, domain) || !strings.Contains(list, "running") {
 		t.Fatalf("virsh list does not show %s running:\n%s", domain, list)
 	}

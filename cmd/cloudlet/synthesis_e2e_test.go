@@ -197,21 +197,7 @@ func testServer(t *testing.T, ctx context.Context, home, id string, data []byte)
 	defer origin.Close()
 
 	for _, src := range [][]string{{"-o", file}, {"-u", origin.URL()}} {
-		r := run(t, ctx, home, append([]string{"client", "-s", addr, "--base", id[:12], "--probe", "8080/"}, src...)...)
-		if r.code != 0 || !strings.Contains(r.stdout, "first_answer") || !strings.Contains(r.stdout, "guest port 8080 is at") {
-			t.Fatalf("client %v: exit %d\n%s\n%s\nserver: %s", src, r.code, r.stdout, r.stderr, serr.String())
-		}
-		// The forwarded address reaches the custom app.
-		var fwd string
-		for _, l := range strings.Split(r.stdout, "\n") {
-			if a, ok := strings.CutPrefix(l, "guest port 8080 is at "); ok {
-				fwd = a
-			}
-		}
-		if body := waitBody(t, ctx, "http://"+fwd+"/"); !strings.Contains(body, "custom-app") {
-			t.Fatalf("custom app through %s: %q", fwd, body)
-		}
-		sid := strings.Fields(r.stdout)[1]
+		sid := clientSession(t, ctx, home, addr, id, serr, src...)
 		// With one session running, the limit of one refuses another.
 		busy := run(t, ctx, home, "client", "-s", addr, "--base", id, "-u", origin.URL())
 		if busy.code == 0 || !strings.Contains(busy.stderr, "429") || !strings.Contains(busy.stderr, "too many sessions") {
@@ -253,6 +239,26 @@ func testServer(t *testing.T, ctx context.Context, home, id string, data []byte)
 	if r := run(t, ctx, home, "serve", "--listen", "0.0.0.0:0"); r.code == 0 || !strings.Contains(r.stderr, "--token-file") {
 		t.Fatalf("serve on a public address without a token: %s", r.stderr)
 	}
+}
+
+// clientSession starts a session of the test app overlay with 'cloudlet client', checks that
+// the custom app answers through the forwarded port, and returns the session ID.
+func clientSession(t *testing.T, ctx context.Context, home, addr, id string, serr *bytes.Buffer, src ...string) string {
+	t.Helper()
+	r := run(t, ctx, home, append([]string{"client", "-s", addr, "--base", id[:12], "--probe", "8080/"}, src...)...)
+	if r.code != 0 || !strings.Contains(r.stdout, "first_answer") || !strings.Contains(r.stdout, "guest port 8080 is at") {
+		t.Fatalf("client %v: exit %d\n%s\n%s\nserver: %s", src, r.code, r.stdout, r.stderr, serr.String())
+	}
+	var fwd string
+	for _, l := range strings.Split(r.stdout, "\n") {
+		if a, ok := strings.CutPrefix(l, "guest port 8080 is at "); ok {
+			fwd = a
+		}
+	}
+	if body := waitBody(t, ctx, "http://"+fwd+"/"); !strings.Contains(body, "custom-app") {
+		t.Fatalf("custom app through %s: %q", fwd, body)
+	}
+	return strings.Fields(r.stdout)[1]
 }
 
 // startServe runs 'cloudlet serve' on a free loopback port until the test ends (then SIGTERM,
