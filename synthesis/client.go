@@ -11,6 +11,7 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"sync"
 )
 
 // Client talks to a synthesis server.
@@ -49,6 +50,7 @@ func (c *Client) Create(ctx context.Context, req SessionRequest, upload io.Reade
 	var st SessionStatus
 	var hr *http.Request
 	var err error
+	var sent chan struct{} // closed once the transport is done with the upload
 	if upload != nil {
 		q := url.Values{"base": {req.Base}, "probe_path": {req.ProbePath}}
 		for _, p := range req.Ports {
@@ -60,7 +62,9 @@ func (c *Client) Create(ctx context.Context, req SessionRequest, upload io.Reade
 		if req.NoEarly {
 			q.Set("no_early_start", "true")
 		}
-		hr, err = http.NewRequestWithContext(ctx, http.MethodPost, c.Server+"/v1/sessions?"+q.Encode(), upload)
+		body := &sentSignal{Reader: upload, sent: make(chan struct{})}
+		sent = body.sent
+		hr, err = http.NewRequestWithContext(ctx, http.MethodPost, c.Server+"/v1/sessions?"+q.Encode(), body)
 		if err == nil {
 			hr.ContentLength = size
 			hr.Header.Set("Content-Type", "application/octet-stream")
@@ -79,8 +83,31 @@ func (c *Client) Create(ctx context.Context, req SessionRequest, upload io.Reade
 	if err != nil {
 		return st, err
 	}
-	defer resp.Body.Close()
-	return st, json.NewDecoder(resp.Body).Decode(&st)
+	err = json.NewDecoder(resp.Body).Decode(&st)
+	if sent == nil {
+		resp.Body.Close()
+		return st, err
+	}
+	// The server answers before the upload is through. Closing the answer now would make the
+	// transport drop the connection, and the upload with it: close it once the upload is sent.
+	go func() {
+		<-sent
+		resp.Body.Close()
+	}()
+	return st, err
+}
+
+// sentSignal is an upload body that tells when the transport is done with it: net/http closes
+// a request body once it is written, or failed.
+type sentSignal struct {
+	io.Reader
+	once sync.Once
+	sent chan struct{}
+}
+
+func (s *sentSignal) Close() error {
+	s.once.Do(func() { close(s.sent) })
+	return nil
 }
 
 // Follow reads a session's events until it ends or stop returns true; it returns the state.
