@@ -23,8 +23,8 @@ steps=(
 )
 
 for s in "${steps[@]}"; do
-	IFS='|' read -r name title cmd <<<"$s"
-	cmd=${s#"$name|$title|"} # the command itself may hold a '|'
+	IFS='|' read -r name title _ <<<"$s"
+	cmd=${s#"$name|$title|"} # the rest: the command may hold a '|' itself
 	if [[ $only != "  " && $only != *" $name "* ]]; then continue; fi
 	echo "== $title: $cmd" >&2
 	read -ra argv <<<"$cmd"

@@ -334,7 +334,7 @@ func (f *Fetcher) fetchRun(ctx context.Context, first, end int) error {
 	t := time.Now()
 	err := f.origin.ReadAt(ctx, buf, off)
 	f.requests.Add(1)
-	f.requestNs.Add(int64(time.Since(t)))
+	f.lap(&f.requestNs, t)
 	if err != nil {
 		return fmt.Errorf("fetch blobs %d-%d: %w", first, end-1, err)
 	}
@@ -349,7 +349,7 @@ func (f *Fetcher) deliverRun(first, end int, off int64, buf []byte) error {
 		bo, bl := f.r.BlobRange(b)
 		t := time.Now()
 		raw, err := f.r.DecodeBlob(uint32(b), buf[bo-off:bo-off+bl])
-		f.decodeNs.Add(int64(time.Since(t)))
+		f.lap(&f.decodeNs, t)
 		if err != nil {
 			return err // a corrupt blob is never delivered
 		}
@@ -360,35 +360,44 @@ func (f *Fetcher) deliverRun(first, end int, off int64, buf []byte) error {
 	return nil
 }
 
+// deliverBlob checks every chunk the blob feeds, then delivers them: a blob with one bad chunk
+// delivers none. Both passes are timed whole, not per chunk, to keep the clock out of the loop.
 func (f *Fetcher) deliverBlob(b uint32, raw []byte) error {
 	ix := f.r.Index
-	for _, e := range f.users[b] {
-		c := ix.Chunks[e]
-		src := c
+	data := func(c overlay.Chunk) []byte {
 		if c.Kind == overlay.KindSelf {
-			src = ix.Chunks[c.Self]
+			c = ix.Chunks[c.Self]
 		}
-		n := min(int64(ix.ChunkSize), ix.Images[src.Image].Size-src.Index*int64(ix.ChunkSize))
-		data := raw[src.Offset : src.Offset+n]
-		t := time.Now()
-		ok := chunk.Sum(data) == c.Digest
-		f.verifyNs.Add(int64(time.Since(t)))
-		if !ok {
+		n := min(int64(ix.ChunkSize), ix.Images[c.Image].Size-c.Index*int64(ix.ChunkSize))
+		return raw[c.Offset : c.Offset+n]
+	}
+	t := time.Now()
+	for _, e := range f.users[b] {
+		if c := ix.Chunks[e]; chunk.Sum(data(c)) != c.Digest {
 			return &overlay.CorruptError{Part: fmt.Sprintf("chunk %d of %s in blob %d", c.Index, ix.Images[c.Image].Name, b), Err: errors.New("digest mismatch")}
 		}
-		t = time.Now()
-		err := f.fs.Deliver(ix.Images[c.Image].Name, c.Index, data)
-		f.writeNs.Add(int64(time.Since(t)))
-		if err != nil {
+	}
+	t = f.lap(&f.verifyNs, t)
+	for _, e := range f.users[b] {
+		c := ix.Chunks[e]
+		if err := f.fs.Deliver(ix.Images[c.Image].Name, c.Index, data(c)); err != nil {
 			return err
 		}
 	}
+	f.lap(&f.writeNs, t)
 	f.mu.Lock()
 	f.state[b] = blobDone
 	f.left--
 	f.mu.Unlock()
 	f.finishIfDone()
 	return nil
+}
+
+// lap adds the time since t to a counter and returns now.
+func (f *Fetcher) lap(counter *atomic.Int64, t time.Time) time.Time {
+	now := time.Now()
+	counter.Add(int64(now.Sub(t)))
+	return now
 }
 
 // deliverBaseRefs delivers every chunk that equals a base chunk elsewhere, read from the local

@@ -27,7 +27,10 @@ func Profile(ctx context.Context, o Options, runs int, output string) (ws int, e
 	}
 	var accessed []cloudletfs.ChunkEvent
 	cacheDir := o.CacheDir
-	for i := range max(runs, 1) {
+	if runs < 1 {
+		return 0, fmt.Errorf("profile: %d runs: want at least 1", runs)
+	}
+	for i := range runs {
 		o.CacheDir = filepath.Join(cacheDir, fmt.Sprintf("run-%d", i+1))
 		trace, err := profileRun(ctx, o)
 		if err != nil {

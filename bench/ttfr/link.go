@@ -30,9 +30,9 @@ func newLink(ctx context.Context, o options, bits int64, work string) (link, err
 // per request, on loopback.
 type loopbackLink struct{ s *synthesis.ShapedServer }
 
-func (l loopbackLink) url(name string, data []byte) string { return l.s.Add(name, data) }
-func (l loopbackLink) bytesServed() int64                  { return l.s.Bytes.Load() }
-func (l loopbackLink) Close() error                        { l.s.Close(); return nil }
+func (l loopbackLink) url(name string, data []byte) (string, error) { return l.s.Add(name, data), nil }
+func (l loopbackLink) bytesServed() int64                           { return l.s.Bytes.Load() }
+func (l loopbackLink) Close() error                                 { l.s.Close(); return nil }
 
 // netnsLink is the kernel-level check: the origin runs in a network namespace of its own,
 // reached over a veth pair whose far end is shaped by tc: netem (rate, delay) where the
@@ -109,11 +109,11 @@ func newNetnsLink(ctx context.Context, o options, bits int64, work string) (link
 	return l, nil
 }
 
-func (l *netnsLink) url(name string, data []byte) string {
+func (l *netnsLink) url(name string, data []byte) (string, error) {
 	if err := os.WriteFile(filepath.Join(l.dir, name), data, 0o644); err != nil {
-		fail(err)
+		return "", fmt.Errorf("-netns origin: %w", err)
 	}
-	return "http://" + l.addr + "/" + name
+	return "http://" + l.addr + "/" + name, nil
 }
 
 // bytesServed is what crossed the veth towards the host, headers included.

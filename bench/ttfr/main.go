@@ -171,7 +171,7 @@ func fail(err error) {
 // link is one emulated link: the origin serving the overlays (and the peer's files).
 type link interface {
 	// url serves data under name and returns where.
-	url(name string, data []byte) string
+	url(name string, data []byte) (string, error)
 	// bytesServed counts what the origin sent so far.
 	bytesServed() int64
 	Close() error
@@ -189,45 +189,65 @@ func measure(ctx context.Context, o options) ([]sample, error) {
 			return nil, err
 		}
 	}
-	files := map[string]string{"profiled": o.profiled, "unprofiled": o.overlay, "download-first": o.overlay}
+	// What each origin serves, read once: name on the origin -> bytes.
+	files := map[string][]byte{}
+	for name, f := range map[string]string{"app.overlay": o.overlay, "app.profiled.overlay": o.profiled} {
+		if files[name], err = os.ReadFile(f); err != nil {
+			return nil, err
+		}
+	}
+	if p != nil {
+		files["peer-disk.qcow2"], files["peer-memory.zst"] = p.disk, p.memory
+	}
 	var samples []sample
-	total, done := len(o.links)*o.runs*len(o.modes), 0
+	progress := progress{total: len(o.links) * o.runs * len(o.modes)}
 	for _, bits := range o.links {
-		l, err := newLink(ctx, o, bits, work)
+		s, err := measureLink(ctx, o, p, bits, work, files, &progress)
 		if err != nil {
 			return nil, err
 		}
-		defer l.Close()
-		urls := map[string]string{}
-		for name, f := range map[string]string{"app.overlay": o.overlay, "app.profiled.overlay": o.profiled} {
-			data, err := os.ReadFile(f)
+		samples = append(samples, s...)
+	}
+	return samples, nil
+}
+
+type progress struct{ done, total int }
+
+// measureLink runs every mode o.runs times over one link, interleaved: each run goes through
+// every mode. The link (and with -netns its namespace) is gone when it returns.
+func measureLink(ctx context.Context, o options, p *peer, bits int64, work string, files map[string][]byte, pr *progress) ([]sample, error) {
+	l, err := newLink(ctx, o, bits, work)
+	if err != nil {
+		return nil, err
+	}
+	defer l.Close()
+	urls := map[string]string{}
+	for name, data := range files {
+		if urls[name], err = l.url(name, data); err != nil {
+			return nil, err
+		}
+	}
+	if p != nil {
+		p.diskURL, p.memURL = urls["peer-disk.qcow2"], urls["peer-memory.zst"]
+	}
+	source := map[string]string{"profiled": urls["app.profiled.overlay"], "unprofiled": urls["app.overlay"], "download-first": urls["app.overlay"]}
+	var samples []sample
+	for run := range o.runs {
+		for _, mode := range o.modes {
+			pr.done++
+			fmt.Fprintf(os.Stderr, "[%d/%d] %d Mbit/s, run %d, %s\n", pr.done, pr.total, bits/1e6, run+1, mode)
+			var s sample
+			if mode == "peer" {
+				s, err = p.run(ctx, l)
+			} else {
+				s, err = synthesise(ctx, o, l, source[mode], mode == "download-first")
+			}
 			if err != nil {
-				return nil, err
+				return nil, fmt.Errorf("%s at %d Mbit/s: %w", mode, bits/1e6, err)
 			}
-			urls[f] = l.url(name, data)
-		}
-		if p != nil {
-			p.diskURL = l.url("peer-disk.qcow2", p.disk)
-			p.memURL = l.url("peer-memory.zst", p.memory)
-		}
-		for run := range o.runs {
-			for _, mode := range o.modes { // interleaved: each run goes through every mode
-				done++
-				fmt.Fprintf(os.Stderr, "[%d/%d] %d Mbit/s, run %d, %s\n", done, total, bits/1e6, run+1, mode)
-				var s sample
-				var err error
-				if mode == "peer" {
-					s, err = p.run(ctx, l)
-				} else {
-					s, err = synthesise(ctx, o, l, urls[files[mode]], mode == "download-first")
-				}
-				if err != nil {
-					return nil, fmt.Errorf("%s at %d Mbit/s: %w", mode, bits/1e6, err)
-				}
-				s.Mode, s.LinkBits, s.Run = mode, bits, run
-				fmt.Fprintf(os.Stderr, "      TTFR %.2f s, %.1f MB before it\n", s.TTFR, float64(s.BytesBefore)/1e6)
-				samples = append(samples, s)
-			}
+			s.Mode, s.LinkBits, s.Run = mode, bits, run
+			fmt.Fprintf(os.Stderr, "      TTFR %.2f s, %.1f MB before it\n", s.TTFR, float64(s.BytesBefore)/1e6)
+			samples = append(samples, s)
 		}
 	}
 	return samples, nil

@@ -381,6 +381,9 @@ func runOverlayProfile(c *cli.Context, file string) error {
 	if err != nil {
 		return fmt.Errorf("--probe: %w", err)
 	}
+	if c.Int("runs") < 1 {
+		return fmt.Errorf("--runs %d: want at least 1", c.Int("runs"))
+	}
 	output := c.String("output")
 	if output == "" {
 		output = file
@@ -404,9 +407,6 @@ func runOverlayProfile(c *cli.Context, file string) error {
 		return err
 	}
 	defer closeLog()
-	if c.Int("runs") < 1 {
-		return fmt.Errorf("--runs %d: want at least 1", c.Int("runs"))
-	}
 	ws, err := synthesis.Profile(c.Context, o, c.Int("runs"), output)
 	if err != nil {
 		return fmt.Errorf("profile %s: %w", file, err)

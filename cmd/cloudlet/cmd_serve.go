@@ -65,7 +65,7 @@ func runServe(c *cli.Context) error {
 		return err
 	}
 	vmo := vm.Options{Accel: accel, Log: stderr}
-	if err := parseDriver(c, &vmo); err != nil {
+	if vmo.Driver, vmo.Libvirt, err = parseDriver(c); err != nil {
 		return err
 	}
 	store, err := openStore(globalsOf(c))

@@ -27,22 +27,19 @@ func driverFlags() []cli.Flag {
 	return []cli.Flag{
 		&cli.StringFlag{Name: "driver", Value: "qemu", Usage: "who runs QEMU: qemu (a child of cloudlet) or libvirt (a transient domain that virsh lists)"},
 		&cli.StringFlag{Name: "libvirt-uri", Usage: "libvirt connection URI, e.g. qemu:///system (default: libvirt's own default)"},
-		&cli.StringFlag{Name: "libvirt-log-dir", Value: "/var/log/libvirt/qemu", Usage: "where the libvirt daemon writes domain logs, read to quote QEMU's errors"},
+		&cli.StringFlag{Name: "libvirt-log-dir", Usage: "where the libvirt daemon writes domain logs, read to quote QEMU's errors (default: a system daemon's, /var/log/libvirt/qemu)"},
 	}
 }
 
-// parseDriver reads driverFlags into a VM's options.
-func parseDriver(c *cli.Context, v *vm.Options) error {
+// parseDriver reads driverFlags. Asking a binary without the libvirt driver for it fails here,
+// before anything is set up.
+func parseDriver(c *cli.Context) (vm.Driver, vm.Libvirt, error) {
+	lv := vm.Libvirt{URI: c.String("libvirt-uri"), LogDir: c.String("libvirt-log-dir")}
 	d, err := vm.ParseDriver(c.String("driver"))
-	if err != nil {
-		return err
+	if err == nil && d == vm.DriverLibvirt && !vm.LibvirtBuilt {
+		err = fmt.Errorf("--driver libvirt: %w", vm.ErrLibvirtNotBuilt)
 	}
-	if d == vm.DriverLibvirt && !vm.LibvirtBuilt {
-		return fmt.Errorf("--driver libvirt: %w", vm.ErrLibvirtNotBuilt)
-	}
-	v.Driver = d
-	v.Libvirt = vm.Libvirt{URI: c.String("libvirt-uri"), LogDir: c.String("libvirt-log-dir")}
-	return nil
+	return d, lv, err
 }
 
 // runOptions is the parsed form of runFlags.
@@ -52,7 +49,8 @@ type runOptions struct {
 	vnc                string
 	keepHugepageAdvice bool
 	serialLog          string
-	driver             vm.Options // only Driver and Libvirt are set
+	driver             vm.Driver
+	libvirt            vm.Libvirt
 }
 
 func parseRunOptions(c *cli.Context) (runOptions, error) {
@@ -71,7 +69,8 @@ func parseRunOptions(c *cli.Context) (runOptions, error) {
 	o.vnc = c.String("vnc")
 	o.keepHugepageAdvice = c.Bool("keep-hugepage-advice")
 	o.serialLog = c.String("serial-log")
-	return o, parseDriver(c, &o.driver)
+	o.driver, o.libvirt, err = parseDriver(c)
+	return o, err
 }
 
 // apply copies the run options into a VM's options; log receives driver notes. The returned
@@ -82,7 +81,7 @@ func (o runOptions) apply(v *vm.Options, log io.Writer) (func(), error) {
 	v.VNC = o.vnc
 	v.KeepHugepageAdvice = o.keepHugepageAdvice
 	v.Log = log
-	v.Driver, v.Libvirt = o.driver.Driver, o.driver.Libvirt
+	v.Driver, v.Libvirt = o.driver, o.libvirt
 	if o.serialLog == "" {
 		return func() {}, nil
 	}
