@@ -31,9 +31,17 @@ type MountOptions struct {
 	// shared mapping of memory/image (capture) is otherwise throttled to the speed at which
 	// this process acknowledges writeback, freezing the guest for seconds.
 	RaiseDirtyLimit bool
+	// User, if set, is the one other user that may open the images (QEMU's, when it runs as
+	// another user than this process). Nil exposes them to this process's user only.
+	User *User
 	// Log receives unexpected I/O errors and warnings; nil logs to stderr.
 	Log   *log.Logger
 	Debug bool
+}
+
+// User is a numeric user and group, as the kernel checks them.
+type User struct {
+	UID, GID uint32
 }
 
 // Mount is a live cloudletfs mount.

@@ -89,6 +89,15 @@ type Options struct {
 	// Name tells this VM apart for operators: the libvirt domain is "cloudlet-NAME". Empty
 	// means a random name.
 	Name string
+	// RunAs, if set, is the unprivileged user QEMU runs as (the launcher drops to it before
+	// exec). Nil runs QEMU as this process's user.
+	RunAs *User
+}
+
+// User is an unprivileged account for QEMU: a guest that escapes QEMU gets only its rights.
+type User struct {
+	Name     string
+	UID, GID int
 }
 
 // startTimeout bounds how long QEMU may take to open its monitor.
