@@ -16,7 +16,10 @@ func guestArgs(opts Options) []string {
 		format = "raw"
 	}
 	bus := rootBus(opts.Config.Machine)
-	netdev := "user,id=net0"
+	// restrict=on: the guest is hostile. Without it, QEMU's user networking connects the guest to
+	// the host's loopback services through 10.0.2.2 and to every address the host reaches.
+	// Forwards into the guest (hostfwd) still work.
+	netdev := "user,id=net0,restrict=on"
 	for _, f := range opts.Forwards {
 		netdev += ",hostfwd=" + f.String()
 	}
