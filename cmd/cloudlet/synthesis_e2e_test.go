@@ -115,6 +115,7 @@ func testSynthesis(t *testing.T, ctx context.Context, home, id, file, applied st
 		checkCache(t, cache, applied, baseDir)
 	})
 	t.Run("server and client", func(t *testing.T) { testServer(t, ctx, home, id, data) })
+	t.Run("guest isolation", func(t *testing.T) { testIsolation(t, ctx, home, id, file) })
 	t.Run("detach", func(t *testing.T) {
 		port := testguest.FreePort(t)
 		r := run(t, ctx, home, "synthesis", id, file, "--detach", "--hostfwd", fmt.Sprintf("tcp:127.0.0.1:%d-:8080", port),
