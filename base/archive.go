@@ -83,9 +83,15 @@ func (e *ImportError) Error() string {
 func (e *ImportError) Unwrap() error { return e.Err }
 
 // Import reads an export and adds its base to the store. It returns the base and whether it
-// was new: importing a base that is already there changes nothing. Every file is checked
-// against the manifest before the base becomes visible.
+// was new: importing a base that is already there changes nothing. Every file's size is
+// checked against the manifest's limits and the store's free space before anything is
+// written, and every file against the manifest before the base becomes visible.
 func (s *Store) Import(ctx context.Context, r io.Reader, p Progress) (*Base, bool, error) {
+	return s.importArchive(ctx, r, p, func() (int64, error) { return freeBytes(s.home) })
+}
+
+// importArchive is Import with the free space of the store's filesystem taken from free.
+func (s *Store) importArchive(ctx context.Context, r io.Reader, p Progress, free func() (int64, error)) (*Base, bool, error) {
 	p = orNone(p)
 	zr, err := zstd.NewReader(r, zstd.WithDecoderMaxMemory(64<<20))
 	if err != nil {
@@ -107,8 +113,8 @@ func (s *Store) Import(ctx context.Context, r io.Reader, p Progress) (*Base, boo
 	if err != nil {
 		return nil, false, corrupt(err)
 	}
-	if h.Name != ManifestFile || h.Size > maxManifestBytes {
-		return nil, false, &ImportError{Reason: fmt.Sprintf("archive starts with %q (%d bytes), want %s", h.Name, h.Size, ManifestFile)}
+	if h.Name != ManifestFile || h.Typeflag != tar.TypeReg || h.Size > maxManifestBytes {
+		return nil, false, &ImportError{Reason: fmt.Sprintf("archive starts with %q (%d bytes), want %s of at most %d bytes", h.Name, h.Size, ManifestFile, maxManifestBytes)}
 	}
 	raw, err := io.ReadAll(io.LimitReader(tr, maxManifestBytes))
 	if err != nil {
@@ -120,6 +126,9 @@ func (s *Store) Import(ctx context.Context, r io.Reader, p Progress) (*Base, boo
 	}
 	if b, err := s.Get(id); err == nil {
 		return b, false, nil
+	}
+	if err := checkRoom(m, free); err != nil {
+		return nil, false, err
 	}
 
 	d, err := s.NewDraft()
@@ -142,7 +151,7 @@ func (s *Store) Import(ctx context.Context, r io.Reader, p Progress) (*Base, boo
 			return nil, false, corrupt(err)
 		}
 		want, ok := m.Files[h.Name]
-		if !ok || seen[h.Name] || h.Name != filepath.Base(h.Name) {
+		if !ok || seen[h.Name] || h.Name != filepath.Base(h.Name) || h.Typeflag != tar.TypeReg {
 			return nil, false, &ImportError{Reason: fmt.Sprintf("archive holds unexpected entry %q", h.Name)}
 		}
 		if h.Size != want.Size {
@@ -177,6 +186,21 @@ func (s *Store) Import(ctx context.Context, r io.Reader, p Progress) (*Base, boo
 	}
 	sealed = true
 	return b, true, nil
+}
+
+// checkRoom refuses a base whose files, as the manifest sizes them, do not fit in the free
+// space of the store's filesystem (less a reserve for running VMs), before any is written. It
+// counts holes as written: a stream can fill them.
+func checkRoom(m *Manifest, free func() (int64, error)) error {
+	avail, err := free()
+	if err != nil {
+		return &ImportError{"cannot check the store's free space", err}
+	}
+	if need := m.totalBytes(); need > avail-importReserve {
+		return &ImportError{Reason: fmt.Sprintf("base needs %d bytes (disk image %d, memory image %d), but the store's filesystem has %d free, of which %d are kept for running VMs",
+			need, m.Files[DiskFile].Size, m.Files[MemoryFile].Size, avail, int64(importReserve))}
+	}
+	return nil
 }
 
 // progressReader counts bytes into a Progress and stops on cancellation.

@@ -87,7 +87,7 @@ func hashFile(ctx context.Context, path string, index io.Writer, p Progress) (Fi
 // copySparse copies src into the new file dst, leaving all-zero chunks as holes (disk and
 // memory images are mostly zeros), and returns the bytes copied and their SHA-256.
 func copySparse(ctx context.Context, dst string, src io.Reader, p Progress) (File, error) {
-	out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
+	out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
 	if err != nil {
 		return File{}, err
 	}

@@ -32,11 +32,8 @@ var (
 	optionalFiles = []string{KernelFile, InitrdFile}
 )
 
-// Limits checked before anything is allocated or written for a manifest read from outside.
-const (
-	maxManifestBytes = 1 << 20
-	maxFileBytes     = 1 << 40
-)
+// maxManifestBytes bounds a manifest read from outside; the other limits are in limits.go.
+const maxManifestBytes = 1 << 20
 
 // File is one file of a base: its size and SHA-256.
 type File struct {
@@ -71,6 +68,12 @@ func (m *Manifest) validate() error {
 	if err := m.VM.Validate(); err != nil {
 		return fmt.Errorf("manifest: %w", err)
 	}
+	if err := m.validateStrings(); err != nil {
+		return err
+	}
+	if m.VM.MemoryBytes > maxMemoryBytes {
+		return fmt.Errorf("manifest: VM memory of %d bytes, limit %d", m.VM.MemoryBytes, int64(maxMemoryBytes))
+	}
 	known := map[string]bool{}
 	for _, name := range append(append([]string(nil), requiredFiles...), optionalFiles...) {
 		known[name] = true
@@ -79,8 +82,8 @@ func (m *Manifest) validate() error {
 		if !known[name] {
 			return fmt.Errorf("manifest names unknown file %q", name)
 		}
-		if f.Size < 0 || f.Size > maxFileBytes {
-			return fmt.Errorf("manifest: %s: size %d out of range", name, f.Size)
+		if limit := fileLimit(m, name); f.Size < 0 || f.Size > limit {
+			return fmt.Errorf("manifest: %s of %d bytes, want 0 to %d", name, f.Size, limit)
 		}
 		if b, err := hex.DecodeString(f.SHA256); err != nil || len(b) != sha256.Size {
 			return fmt.Errorf("manifest: %s: bad sha256 %q", name, f.SHA256)
@@ -101,6 +104,22 @@ func (m *Manifest) validate() error {
 	}
 	if m.Files[MemoryFile].Size != m.VM.MemoryBytes {
 		return fmt.Errorf("manifest: %s has %d bytes, but the VM has %d bytes of RAM", MemoryFile, m.Files[MemoryFile].Size, m.VM.MemoryBytes)
+	}
+	return nil
+}
+
+// validateStrings bounds the manifest's free-form strings: they end up on QEMU's command line
+// and in listings.
+func (m *Manifest) validateStrings() error {
+	for _, f := range []struct {
+		what  string
+		s     string
+		limit int
+	}{{"name", m.Name, maxNameLen}, {"accel", m.Accel, maxConfigString}, {"machine type", m.VM.Machine, maxConfigString},
+		{"CPU model", m.VM.CPU, maxConfigString}, {"kernel command line", m.VM.Append, maxAppendLen}} {
+		if len(f.s) > f.limit {
+			return fmt.Errorf("manifest: %s of %d bytes, limit %d", f.what, len(f.s), f.limit)
+		}
 	}
 	return nil
 }

@@ -43,10 +43,8 @@ func Open(home string) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("base store: %w", err)
 	}
-	for _, d := range []string{"bases", "tmp"} {
-		if err := os.MkdirAll(filepath.Join(home, d), 0o755); err != nil {
-			return nil, fmt.Errorf("base store: %w", err)
-		}
+	if err := makePrivate(home); err != nil {
+		return nil, fmt.Errorf("base store: %w", err)
 	}
 	s := &Store{home: home}
 	s.removeStaleDrafts()
@@ -230,7 +228,7 @@ func (s *Store) NewDraft() (*Draft, error) {
 	if err != nil {
 		return nil, fmt.Errorf("base draft: %w", err)
 	}
-	lock, err := os.Create(filepath.Join(dir, ".lock"))
+	lock, err := os.OpenFile(filepath.Join(dir, ".lock"), os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o600)
 	if err == nil {
 		err = unix.Flock(int(lock.Fd()), unix.LOCK_EX|unix.LOCK_NB)
 	}
@@ -267,7 +265,7 @@ func (d *Draft) Commit(ctx context.Context, m Manifest, p Progress) (*Base, erro
 		var index io.Writer
 		var indexFile *os.File
 		if idx, ok := indexed[name]; ok {
-			f, err := os.Create(d.Path(idx))
+			f, err := os.OpenFile(d.Path(idx), os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o600)
 			if err != nil {
 				return nil, fmt.Errorf("commit base: %w", err)
 			}
@@ -303,7 +301,7 @@ func (d *Draft) seal(manifest []byte) (*Base, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := os.WriteFile(d.Path(ManifestFile), manifest, 0o644); err != nil {
+	if err := os.WriteFile(d.Path(ManifestFile), manifest, 0o600); err != nil {
 		return nil, fmt.Errorf("seal base %s: %w", id, err)
 	}
 	entries, err := os.ReadDir(d.Dir)
@@ -313,6 +311,10 @@ func (d *Draft) seal(manifest []byte) (*Base, error) {
 	for _, e := range entries {
 		if e.Name() == ".lock" {
 			continue
+		}
+		// Files that QEMU or a copy made follow the umask: a base is its owner's alone.
+		if err := os.Chmod(d.Path(e.Name()), privateMode(e)); err != nil {
+			return nil, fmt.Errorf("seal base %s: %w", id, err)
 		}
 		if err := syncPath(d.Path(e.Name())); err != nil {
 			return nil, fmt.Errorf("seal base %s: %w", id, err)

@@ -160,7 +160,7 @@ func decodeSeconds(b *testing.B, path string) float64 {
 	}
 	defer f.Close()
 	st, _ := f.Stat()
-	r, err := overlay.Open(f, st.Size())
+	r, err := overlay.Open(f, st.Size(), overlay.Expect{})
 	if err != nil {
 		b.Fatal(err)
 	}

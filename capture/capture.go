@@ -80,11 +80,17 @@ func Create(ctx context.Context, o Options) (Result, error) {
 		return res, err
 	}
 	defer fsys.Close()
-	mp := filepath.Join(o.WorkDir, "mnt")
-	if err := os.MkdirAll(mp, 0o755); err != nil {
+	// QEMU's user, if another, gets the images, and a mount point it can reach.
+	var user *cloudletfs.User
+	if u := o.VM.RunAs; u != nil {
+		user = &cloudletfs.User{UID: uint32(u.UID), GID: uint32(u.GID)}
+	}
+	mp, removeMountPoint, err := cloudletfs.PrepareMountPoint(filepath.Join(o.WorkDir, "mnt"), cloudletfs.RunDir, user)
+	if err != nil {
 		return res, err
 	}
-	mnt, err := fsys.Mount(mp, cloudletfs.MountOptions{RaiseDirtyLimit: true})
+	defer removeMountPoint()
+	mnt, err := fsys.Mount(mp, cloudletfs.MountOptions{RaiseDirtyLimit: true, User: user})
 	if err != nil {
 		return res, err
 	}
@@ -192,7 +198,7 @@ func writeOverlay(ctx context.Context, o Options, fsys *cloudletfs.FS, entries [
 	if err != nil {
 		return sum, err
 	}
-	if err := errors.Join(tmp.Chmod(0o644), tmp.Sync(), tmp.Close()); err != nil {
+	if err := errors.Join(tmp.Chmod(0o600), tmp.Sync(), tmp.Close()); err != nil {
 		return sum, fmt.Errorf("overlay output: %w", err)
 	}
 	if err := os.Rename(tmp.Name(), o.Output); err != nil {
@@ -203,11 +209,11 @@ func writeOverlay(ctx context.Context, o Options, fsys *cloudletfs.FS, entries [
 
 // saveImages writes the customised images as the VM left them, read through the store.
 func saveImages(ctx context.Context, fsys *cloudletfs.FS, dir string) error {
-	if err := os.MkdirAll(dir, 0o755); err != nil {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return err
 	}
 	for _, img := range fsys.Images() {
-		f, err := os.Create(filepath.Join(dir, img.Name()+".img"))
+		f, err := os.OpenFile(filepath.Join(dir, img.Name()+".img"), os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o600)
 		if err != nil {
 			return err
 		}

@@ -10,6 +10,10 @@
 // page cache (so QEMU can mmap them, shared or private), stats/ snapshots and streams/ that
 // follow events live. toErrno is the only place errors become errno values.
 //
+// Access (access.go): mounts use default_permissions, and the images are 0600, owned by the
+// one user that may open them (this process's, or MountOptions.User's: QEMU's, with
+// allow_other); caches are 0700/0600.
+//
 // Durability: a chunk written to the cache is recorded in the presence map only after the
 // cache file is fsynced (every FlushInterval, on fsync from the client, and at Close), so a
 // crash never makes an unwritten chunk look present.

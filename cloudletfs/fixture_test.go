@@ -86,6 +86,12 @@ func (m *mounted) path(parts ...string) string {
 // unmounts and closes.
 func (f *fixture) mount(t testing.TB, cacheDir string, src *cloudletfs.MemSource, opts cloudletfs.MountOptions) *mounted {
 	t.Helper()
+	return f.mountAt(t, t.TempDir(), cacheDir, src, opts)
+}
+
+// mountAt is mount at the mount point mp.
+func (f *fixture) mountAt(t testing.TB, mp, cacheDir string, src *cloudletfs.MemSource, opts cloudletfs.MountOptions) *mounted {
+	t.Helper()
 	testguest.RequireFUSE(t)
 	if src == nil {
 		src = &cloudletfs.MemSource{}
@@ -96,7 +102,6 @@ func (f *fixture) mount(t testing.TB, cacheDir string, src *cloudletfs.MemSource
 		t.Fatal(err)
 	}
 	src.Attach(fsys)
-	mp := t.TempDir()
 	mnt, err := fsys.Mount(mp, opts)
 	if err != nil {
 		fsys.Close()

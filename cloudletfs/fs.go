@@ -57,10 +57,15 @@ func Open(cfg Config) (*FS, error) {
 	if cfg.FlushInterval == 0 {
 		cfg.FlushInterval = 100 * time.Millisecond
 	}
-	if err := os.MkdirAll(cfg.Dir, 0o755); err != nil {
+	// The cache holds guest RAM and disk: this user's alone, also when an older version
+	// made the directory open to others.
+	if err := os.MkdirAll(cfg.Dir, 0o700); err != nil {
 		return nil, fmt.Errorf("cloudletfs cache: %w", err)
 	}
-	lock, err := os.OpenFile(filepath.Join(cfg.Dir, ".lock"), os.O_RDWR|os.O_CREATE, 0o644)
+	if err := os.Chmod(cfg.Dir, 0o700); err != nil {
+		return nil, fmt.Errorf("cloudletfs cache: %w", err)
+	}
+	lock, err := os.OpenFile(filepath.Join(cfg.Dir, ".lock"), os.O_RDWR|os.O_CREATE, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("cloudletfs cache: %w", err)
 	}

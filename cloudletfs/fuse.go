@@ -18,39 +18,76 @@ type rootNode struct {
 	fs.Inode
 	fsys *FS
 	log  *log.Logger
+	own  owners
 }
 
-var _ = (fs.NodeOnAdder)((*rootNode)(nil))
+var (
+	_ = (fs.NodeOnAdder)((*rootNode)(nil))
+	_ = (fs.NodeGetattrer)((*rootNode)(nil))
+)
+
+func (r *rootNode) Getattr(ctx context.Context, f fs.FileHandle, out *fuse.AttrOut) syscall.Errno {
+	setOwner(&out.Attr, r.own.server, fuse.S_IFDIR|r.own.rootMode())
+	return 0
+}
 
 func (r *rootNode) OnAdd(ctx context.Context) {
-	stats := r.NewPersistentInode(ctx, &fs.Inode{}, fs.StableAttr{Mode: fuse.S_IFDIR})
+	dir := func(owner User) *fs.Inode {
+		return r.NewPersistentInode(ctx, &dirNode{owner: owner}, fs.StableAttr{Mode: fuse.S_IFDIR})
+	}
+	pseudo := func(open func() fs.FileHandle) *fs.Inode {
+		return r.NewPersistentInode(ctx, &pseudoFile{open: open, owner: r.own.server}, fs.StableAttr{Mode: fuse.S_IFREG})
+	}
+	stats := dir(r.own.server)
 	r.AddChild("stats", stats, false)
-	streamsDir := r.NewPersistentInode(ctx, &fs.Inode{}, fs.StableAttr{Mode: fuse.S_IFDIR})
+	streamsDir := dir(r.own.server)
 	r.AddChild("streams", streamsDir, false)
 	for _, img := range r.fsys.images {
-		dir := r.NewPersistentInode(ctx, &fs.Inode{}, fs.StableAttr{Mode: fuse.S_IFDIR})
-		r.AddChild(img.name, dir, false)
-		dir.AddChild("image", r.NewPersistentInode(ctx, &imageNode{img: img, log: r.log}, fs.StableAttr{Mode: fuse.S_IFREG}), false)
-		stats.AddChild(img.name, r.NewPersistentInode(ctx, &pseudoFile{open: func() fs.FileHandle {
+		d := dir(r.own.images)
+		r.AddChild(img.name, d, false)
+		d.AddChild("image", r.NewPersistentInode(ctx, &imageNode{img: img, log: r.log, owner: r.own.images}, fs.StableAttr{Mode: fuse.S_IFREG}), false)
+		stats.AddChild(img.name, pseudo(func() fs.FileHandle {
 			return &bytesHandle{b: []byte(img.Stats().String())}
-		}}, fs.StableAttr{Mode: fuse.S_IFREG}), false)
+		}), false)
 	}
 	for k, name := range streamNames {
-		streamsDir.AddChild(name, r.NewPersistentInode(ctx, &pseudoFile{open: func() fs.FileHandle {
+		streamsDir.AddChild(name, pseudo(func() fs.FileHandle {
 			return &streamHandle{r: &follower[ChunkEvent]{log: r.fsys.ev.chunks[k]}}
-		}}, fs.StableAttr{Mode: fuse.S_IFREG}), false)
+		}), false)
 	}
-	streamsDir.AddChild("io", r.NewPersistentInode(ctx, &pseudoFile{open: func() fs.FileHandle {
+	streamsDir.AddChild("io", pseudo(func() fs.FileHandle {
 		return &streamHandle{r: &follower[IOEvent]{log: r.fsys.ev.ioLog}}
-	}}, fs.StableAttr{Mode: fuse.S_IFREG}), false)
+	}), false)
+}
+
+// setOwner fills in a node's mode and owner. Every node says who owns it: go-fuse would
+// report root for a node that does not, whoever serves the mount.
+func setOwner(out *fuse.Attr, owner User, mode uint32) {
+	out.Mode = mode
+	out.Uid, out.Gid = owner.UID, owner.GID
+	out.Nlink = 1
+}
+
+// dirNode is a directory of the fixed tree: IMAGE/, stats/ or streams/.
+type dirNode struct {
+	fs.Inode
+	owner User
+}
+
+var _ = (fs.NodeGetattrer)((*dirNode)(nil))
+
+func (n *dirNode) Getattr(ctx context.Context, f fs.FileHandle, out *fuse.AttrOut) syscall.Errno {
+	setOwner(&out.Attr, n.owner, fuse.S_IFDIR|dirMode)
+	return 0
 }
 
 // imageNode is disk/image or memory/image: handle-less, served through the page cache with
 // constant attributes, so QEMU can mmap it (shared or private).
 type imageNode struct {
 	fs.Inode
-	img *Image
-	log *log.Logger
+	img   *Image
+	log   *log.Logger
+	owner User
 }
 
 var (
@@ -64,11 +101,10 @@ var (
 )
 
 func (n *imageNode) Getattr(ctx context.Context, f fs.FileHandle, out *fuse.AttrOut) syscall.Errno {
-	out.Mode = fuse.S_IFREG | 0o644
+	setOwner(&out.Attr, n.owner, fuse.S_IFREG|imageMode)
 	out.Size = uint64(n.img.size)
 	out.Blocks = (out.Size + 511) / 512
 	out.Blksize = 4096
-	out.Nlink = 1
 	return 0
 }
 
@@ -113,7 +149,8 @@ func (n *imageNode) Flush(ctx context.Context, f fs.FileHandle) syscall.Errno { 
 // snapshot of counters, or a live stream. DIRECT_IO, since no size is known in advance.
 type pseudoFile struct {
 	fs.Inode
-	open func() fs.FileHandle
+	open  func() fs.FileHandle
+	owner User
 }
 
 var (
@@ -122,8 +159,7 @@ var (
 )
 
 func (n *pseudoFile) Getattr(ctx context.Context, f fs.FileHandle, out *fuse.AttrOut) syscall.Errno {
-	out.Mode = fuse.S_IFREG | 0o444
-	out.Nlink = 1
+	setOwner(&out.Attr, n.owner, fuse.S_IFREG|pseudoMode)
 	return 0
 }
 

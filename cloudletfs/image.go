@@ -33,6 +33,10 @@ type Image struct {
 	// writeMu serialises VM writes, whose read-modify-write of a partial chunk must not
 	// interleave with another write to the same chunk.
 	writeMu sync.Mutex
+	// syncMu serialises Sync (the flusher, fsyncs through the mount, Close): the presence
+	// map has one writer, and records batches in the order they were taken, so a chunk's
+	// older state never overwrites its newer one.
+	syncMu sync.Mutex
 
 	mu       sync.Mutex
 	state    []State                 // guarded by mu
@@ -108,7 +112,7 @@ func openImage(cfg ImageConfig, dir string, discardModified bool, demander Deman
 		}
 	}
 	cachePath := dir + "/" + cfg.Name + ".cache"
-	if img.cache, err = os.OpenFile(cachePath, os.O_RDWR|os.O_CREATE, 0o644); err != nil {
+	if img.cache, err = os.OpenFile(cachePath, os.O_RDWR|os.O_CREATE, 0o600); err != nil {
 		return nil, fmt.Errorf("image %s: cache: %w", cfg.Name, err)
 	}
 	if err := img.cache.Truncate(cfg.Size); err != nil {
@@ -425,6 +429,8 @@ func (img *Image) writeChunk(ctx context.Context, c int64, data []byte, within i
 // Sync makes every cached chunk durable: the cache file is fsynced, then the presence map
 // records the chunks. Until then, a crash makes them pending (or base) again.
 func (img *Image) Sync() error {
+	img.syncMu.Lock()
+	defer img.syncMu.Unlock()
 	img.mu.Lock()
 	dirty := img.dirty
 	img.dirty = nil

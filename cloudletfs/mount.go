@@ -79,8 +79,14 @@ func (fsys *FS) Mount(dir string, opts MountOptions) (*Mount, error) {
 	if mounted, fstype := mountedAt(dir); mounted {
 		return nil, fmt.Errorf("mount point %s already has a %s mount", dir, fstype)
 	}
+	own := newOwners(opts.User)
+	if own.other {
+		if err := checkReachable(dir, own.images); err != nil {
+			return nil, err
+		}
+	}
 	timeout := attrTimeout
-	root := &rootNode{fsys: fsys, log: opts.Log}
+	root := &rootNode{fsys: fsys, log: opts.Log, own: own}
 	// As root, go-fuse mounts with mount(2) and opens /dev/fuse without O_CLOEXEC. A child
 	// started meanwhile (QEMU!) would inherit the device: if we then die, the connection
 	// stays alive with nobody serving it, and that child hangs forever in its exit, flushing
@@ -105,8 +111,10 @@ func (fsys *FS) Mount(dir string, opts MountOptions) (*Mount, error) {
 			DisableXAttrs:            true,
 			DirectMount:              direct,
 			DirectMountStrict:        direct,
-			// QEMU may run as another user (libvirt).
-			AllowOther: os.Geteuid() == 0,
+			// The kernel checks the modes and owners of the nodes (see access.go); other
+			// users get in at all only when one of them is to open the images.
+			Options:    []string{"default_permissions"},
+			AllowOther: own.other,
 			Debug:      opts.Debug,
 		},
 	})

@@ -27,7 +27,7 @@ type presenceMap struct {
 
 // openPresence opens or creates the map for n chunks.
 func openPresence(path string, n int64) (*presenceMap, error) {
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o644)
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
 	if err != nil {
 		return nil, err
 	}

@@ -22,8 +22,10 @@ const guestRAM = 128 << 20
 
 // TestQEMUOnCloudletfs boots the test guest with its disk on disk/image and its RAM as a
 // shared memory-backend-file on memory/image, snapshots it, and then resumes it from a second
-// mount where every changed chunk is pending: early start, with chunks fetched on demand.
+// mount where every changed chunk is pending: early start, with chunks fetched on demand. The
+// resumed QEMU runs as another user, the only one besides us the second mount lets in.
 func TestQEMUOnCloudletfs(t *testing.T) {
+	requireRoot(t)
 	g := testguest.Get(t)
 	testguest.RequireFUSE(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
@@ -110,8 +112,19 @@ func TestQEMUOnCloudletfs(t *testing.T) {
 		t.Fatal(err)
 	}
 	src.Attach(resFS)
-	mp2 := t.TempDir()
-	mnt2, err := resFS.Mount(mp2, cloudletfs.MountOptions{})
+	// QEMU resumes as another user, as a synthesis does under root: only that user may open
+	// the images, and it reaches them in a run directory.
+	qemuUser, err := vm.LookupUser("nobody")
+	if err != nil {
+		t.Fatal(err)
+	}
+	user := &cloudletfs.User{UID: uint32(qemuUser.UID), GID: uint32(qemuUser.GID)}
+	mp2, removeMP2, err := cloudletfs.PrepareMountPoint("", filepath.Join(reachableDir(t), "run"), user)
+	if err != nil {
+		resFS.Close()
+		t.Fatal(err)
+	}
+	mnt2, err := resFS.Mount(mp2, cloudletfs.MountOptions{User: user})
 	if err != nil {
 		resFS.Close()
 		t.Fatal(err)
@@ -119,8 +132,10 @@ func TestQEMUOnCloudletfs(t *testing.T) {
 	defer func() {
 		mnt2.Unmount()
 		resFS.Close()
+		removeMP2()
 	}()
 	rOpts := vmOpts
+	rOpts.RunAs = qemuUser
 	rOpts.Disk.Path = filepath.Join(mp2, "disk/image")
 	rOpts.Memory = vm.Memory{Path: filepath.Join(mp2, "memory/image"), Share: false}
 	start := time.Now()
@@ -129,6 +144,9 @@ func TestQEMUOnCloudletfs(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer r.Kill()
+	if status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", r.PID())); err != nil || !strings.Contains(string(status), fmt.Sprintf("\nUid:\t%d\t", qemuUser.UID)) {
+		t.Fatalf("the resumed QEMU does not run as uid %d: %v\n%s", qemuUser.UID, err, status)
+	}
 	body := waitHTTP(t, ctx, url)
 	ttfr := time.Since(start)
 	if !strings.Contains(body, "hello from cloudlet-guest") {

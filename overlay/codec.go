@@ -38,7 +38,10 @@ func compress(c Codec, raw []byte) ([]byte, error) {
 }
 
 // decompress decodes exactly raw bytes, and fails on more: a blob that inflates past its
-// declared size is corrupt (or hostile), and never gets the memory it asks for.
+// declared size is corrupt (or hostile), and never gets the memory it asks for. Neither the
+// output buffer nor a decoder's window is sized by what the stream claims: zstd's window is
+// capped at the declared size, xz's dictionary is checked against it (see xz.go), and the
+// output grows as bytes are decoded.
 func decompress(c Codec, data []byte, raw int64) ([]byte, error) {
 	var r io.Reader
 	switch c {
@@ -50,7 +53,7 @@ func decompress(c Codec, data []byte, raw int64) ([]byte, error) {
 		defer dec.Close()
 		r = dec
 	case CodecXZ:
-		xr, err := xz.NewReader(bytes.NewReader(data))
+		xr, err := newXZReader(data, raw)
 		if err != nil {
 			return nil, err
 		}
@@ -58,12 +61,9 @@ func decompress(c Codec, data []byte, raw int64) ([]byte, error) {
 	default:
 		return nil, fmt.Errorf("unknown codec %v", c)
 	}
-	out := make([]byte, raw)
-	if _, err := io.ReadFull(r, out); err != nil {
+	out, err := readExactly(r, raw)
+	if err != nil {
 		return nil, fmt.Errorf("decode %s: %w", c, err)
-	}
-	if n, _ := r.Read(make([]byte, 1)); n != 0 {
-		return nil, fmt.Errorf("decode %s: more than the declared %d bytes", c, raw)
 	}
 	return out, nil
 }

@@ -9,10 +9,11 @@
 //	devstate  QEMU device state, compressed with the overlay's codec
 //	blobs     chunk data, about BlobRaw bytes each before compression, in prefetch order
 //
-// A reader fetches header and index with at most two range requests (DefaultPrefix bytes,
-// then the rest of the index if it is longer). The SHA-256 of the uncompressed index is the
-// overlay's identity; the index pins every blob's and chunk's SHA-256, so every byte a reader
-// uses is verified.
+// A reader fetches DefaultPrefix bytes first, which usually hold the header and the whole
+// index, then any rest of the index in runs of a few MiB. The SHA-256 of the uncompressed index
+// is the overlay's identity; the index pins every blob's and chunk's SHA-256, so every byte a
+// reader uses is verified. The file is attacker input: every length it claims is bounded (see
+// limits.go) before anything is allocated for it.
 package overlay
 
 import (

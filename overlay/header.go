@@ -42,7 +42,7 @@ func decodeHeader(b []byte, fileSize int64) (header, error) {
 		return h, corrupt("header", "file has %d bytes, a header needs %d", len(b), HeaderSize)
 	}
 	if string(b[:8]) != Magic {
-		return h, corrupt("header", "not an overlay (magic %q)", b[:8])
+		return h, corrupt("header", "not an overlay (it does not start with %q)", Magic)
 	}
 	if got, want := crc32.ChecksumIEEE(b[:92]), binary.LittleEndian.Uint32(b[92:]); got != want {
 		return h, corrupt("header", "checksum %08x, want %08x", got, want)
@@ -56,6 +56,11 @@ func decodeHeader(b []byte, fileSize int64) (header, error) {
 	copy(h.indexSHA[:], b[28:60])
 	if h.indexRaw <= 0 || h.indexRaw > MaxIndexRaw {
 		return h, corrupt("header", "index of %d bytes, limit %d", h.indexRaw, MaxIndexRaw)
+	}
+	// A claim that zstd cannot produce from indexRaw bytes is refused before it is compared with
+	// the file's size, which is itself a claim (a sparse file, an origin's Content-Length).
+	if limit := compressBound(h.indexRaw); h.indexLen > limit {
+		return h, corrupt("header", "index of %d compressed bytes for %d raw bytes, limit %d", h.indexLen, h.indexRaw, limit)
 	}
 	if h.indexLen <= 0 || HeaderSize+h.indexLen > fileSize {
 		return h, corrupt("header", "index of %d bytes does not fit in a file of %d bytes (truncated?)", h.indexLen, fileSize)

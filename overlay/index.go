@@ -149,61 +149,52 @@ func (d *decoder) count(what string, limit uint64, minSize int) int {
 	return int(n)
 }
 
+// countWithin is count with a second bound, which comes from what was decoded before (the
+// images) and is named in the error.
+func (d *decoder) countWithin(what string, limit, bound uint64, boundName string, minSize int) int {
+	n := d.uvarint(what+" count", limit)
+	if d.err == nil && n > bound {
+		d.fail(fmt.Errorf("%s count %d is more than %s (%d)", what, n, boundName, bound))
+	}
+	if d.err == nil && n*uint64(minSize) > uint64(len(d.b)) {
+		d.fail(fmt.Errorf("%s count %d does not fit in the %d bytes left", what, n, len(d.b)))
+	}
+	if d.err != nil {
+		return 0
+	}
+	return int(n)
+}
+
 func (d *decoder) blob(what string) Blob {
 	return Blob{
 		Offset: int64(d.uvarint(what+" offset", 1<<62)),
-		Length: int64(d.uvarint(what+" length", 1<<40)),
-		Raw:    int64(d.uvarint(what+" raw size", MaxBlobRaw)),
+		Length: int64(d.uvarint(what+" length", uint64(compressBound(max(MaxBlobRaw, MaxDevstateRaw))))),
+		Raw:    int64(d.uvarint(what+" raw size", max(MaxBlobRaw, MaxDevstateRaw))),
 		Digest: d.digest(what + " digest"),
 	}
 }
 
-// decodeIndex parses and validates an uncompressed index.
-func decodeIndex(b []byte) (*Index, error) {
+// decodeIndex parses and validates an uncompressed index. It decodes the head (base ID, chunk
+// size, codec, images, config) first and hands it to check, if not nil, before it decodes a
+// single entry: an index for another base is refused before it costs anything. Each count is
+// then checked against what the images can hold and against the bytes left before anything is
+// allocated for it.
+func decodeIndex(b []byte, check func(*Index) error) (*Index, error) {
 	d := &decoder{b: b}
 	ix := &Index{}
-	copy(ix.BaseID[:], d.bytes("base ID", 32))
-	ix.ChunkSize = int(d.uvarint("chunk size", 1<<20))
-	ix.Codec = Codec(d.byte1("codec"))
-	ix.Images = make([]Image, d.count("image", MaxImages, 2))
-	for i := range ix.Images {
-		ix.Images[i].Name = string(d.bytes("image name", d.uvarint("image name length", MaxNameLen)))
-		ix.Images[i].Size = int64(d.uvarint("image size", MaxImageSize))
+	d.head(ix)
+	if d.err != nil {
+		return nil, corrupt("index", "%w", d.err)
 	}
-	ix.Config = d.bytes("config", d.uvarint("config length", MaxConfigLen))
-	ix.Devstate = d.blob("devstate")
-	ix.Blobs = make([]Blob, d.count("blob", MaxBlobs, 3+chunk.DigestSize))
-	for i := range ix.Blobs {
-		ix.Blobs[i] = d.blob("blob")
+	if err := ix.validateHead(); err != nil {
+		return nil, corrupt("index", "%w", err)
 	}
-	ix.Chunks = make([]Chunk, d.count("chunk", MaxChunks, 3))
-	for i := range ix.Chunks {
-		c := &ix.Chunks[i]
-		c.Image = d.byte1("chunk image")
-		c.Index = int64(d.uvarint("chunk index", MaxImageSize))
-		c.Kind = Kind(d.byte1("chunk kind"))
-		switch c.Kind {
-		case KindBase:
-			c.BaseImage = d.byte1("base image")
-			c.BaseIndex = int64(d.uvarint("base chunk", MaxImageSize))
-		case KindSelf:
-			c.Self = uint32(d.uvarint("self reference", MaxChunks))
-		case KindBlob:
-			c.Blob = uint32(d.uvarint("blob number", MaxBlobs))
-			c.Offset = int64(d.uvarint("blob offset", MaxBlobRaw))
-		}
-		if c.Kind != KindZero {
-			c.Digest = d.digest("chunk digest")
-		}
-		if d.err != nil {
-			break
+	if check != nil {
+		if err := check(ix); err != nil {
+			return nil, err
 		}
 	}
-	ix.Prefetch = make([]uint32, d.count("prefetch", MaxChunks, 1))
-	for i := range ix.Prefetch {
-		ix.Prefetch[i] = uint32(d.uvarint("prefetch entry", MaxChunks))
-	}
-	ix.WorkingSetBlobs = uint32(d.uvarint("working-set blobs", MaxBlobs))
+	d.entries(ix)
 	if d.err == nil && len(d.b) != 0 {
 		d.fail(fmt.Errorf("%d bytes after the end", len(d.b)))
 	}
@@ -216,9 +207,75 @@ func decodeIndex(b []byte) (*Index, error) {
 	return ix, nil
 }
 
+// head decodes the fields before the entries.
+func (d *decoder) head(ix *Index) {
+	copy(ix.BaseID[:], d.bytes("base ID", 32))
+	ix.ChunkSize = int(d.uvarint("chunk size", 1<<20))
+	ix.Codec = Codec(d.byte1("codec"))
+	ix.Images = make([]Image, d.count("image", MaxImages, 2))
+	for i := range ix.Images {
+		ix.Images[i].Name = string(d.bytes("image name", d.uvarint("image name length", MaxNameLen)))
+		ix.Images[i].Size = int64(d.uvarint("image size", MaxImageSize))
+	}
+	ix.Config = d.bytes("config", d.uvarint("config length", MaxConfigLen))
+}
+
+// entries decodes the device state, blobs, chunks and prefetch order. No count exceeds the
+// chunks the images hold (each blob holds at least one chunk; each prefetch entry is a chunk).
+func (d *decoder) entries(ix *Index) {
+	capacity := uint64(chunkCapacity(ix.Images))
+	ix.Devstate = d.blob("devstate")
+	ix.Blobs = make([]Blob, d.countWithin("blob", MaxBlobs, capacity, "the chunks the images hold", 3+chunk.DigestSize))
+	for i := range ix.Blobs {
+		ix.Blobs[i] = d.blob("blob")
+	}
+	ix.Chunks = make([]Chunk, d.countWithin("chunk", MaxChunks, capacity, "the chunks the images hold", 3))
+	for i := range ix.Chunks {
+		d.chunk(&ix.Chunks[i])
+		if d.err != nil {
+			return
+		}
+	}
+	ix.Prefetch = make([]uint32, d.countWithin("prefetch", MaxChunks, uint64(len(ix.Chunks)), "the chunk entries", 1))
+	for i := range ix.Prefetch {
+		ix.Prefetch[i] = uint32(d.uvarint("prefetch entry", MaxChunks))
+	}
+	ix.WorkingSetBlobs = uint32(d.uvarint("working-set blobs", MaxBlobs))
+}
+
+func (d *decoder) chunk(c *Chunk) {
+	c.Image = d.byte1("chunk image")
+	c.Index = int64(d.uvarint("chunk index", MaxImageSize))
+	c.Kind = Kind(d.byte1("chunk kind"))
+	switch c.Kind {
+	case KindBase:
+		c.BaseImage = d.byte1("base image")
+		c.BaseIndex = int64(d.uvarint("base chunk", MaxImageSize))
+	case KindSelf:
+		c.Self = uint32(d.uvarint("self reference", MaxChunks))
+	case KindBlob:
+		c.Blob = uint32(d.uvarint("blob number", MaxBlobs))
+		c.Offset = int64(d.uvarint("blob offset", MaxBlobRaw))
+	}
+	if c.Kind != KindZero {
+		c.Digest = d.digest("chunk digest")
+	}
+}
+
 // validate checks the index's internal consistency: every reference points at something
 // that exists and has the right kind and size.
 func (ix *Index) validate() error {
+	if err := ix.validateHead(); err != nil {
+		return err
+	}
+	if err := ix.validateBlobs(); err != nil {
+		return err
+	}
+	return ix.validateChunks()
+}
+
+// validateHead checks the fields before the entries.
+func (ix *Index) validateHead() error {
 	if ix.ChunkSize != chunk.Size {
 		return fmt.Errorf("chunk size %d, this cloudlet uses %d", ix.ChunkSize, chunk.Size)
 	}
@@ -235,16 +292,44 @@ func (ix *Index) validate() error {
 		}
 		names[im.Name] = true
 	}
-	if ix.Devstate.Raw > MaxDevstateRaw {
-		return fmt.Errorf("device state of %d bytes, limit %d", ix.Devstate.Raw, MaxDevstateRaw)
+	return nil
+}
+
+// validateBlobs checks each blob's and the device state's lengths against their raw lengths
+// and the format's limits, and that blobs follow each other.
+func (ix *Index) validateBlobs() error {
+	if err := checkBlobSize("device state", ix.Devstate, MaxDevstateRaw); err != nil {
+		return err
 	}
 	end := ix.Devstate.Offset + ix.Devstate.Length
 	for i, bl := range ix.Blobs {
-		if bl.Offset != end || bl.Length <= 0 || bl.Raw <= 0 {
+		if err := checkBlobSize(fmt.Sprintf("blob %d", i), bl, MaxBlobRaw); err != nil {
+			return err
+		}
+		if bl.Offset != end {
 			return fmt.Errorf("blob %d at %d+%d does not follow the previous one (ends at %d)", i, bl.Offset, bl.Length, end)
 		}
 		end = bl.Offset + bl.Length
 	}
+	return nil
+}
+
+func checkBlobSize(what string, b Blob, maxRaw int64) error {
+	if b.Raw <= 0 || b.Raw > maxRaw {
+		return fmt.Errorf("%s of %d raw bytes, want 1 to %d", what, b.Raw, maxRaw)
+	}
+	if limit := compressBound(b.Raw); b.Length <= 0 || b.Length > limit {
+		return fmt.Errorf("%s of %d compressed bytes for %d raw bytes, want 1 to %d", what, b.Length, b.Raw, limit)
+	}
+	return nil
+}
+
+// validateChunks checks that every chunk entry and prefetch entry points at something that
+// exists and has the right kind and size.
+func (ix *Index) validateChunks() error {
+	// held counts each blob's chunk bytes: a blob holds its chunks and nothing else, so the
+	// blobs' raw sizes add up to no more than the images.
+	held := make([]int64, len(ix.Blobs))
 	prev := [2]int64{-1, -1}
 	for i, c := range ix.Chunks {
 		if int(c.Image) >= len(ix.Images) {
@@ -274,8 +359,14 @@ func (ix *Index) validate() error {
 				c.Offset+ix.chunkLen(c.Image, c.Index) > ix.Blobs[c.Blob].Raw {
 				return fmt.Errorf("chunk entry %d: blob %d offset %d out of range", i, c.Blob, c.Offset)
 			}
+			held[c.Blob] += ix.chunkLen(c.Image, c.Index)
 		default:
 			return fmt.Errorf("chunk entry %d: unknown kind %d", i, c.Kind)
+		}
+	}
+	for i, n := range held {
+		if n != ix.Blobs[i].Raw {
+			return fmt.Errorf("blob %d holds %d bytes of chunks, but its raw size is %d", i, n, ix.Blobs[i].Raw)
 		}
 	}
 	for i, p := range ix.Prefetch {

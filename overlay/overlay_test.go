@@ -3,6 +3,7 @@ package overlay_test
 import (
 	"bytes"
 	"context"
+	"encoding/hex"
 	"errors"
 	"io"
 	"math/rand"
@@ -101,8 +102,12 @@ func newCase(t testing.TB, codec overlay.Codec, seed int64) *testCase {
 	return tc
 }
 
+func (tc *testCase) expect() overlay.Expect {
+	return overlay.Expect{BaseID: hex.EncodeToString(tc.baseID[:]), Images: images}
+}
+
 func (tc *testCase) apply(file []byte) ([][]byte, error) {
-	r, err := overlay.Open(bytes.NewReader(file), int64(len(file)))
+	r, err := overlay.Open(bytes.NewReader(file), int64(len(file)), tc.expect())
 	if err != nil {
 		return nil, err
 	}
@@ -146,7 +151,7 @@ func TestRoundTrip(t *testing.T) {
 					t.Fatalf("%s differs after apply", images[i].Name)
 				}
 			}
-			r, _ := overlay.Open(bytes.NewReader(tc.file), int64(len(tc.file)))
+			r, _ := overlay.Open(bytes.NewReader(tc.file), int64(len(tc.file)), overlay.Expect{})
 			defer r.Close()
 			counts := r.Index.Counts()
 			for _, k := range []overlay.Kind{overlay.KindZero, overlay.KindBase, overlay.KindSelf, overlay.KindBlob} {
@@ -168,7 +173,7 @@ func TestRoundTrip(t *testing.T) {
 // never wrong bytes.
 func TestCorruption(t *testing.T) {
 	tc := newCase(t, overlay.CodecZstd, 2)
-	r, err := overlay.Open(bytes.NewReader(tc.file), int64(len(tc.file)))
+	r, err := overlay.Open(bytes.NewReader(tc.file), int64(len(tc.file)), overlay.Expect{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -187,7 +192,7 @@ func TestCorruption(t *testing.T) {
 		{"flipped byte in a blob", flip(blobOff + 10), "blob 1: digest"},
 		{"flipped byte in the index", flip(overlay.HeaderSize + 20), "index"},
 		{"flipped byte in the header", flip(15), "header: checksum"},
-		{"not an overlay", []byte(strings.Repeat("x", 200)), "not an overlay"},
+		{"not an overlay", []byte("SSH-2.0-" + strings.Repeat("x", 200)), "not an overlay"},
 		{"unknown version", withVersion(tc.file, 9), "format version 9"},
 		{"empty", nil, "header"},
 	}
@@ -213,6 +218,10 @@ func TestCorruption(t *testing.T) {
 			if !strings.Contains(err.Error(), c.want) {
 				t.Fatalf("error %q does not mention %q", err, c.want)
 			}
+			// Errors reach strangers (a session's error): they quote no bytes of the file.
+			if strings.Contains(err.Error(), "SSH") || strings.Contains(err.Error(), "xxx") {
+				t.Fatalf("error %q quotes the file", err)
+			}
 		})
 	}
 }
@@ -226,10 +235,22 @@ func TestWrongBase(t *testing.T) {
 	if _, err := tc.apply(tc.file); err == nil || !strings.Contains(err.Error(), "the base differs") {
 		t.Fatalf("apply on the wrong base: %v", err)
 	}
-	r, _ := overlay.Open(bytes.NewReader(tc.file), int64(len(tc.file)))
+	r, _ := overlay.Open(bytes.NewReader(tc.file), int64(len(tc.file)), overlay.Expect{})
 	defer r.Close()
 	if err := r.CheckBase(strings.Repeat("ab", 32)); err == nil || !strings.Contains(err.Error(), "is for base") {
 		t.Fatalf("CheckBase: %v", err)
+	}
+	// Open refuses an overlay for another base, or for other images, from the index head.
+	otherImages := append([]overlay.Image(nil), images...)
+	otherImages[1].Size += chunk.Size
+	for _, want := range []overlay.Expect{
+		{BaseID: hex.EncodeToString(other.baseID[:]), Images: images},
+		{BaseID: tc.expect().BaseID, Images: otherImages},
+		{BaseID: tc.expect().BaseID, Images: images[:1]},
+	} {
+		if _, err := overlay.Open(bytes.NewReader(tc.file), int64(len(tc.file)), want); !errors.Is(err, overlay.ErrOtherBase) {
+			t.Errorf("Open expecting %+v: %v, want ErrOtherBase", want, err)
+		}
 	}
 }
 

@@ -1,6 +1,7 @@
 package overlay
 
 import (
+	"bytes"
 	"context"
 	"encoding/hex"
 	"errors"
@@ -32,26 +33,30 @@ type Reader struct {
 // blobCacheBytes bounds the decoded-blob cache.
 const blobCacheBytes = 64 << 20
 
-// Open reads and checks the header and index: at most two reads (DefaultPrefix bytes, then
-// the rest of the index).
-func Open(ra io.ReaderAt, size int64) (*Reader, error) {
-	first := make([]byte, min(size, DefaultPrefix))
-	if _, err := ra.ReadAt(first, 0); err != nil && !errors.Is(err, io.EOF) {
+// Open reads and checks the header and index. It reads DefaultPrefix bytes first, which
+// usually hold the whole index, then the rest of the index in runs of a few MiB as the
+// decompressor needs them. want is the base at hand: an overlay for another base is refused as
+// soon as the index head is decoded. size is the file's size as its origin claims it; every
+// length in the file is checked against the format's limits before anything is allocated for
+// it, since size alone bounds nothing (a sparse file, a lying server).
+func Open(ra io.ReaderAt, size int64, want Expect) (*Reader, error) {
+	first := make([]byte, min(max(size, 0), DefaultPrefix))
+	n, err := ra.ReadAt(first, 0)
+	if err != nil && !errors.Is(err, io.EOF) {
 		return nil, fmt.Errorf("overlay: read header: %w", err)
 	}
+	first = first[:n]
 	h, err := decodeHeader(first, size)
 	if err != nil {
 		return nil, err
 	}
-	end := HeaderSize + h.indexLen
-	zIndex := first[HeaderSize:min(end, int64(len(first)))]
-	if end > int64(len(first)) {
-		rest := make([]byte, end-int64(len(first)))
-		if _, err := ra.ReadAt(rest, int64(len(first))); err != nil {
-			return nil, fmt.Errorf("overlay: read index: %w", err)
-		}
-		zIndex = append(append([]byte(nil), zIndex...), rest...)
+	id := hex.EncodeToString(h.indexSHA[:])
+	if limit := want.indexRawLimit(); h.indexRaw > limit {
+		return nil, corrupt("header", "index of %d bytes, but images %s need at most %d", h.indexRaw, imageList(want.Images), limit)
 	}
+	end := HeaderSize + h.indexLen
+	zIndex := io.MultiReader(bytes.NewReader(first[HeaderSize:min(end, int64(len(first)))]),
+		runReader(ra, int64(len(first)), max(0, end-int64(len(first)))))
 	rawIndex, err := decompressIndex(zIndex, h.indexRaw)
 	if err != nil {
 		return nil, err
@@ -59,7 +64,7 @@ func Open(ra io.ReaderAt, size int64) (*Reader, error) {
 	if got := sum(rawIndex); got != h.indexSHA {
 		return nil, corrupt("index", "digest %x, header says %x", got, h.indexSHA)
 	}
-	ix, err := decodeIndex(rawIndex)
+	ix, err := decodeIndex(rawIndex, func(ix *Index) error { return want.check(ix, id[:12]) })
 	if err != nil {
 		return nil, err
 	}
@@ -76,18 +81,18 @@ func Open(ra io.ReaderAt, size int64) (*Reader, error) {
 	return r, nil
 }
 
-func decompressIndex(z []byte, raw int64) ([]byte, error) {
-	dec, err := zstd.NewReader(nil, zstd.WithDecoderMaxMemory(uint64(raw)+1<<16), zstd.WithDecoderConcurrency(1))
+// decompressIndex decodes the zstd stream z to exactly raw bytes. The decoder's window is
+// capped at raw and the output grows as bytes are decoded, so neither follows the stream's
+// own claims.
+func decompressIndex(z io.Reader, raw int64) ([]byte, error) {
+	dec, err := zstd.NewReader(z, zstd.WithDecoderMaxMemory(uint64(raw)+1<<16), zstd.WithDecoderConcurrency(1))
 	if err != nil {
 		return nil, err
 	}
 	defer dec.Close()
-	out, err := dec.DecodeAll(z, make([]byte, 0, raw))
+	out, err := readExactly(dec, raw)
 	if err != nil {
-		return nil, corrupt("index", "decompress: %w", err)
-	}
-	if int64(len(out)) != raw {
-		return nil, corrupt("index", "%d bytes uncompressed, header says %d", len(out), raw)
+		return nil, corrupt("index", "decompress to the %d bytes the header says: %w", raw, err)
 	}
 	return out, nil
 }
@@ -172,12 +177,10 @@ func (r *Reader) DecodeBlob(i uint32, z []byte) ([]byte, error) {
 
 func (r *Reader) readBlob(what string, b Blob) ([]byte, error) {
 	off := r.dataStart + b.Offset
-	var z []byte
-	if off+b.Length <= int64(len(r.prefix)) {
-		z = r.prefix[off : off+b.Length]
-	} else {
-		z = make([]byte, b.Length)
-		if _, err := r.ra.ReadAt(z, off); err != nil {
+	z, ok := r.Prefix(off, b.Length)
+	if !ok {
+		var err error
+		if z, err = readAtRuns(r.ra, off, b.Length); err != nil {
 			return nil, fmt.Errorf("overlay: read %s: %w", what, err)
 		}
 	}

@@ -39,9 +39,19 @@ func (c *Client) do(req *http.Request) (*http.Response, error) {
 			Error string `json:"error"`
 		}
 		json.NewDecoder(io.LimitReader(resp.Body, 1<<16)).Decode(&e)
-		return nil, fmt.Errorf("server: %s: %s", resp.Status, e.Error)
+		return nil, &APIError{Code: resp.StatusCode, Message: e.Error}
 	}
 	return resp, nil
+}
+
+// APIError is a server's answer that is not a success.
+type APIError struct {
+	Code    int
+	Message string // the server's JSON error, if it sent one
+}
+
+func (e *APIError) Error() string {
+	return fmt.Sprintf("server: %d %s: %s", e.Code, http.StatusText(e.Code), e.Message)
 }
 
 // Create starts a session from req.URL, or, with upload, from the uploaded overlay of size
@@ -83,7 +93,12 @@ func (c *Client) Create(ctx context.Context, req SessionRequest, upload io.Reade
 	if err != nil {
 		return st, err
 	}
-	err = json.NewDecoder(resp.Body).Decode(&st)
+	err = json.NewDecoder(io.LimitReader(resp.Body, 1<<20)).Decode(&st)
+	if err != nil {
+		err = fmt.Errorf("server answer to create: %w", err)
+	} else {
+		err = checkCreated(req, st)
+	}
 	if sent == nil {
 		resp.Body.Close()
 		return st, err
@@ -112,7 +127,7 @@ func (s *sentSignal) Close() error {
 
 // Follow reads a session's events until it ends or stop returns true; it returns the state.
 func (c *Client) Follow(ctx context.Context, id string, fn func(Event) (stop bool)) (string, error) {
-	hr, err := http.NewRequestWithContext(ctx, http.MethodGet, c.Server+"/v1/sessions/"+id+"/events", nil)
+	hr, err := http.NewRequestWithContext(ctx, http.MethodGet, c.Server+"/v1/sessions/"+url.PathEscape(id)+"/events", nil)
 	if err != nil {
 		return "", err
 	}
@@ -153,7 +168,7 @@ func (c *Client) Follow(ctx context.Context, id string, fn func(Event) (stop boo
 
 // Delete stops a session and removes it.
 func (c *Client) Delete(ctx context.Context, id string) error {
-	hr, err := http.NewRequestWithContext(ctx, http.MethodDelete, c.Server+"/v1/sessions/"+id, nil)
+	hr, err := http.NewRequestWithContext(ctx, http.MethodDelete, c.Server+"/v1/sessions/"+url.PathEscape(id), nil)
 	if err != nil {
 		return err
 	}
@@ -162,4 +177,33 @@ func (c *Client) Delete(ctx context.Context, id string) error {
 		return err
 	}
 	return resp.Body.Close()
+}
+
+// checkCreated refuses a create answer the client cannot use. It is a server's word, and a
+// wrong or hostile server gets a clear error, not a panic or a request to an odd path.
+func checkCreated(req SessionRequest, st SessionStatus) error {
+	if !validSessionID(st.ID) {
+		return fmt.Errorf("server answer to create: session ID %.40q, want 1 to 64 letters, digits, '-' or '_'", st.ID)
+	}
+	if st.Base == "" {
+		return fmt.Errorf("server answer to create: session %s names no base", st.ID)
+	}
+	for _, p := range append([]int{req.ProbePort}, req.Ports...) {
+		if _, ok := st.Forwards[strconv.Itoa(p)]; p != 0 && !ok {
+			return fmt.Errorf("server answer to create: session %s forwards no host port to guest port %d", st.ID, p)
+		}
+	}
+	return nil
+}
+
+func validSessionID(id string) bool {
+	if id == "" || len(id) > 64 {
+		return false
+	}
+	for _, c := range id {
+		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '-' || c == '_') {
+			return false
+		}
+	}
+	return true
 }

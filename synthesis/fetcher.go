@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log"
+	"runtime/debug"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -29,6 +31,11 @@ type FetchOptions struct {
 // shares the link with at most one short background request. (Measured at 10 Mbit/s: with
 // 2 MiB runs started regardless of demand, the profiled TTFR was 6.6 s; see RESULTS.md.)
 const backgroundRun = 512 << 10
+
+// maxRun bounds the working-set run, the one request whose size the overlay's index decides:
+// its buffer is allocated before a byte arrives, and an index that lies about blob lengths
+// must not make it base-sized. A real working set of up to this size is still one request.
+const maxRun = 64 << 20
 
 const (
 	blobWaiting = iota
@@ -139,23 +146,34 @@ func (f *Fetcher) Start(ctx context.Context, fs *cloudletfs.FS) {
 	}
 	f.mu.Unlock()
 	ctx, f.cancel = context.WithCancel(ctx)
-	f.wg.Add(1)
-	go func() {
-		defer f.wg.Done()
+	f.goSafe(func() {
 		if err := f.deliverBaseRefs(ctx); err != nil {
 			f.fail(err)
 		}
-	}()
+	})
 	if len(f.r.Index.Blobs) == 0 {
 		f.finishIfDone()
 	}
 	for range f.opts.Concurrency {
-		f.wg.Add(1)
-		go func() {
-			defer f.wg.Done()
-			f.worker(ctx)
-		}()
+		f.goSafe(func() { f.worker(ctx) })
 	}
+}
+
+// goSafe runs fn in a goroutine that Close waits for. The fetcher decodes what strangers sent:
+// a panic there (a defect, which the fuzzers hunt) fails this fetch, and with it its session,
+// instead of killing the process and every VM it serves.
+func (f *Fetcher) goSafe(fn func()) {
+	f.wg.Add(1)
+	go func() {
+		defer f.wg.Done()
+		defer func() {
+			if p := recover(); p != nil {
+				log.Printf("synthesis: panic in the fetcher: %v\n%s", p, debug.Stack())
+				f.fail(fmt.Errorf("internal error in the fetcher (panic): %v", p))
+			}
+		}()
+		fn()
+	}()
 }
 
 // Close stops the fetcher and waits for its goroutines.
@@ -262,7 +280,7 @@ func (f *Fetcher) pickLocked() (first, end int, background, ok bool) {
 	var size int64
 	for end < len(f.state) && f.state[end] == blobWaiting {
 		size += f.r.Index.Blobs[end-1].Length
-		if first < ws && end == ws || first >= ws && size >= backgroundRun {
+		if first < ws && (end == ws || size >= maxRun) || first >= ws && size >= backgroundRun {
 			break
 		}
 		end++

@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"github.com/cenkalti/backoff/v4"
+
+	"github.com/cloudlet/cloudlet/internal/netguard"
 )
 
 // Origin is where an overlay's bytes come from: a local file or an HTTP(S) server that
@@ -71,10 +73,14 @@ type HTTPOptions struct {
 	// AttemptTimeout bounds one request; RetryFor bounds all retries of one range.
 	AttemptTimeout time.Duration
 	RetryFor       time.Duration
+	// Guard, if set, refuses origins whose address (after DNS, after each redirect) it does
+	// not allow. The server sets it for URLs its clients give; it needs the default Client.
+	Guard *netguard.Guard
 }
 
 type httpOrigin struct {
 	url       string
+	name      string // url without its query, for errors: a presigned URL's query is a secret
 	client    *http.Client
 	size      int64
 	validator string // the ETag, or else Last-Modified, pinned at open
@@ -85,11 +91,19 @@ type httpOrigin struct {
 // NewHTTPOrigin asks the server for the overlay's size and validator. It needs a server that
 // answers range requests (any static server, S3 and presigned URLs do).
 func NewHTTPOrigin(ctx context.Context, rawURL string, opts HTTPOptions) (Origin, error) {
+	name := redactURL(rawURL)
 	if _, err := url.ParseRequestURI(rawURL); err != nil {
-		return nil, fmt.Errorf("overlay URL %q: %w", rawURL, err)
+		var ue *url.Error
+		if errors.As(err, &ue) {
+			err = ue.Err // its message holds the whole URL
+		}
+		return nil, fmt.Errorf("overlay URL %s: %w", name, err)
+	}
+	if opts.Client != nil && opts.Guard != nil {
+		return nil, fmt.Errorf("overlay URL %s: a guard needs the origin's own HTTP client, not a given one", name)
 	}
 	if opts.Client == nil {
-		opts.Client = &http.Client{Transport: &http.Transport{Proxy: http.ProxyFromEnvironment, ResponseHeaderTimeout: 30 * time.Second, MaxIdleConnsPerHost: 8}}
+		opts.Client = newHTTPClient(opts.Guard)
 	}
 	if opts.AttemptTimeout == 0 {
 		opts.AttemptTimeout = 60 * time.Second
@@ -97,7 +111,7 @@ func NewHTTPOrigin(ctx context.Context, rawURL string, opts HTTPOptions) (Origin
 	if opts.RetryFor == 0 {
 		opts.RetryFor = 2 * time.Minute
 	}
-	o := &httpOrigin{url: rawURL, client: opts.Client, opts: opts}
+	o := &httpOrigin{url: rawURL, name: name, client: opts.Client, opts: opts}
 	// A one-byte range request tells size, validator and range support in one round trip.
 	err := o.retry(ctx, "probe", func(actx context.Context) error {
 		req, err := http.NewRequestWithContext(actx, http.MethodGet, rawURL, nil)
@@ -107,7 +121,7 @@ func NewHTTPOrigin(ctx context.Context, rawURL string, opts HTTPOptions) (Origin
 		req.Header.Set("Range", "bytes=0-0")
 		resp, err := o.client.Do(req)
 		if err != nil {
-			return err
+			return transportError(err)
 		}
 		defer resp.Body.Close()
 		io.Copy(io.Discard, io.LimitReader(resp.Body, 1<<10))
@@ -115,11 +129,11 @@ func NewHTTPOrigin(ctx context.Context, rawURL string, opts HTTPOptions) (Origin
 			return err
 		}
 		if resp.StatusCode != http.StatusPartialContent {
-			return backoff.Permanent(fmt.Errorf("%s does not answer range requests (status %s)", rawURL, resp.Status))
+			return backoff.Permanent(fmt.Errorf("no range support: got %s, want 206 Partial Content", statusText(resp.StatusCode)))
 		}
 		size, err := totalSize(resp.Header.Get("Content-Range"))
 		if err != nil {
-			return backoff.Permanent(fmt.Errorf("%s: %w", rawURL, err))
+			return backoff.Permanent(err)
 		}
 		o.size = size
 		if et := resp.Header.Get("ETag"); et != "" && !strings.HasPrefix(et, "W/") {
@@ -130,13 +144,14 @@ func NewHTTPOrigin(ctx context.Context, rawURL string, opts HTTPOptions) (Origin
 		return nil
 	})
 	if err != nil {
+		o.Close() // a kept-alive connection would outlive the failed open
 		return nil, err
 	}
 	return o, nil
 }
 
 func (o *httpOrigin) Size() int64    { return o.size }
-func (o *httpOrigin) String() string { return o.url }
+func (o *httpOrigin) String() string { return o.name }
 func (o *httpOrigin) Close() error   { o.client.CloseIdleConnections(); return nil }
 
 // ReadAt fetches [off, off+len(p)) with range requests. A dropped connection resumes from the
@@ -157,29 +172,32 @@ func (o *httpOrigin) ReadAt(ctx context.Context, p []byte, off int64) error {
 		}
 		resp, err := o.client.Do(req)
 		if err != nil {
-			return err
+			return transportError(err)
 		}
 		defer resp.Body.Close()
 		if resp.StatusCode == http.StatusPreconditionFailed {
-			return backoff.Permanent(fmt.Errorf("%s: %w", o.url, ErrChanged))
+			return backoff.Permanent(ErrChanged)
 		}
 		if err := statusError(resp); err != nil {
 			return err
 		}
 		if resp.StatusCode != http.StatusPartialContent {
-			return backoff.Permanent(fmt.Errorf("%s: range request answered with %s", o.url, resp.Status))
+			return backoff.Permanent(fmt.Errorf("range request answered with %s, want 206 Partial Content", statusText(resp.StatusCode)))
 		}
 		// The validator is checked on every answer too: a server that ignores If-Match
 		// must not slip a new file in.
 		if o.byETag && resp.Header.Get("ETag") != o.validator || !o.byETag && o.validator != "" && resp.Header.Get("Last-Modified") != o.validator {
-			return backoff.Permanent(fmt.Errorf("%s: %w", o.url, ErrChanged))
+			return backoff.Permanent(ErrChanged)
 		}
 		if got := resp.Header.Get("Content-Range"); !strings.HasPrefix(got, fmt.Sprintf("bytes %d-", start)) {
-			return backoff.Permanent(fmt.Errorf("%s: asked for bytes from %d, got %q", o.url, start, got))
+			return backoff.Permanent(fmt.Errorf("asked for bytes from %d, got a Content-Range that does not start there", start))
 		}
 		n, err := io.ReadFull(resp.Body, p[done:])
 		done += n
-		return err // a short body resumes at done
+		if err != nil {
+			return transportError(err) // a short body resumes at done
+		}
+		return nil
 	})
 }
 
@@ -202,28 +220,9 @@ func (o *httpOrigin) retry(ctx context.Context, what string, op func(context.Con
 		return err
 	}, backoff.WithContext(b, ctx))
 	if err != nil {
-		return fmt.Errorf("%s: %s: %w (after %d attempts)", o.url, what, err, attempts)
+		return fmt.Errorf("%s: %s: %w (after %d attempts)", o.name, what, err, attempts)
 	}
 	return nil
-}
-
-// StatusError is an HTTP answer that is not a success; 5xx and 429 are retried.
-type StatusError struct {
-	Status string
-	Code   int
-}
-
-func (e *StatusError) Error() string { return "server answered " + e.Status }
-
-func statusError(resp *http.Response) error {
-	if resp.StatusCode < 300 {
-		return nil
-	}
-	err := &StatusError{Status: resp.Status, Code: resp.StatusCode}
-	if resp.StatusCode >= 500 || resp.StatusCode == http.StatusTooManyRequests {
-		return err
-	}
-	return backoff.Permanent(err)
 }
 
 // totalSize reads the size from "bytes 0-0/12345".
@@ -231,7 +230,7 @@ func totalSize(contentRange string) (int64, error) {
 	_, total, ok := strings.Cut(contentRange, "/")
 	n, err := strconv.ParseInt(total, 10, 64)
 	if !ok || err != nil || n <= 0 {
-		return 0, fmt.Errorf("no usable size in Content-Range %q", contentRange)
+		return 0, errors.New("no usable size in the answer's Content-Range")
 	}
 	return n, nil
 }

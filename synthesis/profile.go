@@ -43,7 +43,7 @@ func Profile(ctx context.Context, o Options, runs int, output string) (ws int, e
 		return 0, err
 	}
 	defer src.Close()
-	r, err := overlay.Open(readerAt{context.Background(), src}, src.Size())
+	r, err := overlay.Open(readerAt{context.Background(), src}, src.Size(), ExpectFor(o.Base))
 	if err != nil {
 		return 0, err
 	}
@@ -128,7 +128,7 @@ func rewrite(ctx context.Context, r *overlay.Reader, accessed []cloudletfs.Chunk
 	if err != nil {
 		return 0, err
 	}
-	if err := errors.Join(tmp.Chmod(0o644), tmp.Sync(), tmp.Close()); err != nil {
+	if err := errors.Join(tmp.Chmod(0o600), tmp.Sync(), tmp.Close()); err != nil {
 		return 0, err
 	}
 	if err := os.Rename(tmp.Name(), output); err != nil {

@@ -3,7 +3,6 @@ package synthesis
 import (
 	"context"
 	"crypto/rand"
-	"crypto/subtle"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -12,12 +11,14 @@ import (
 	"log"
 	"net"
 	"net/http"
+	"net/netip"
 	"strconv"
 	"strings"
 	"sync"
 	"time"
 
 	"github.com/cloudlet/cloudlet/base"
+	"github.com/cloudlet/cloudlet/internal/netguard"
 	"github.com/cloudlet/cloudlet/probe"
 	"github.com/cloudlet/cloudlet/vm"
 )
@@ -27,12 +28,36 @@ type ServerOptions struct {
 	Store *base.Store
 	// ForwardHost is the address host ports are opened on (the listener's host).
 	ForwardHost string
-	// Token, if set, is required as "Authorization: Bearer TOKEN" on every request.
-	Token       string
+	// Tokens are the bearer tokens a request must carry ("Authorization: Bearer TOKEN"), on
+	// any listener; each token's holder sees and stops only its own sessions. With none,
+	// every request is refused.
+	Tokens []string
+	// AllowOrigins are ranges origin URLs may reach although they are not public (loopback,
+	// private, link-local...): by default the server refuses them, after DNS and redirects.
+	AllowOrigins []netip.Prefix
+
 	MaxSessions int
 	MaxUpload   int64
 	VM          vm.Options // accelerator and such, shared by all sessions
 	Log         *log.Logger
+	// MaxOverlay bounds the size an origin claims (a URL's Content-Range total, an upload's
+	// Content-Length), checked before any of it is read; 0 means DefaultMaxOverlay.
+	MaxOverlay int64
+	// UploadIdle is how long an upload may send nothing before it, and its session, fail;
+	// 0 means DefaultUploadIdle.
+	UploadIdle time.Duration
+	// RequestTimeout bounds reading a request body and writing an answer; streams (uploads,
+	// events) get it anew on each progress. 0 means DefaultRequestTimeout.
+	RequestTimeout time.Duration
+	// PruneAfter is how long a failed or stopped session stays visible; 0 means
+	// DefaultPruneAfter.
+	PruneAfter time.Duration
+	// HTTP tunes the HTTP origins of URL sessions.
+	HTTP HTTPOptions
+
+	// run synthesises one session; nil means the server's own (open the origin, check its
+	// size, Run). Tests put a stand-in here to drive the API without QEMU.
+	run func(context.Context, Options) (Timeline, error)
 }
 
 // SessionRequest is the body of POST /v1/sessions (or its query, with an upload).
@@ -46,6 +71,8 @@ type SessionRequest struct {
 	ProbePath string `json:"probe_path,omitempty"`
 	NoEarly   bool   `json:"no_early_start,omitempty"`
 	Bandwidth int64  `json:"bandwidth,omitempty"`
+
+	owner owner // the token that asks, set by the server (never from the body)
 }
 
 // SessionStatus is what GET /v1/sessions/{id} answers.
@@ -65,15 +92,20 @@ type Server struct {
 
 	mu       sync.Mutex
 	sessions map[string]*session
+	starting int // slots reserved by sessions being set up, not yet in sessions
 	wg       sync.WaitGroup
 }
 
 type session struct {
-	status  SessionStatus
-	cancel  context.CancelFunc
+	status SessionStatus
+	// cancel stops the session; a cause other than context.Canceled becomes its error.
+	cancel  context.CancelCauseFunc
+	ctx     context.Context
 	done    chan struct{}
 	changed chan struct{} // closed and replaced on each event
 	draft   *base.Draft
+	ended   time.Time // when it failed or stopped; zero while running
+	owner   owner     // whose token made it; fixed after construction
 }
 
 // NewServer returns a server whose sessions live until ctx ends.
@@ -87,7 +119,25 @@ func NewServer(ctx context.Context, opts ServerOptions) *Server {
 	if opts.Log == nil {
 		opts.Log = log.Default()
 	}
-	return &Server{opts: opts, ctx: ctx, sessions: map[string]*session{}}
+	if opts.MaxOverlay <= 0 {
+		opts.MaxOverlay = DefaultMaxOverlay
+	}
+	if opts.UploadIdle <= 0 {
+		opts.UploadIdle = DefaultUploadIdle
+	}
+	if opts.RequestTimeout <= 0 {
+		opts.RequestTimeout = DefaultRequestTimeout
+	}
+	if opts.PruneAfter <= 0 {
+		opts.PruneAfter = DefaultPruneAfter
+	}
+	// Clients choose the URLs: the server must not become their way into its own network.
+	opts.HTTP.Guard = netguard.New(opts.AllowOrigins...)
+	s := &Server{opts: opts, ctx: ctx, sessions: map[string]*session{}}
+	if s.opts.run == nil {
+		s.opts.run = s.synthesise
+	}
+	return s
 }
 
 // Handler is the API.
@@ -102,16 +152,7 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		jsonError(w, http.StatusNotFound, fmt.Errorf("no such endpoint: %s %s", r.Method, r.URL.Path))
 	})
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if s.opts.Token != "" {
-			got := strings.TrimPrefix(r.Header.Get("Authorization"), "Bearer ")
-			if subtle.ConstantTimeCompare([]byte(got), []byte(s.opts.Token)) != 1 {
-				jsonError(w, http.StatusUnauthorized, errors.New("missing or wrong bearer token"))
-				return
-			}
-		}
-		mux.ServeHTTP(w, r)
-	})
+	return s.requireToken(mux)
 }
 
 // Wait blocks until every session has stopped (after the server's context ended).
@@ -147,7 +188,7 @@ func (s *Server) listBases(w http.ResponseWriter, r *http.Request) {
 // createSession starts a synthesis from a URL (JSON body) or from the request body itself (an
 // upload: Content-Type application/octet-stream, parameters in the query).
 func (s *Server) createSession(w http.ResponseWriter, r *http.Request) {
-	var req SessionRequest
+	req := SessionRequest{owner: ownerOf(r)}
 	upload := r.Header.Get("Content-Type") == "application/octet-stream"
 	if upload {
 		q := r.URL.Query()
@@ -166,8 +207,8 @@ func (s *Server) createSession(w http.ResponseWriter, r *http.Request) {
 			jsonError(w, http.StatusLengthRequired, errors.New("an upload needs a Content-Length"))
 			return
 		}
-		if r.ContentLength > s.opts.MaxUpload {
-			jsonError(w, http.StatusRequestEntityTooLarge, fmt.Errorf("upload of %d bytes exceeds the limit of %d", r.ContentLength, s.opts.MaxUpload))
+		if limit := min(s.opts.MaxUpload, s.opts.MaxOverlay); r.ContentLength > limit {
+			jsonError(w, http.StatusRequestEntityTooLarge, fmt.Errorf("upload of %d bytes exceeds the limit of %d", r.ContentLength, limit))
 			return
 		}
 	} else {
@@ -186,11 +227,9 @@ func (s *Server) createSession(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	for _, p := range append([]int{req.ProbePort}, req.Ports...) {
-		if p < 0 || p > 65535 {
-			jsonError(w, http.StatusBadRequest, fmt.Errorf("port %d out of range", p))
-			return
-		}
+	if err := checkPorts(req); err != nil {
+		jsonError(w, http.StatusBadRequest, err)
+		return
 	}
 	b, err := s.opts.Store.Get(req.Base)
 	if err != nil {
@@ -220,36 +259,51 @@ func (s *Server) createSession(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusCreated, s.statusOf(sess))
 		return
 	}
-	// Answer at once, then keep reading the body: the synthesis uses it as it arrives.
-	http.NewResponseController(w).EnableFullDuplex()
+	// Answer at once, then keep reading the body: the synthesis uses it as it arrives. The
+	// body must keep coming: a stalled upload fails, and takes its session with it.
+	rc := http.NewResponseController(w)
+	rc.EnableFullDuplex()
 	writeJSON(w, http.StatusCreated, s.statusOf(sess))
-	http.NewResponseController(w).Flush()
-	if err := up.Receive(r.Body); err != nil {
+	rc.Flush()
+	err = up.Receive(idleReader{r: r.Body, rc: rc, idle: s.opts.UploadIdle})
+	if err != nil && sess.ctx.Err() == nil { // else the session ended first, and closed the upload
 		s.opts.Log.Printf("session %s: %v", sess.status.ID, err)
+		sess.cancel(err)
 	}
 }
 
-var errBusy = errors.New("too many sessions")
-
+// newSession reserves a slot and sets a session up; the slot is given back if that fails.
 func (s *Server) newSession(req SessionRequest, b *base.Base) (*session, Options, error) {
-	s.mu.Lock()
-	active := 0
-	for _, x := range s.sessions {
-		if x.status.State == "running" {
-			active++
+	if err := s.reserve(); err != nil {
+		return nil, Options{}, err
+	}
+	added := false
+	defer func() {
+		if !added {
+			s.unreserve()
 		}
+	}()
+	sess, o, err := s.prepareSession(req, b)
+	if err != nil {
+		return nil, Options{}, err
 	}
+	sess.ctx, sess.cancel = context.WithCancelCause(s.ctx)
+	s.mu.Lock()
+	s.starting-- // the session holds the slot from here on: one lock, no moment counted twice
+	s.sessions[sess.status.ID] = sess
+	added = true
 	s.mu.Unlock()
-	if active >= s.opts.MaxSessions {
-		return nil, Options{}, fmt.Errorf("%w: %d running, the limit is %d", errBusy, active, s.opts.MaxSessions)
-	}
+	return sess, o, nil
+}
+
+func (s *Server) prepareSession(req SessionRequest, b *base.Base) (*session, Options, error) {
 	draft, err := s.opts.Store.NewDraft()
 	if err != nil {
 		return nil, Options{}, err
 	}
 	idb := make([]byte, 8)
 	rand.Read(idb)
-	sess := &session{draft: draft, done: make(chan struct{}), changed: make(chan struct{}),
+	sess := &session{owner: req.owner, draft: draft, done: make(chan struct{}), changed: make(chan struct{}),
 		status: SessionStatus{ID: hex.EncodeToString(idb), Base: b.ID, State: "running", Forwards: map[string]string{}}}
 	vmo := s.opts.VM
 	vmo.Forwards = nil
@@ -263,7 +317,7 @@ func (s *Server) newSession(req SessionRequest, b *base.Base) (*session, Options
 		vmo.Forwards = append(vmo.Forwards, vm.Forward{Proto: "tcp", HostAddr: s.opts.ForwardHost, HostPort: hp, GuestPort: p})
 		sess.status.Forwards[strconv.Itoa(p)] = net.JoinHostPort(s.opts.ForwardHost, strconv.Itoa(hp))
 	}
-	o := Options{Base: b, Source: req.URL, CacheDir: draft.Path("cache"), MountDir: draft.Path("mnt"), VM: vmo,
+	o := Options{Base: b, Source: req.URL, HTTP: s.opts.HTTP, CacheDir: draft.Path("cache"), MountDir: draft.Path("mnt"), VM: vmo,
 		EarlyStart: !req.NoEarly, Fetch: FetchOptions{BytesPerSecond: req.Bandwidth}, ProbeTimeout: 5 * time.Minute}
 	if req.ProbePort != 0 {
 		addr, ok := sess.status.Forwards[strconv.Itoa(req.ProbePort)]
@@ -282,9 +336,6 @@ func (s *Server) newSession(req SessionRequest, b *base.Base) (*session, Options
 		}
 		o.Probe = &pr
 	}
-	s.mu.Lock()
-	s.sessions[sess.status.ID] = sess
-	s.mu.Unlock()
 	return sess, o, nil
 }
 
@@ -299,8 +350,6 @@ func freePort(host string) (int, error) {
 
 // run starts the session's synthesis; it runs until deleted or the server stops.
 func (s *Server) run(sess *session, o Options) {
-	ctx, cancel := context.WithCancel(s.ctx)
-	sess.cancel = cancel
 	o.OnEvent = func(e Event) {
 		s.mu.Lock()
 		sess.status.Timeline = append(sess.status.Timeline, e)
@@ -311,8 +360,7 @@ func (s *Server) run(sess *session, o Options) {
 	s.wg.Add(1)
 	go func() {
 		defer s.wg.Done()
-		_, err := Run(ctx, o)
-		s.endSession(sess, err)
+		s.endSession(sess, s.runGuarded(sess.ctx, sess.status.ID, o))
 	}()
 }
 
@@ -324,9 +372,12 @@ func (s *Server) endSession(sess *session, err error) {
 	} else {
 		sess.status.State = "stopped"
 	}
+	sess.ended = time.Now()
 	close(sess.changed)
 	sess.changed = make(chan struct{})
+	s.pruneLocked(sess.ended)
 	s.mu.Unlock()
+	sess.cancel(nil) // releases the context
 	sess.draft.Discard()
 	close(sess.done)
 }
@@ -343,6 +394,9 @@ func (s *Server) lookup(w http.ResponseWriter, r *http.Request) *session {
 	s.mu.Lock()
 	sess := s.sessions[r.PathValue("id")]
 	s.mu.Unlock()
+	if sess != nil && sess.owner != ownerOf(r) {
+		sess = nil // another token's session is not there, as far as this client can tell
+	}
 	if sess == nil {
 		jsonError(w, http.StatusNotFound, fmt.Errorf("no session %q", r.PathValue("id")))
 	}
@@ -353,7 +407,9 @@ func (s *Server) listSessions(w http.ResponseWriter, r *http.Request) {
 	s.mu.Lock()
 	var out []SessionStatus
 	for _, sess := range s.sessions {
-		out = append(out, sess.status)
+		if sess.owner == ownerOf(r) {
+			out = append(out, sess.status)
+		}
 	}
 	s.mu.Unlock()
 	writeJSON(w, http.StatusOK, out)
@@ -375,12 +431,17 @@ func (s *Server) sessionEvents(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Content-Type", "text/event-stream")
 	w.Header().Set("Cache-Control", "no-cache")
 	rc := http.NewResponseController(w)
+	// The stream lasts as long as the session: no read deadline (it would cancel the request
+	// once it passed), and each write gets RequestTimeout, so only a client that stops
+	// reading is cut off.
+	rc.SetReadDeadline(time.Time{})
 	sent := 0
 	for {
 		s.mu.Lock()
 		events := append([]Event{}, sess.status.Timeline[sent:]...)
 		state, msg, changed := sess.status.State, sess.status.Error, sess.changed
 		s.mu.Unlock()
+		rc.SetWriteDeadline(time.Now().Add(s.opts.RequestTimeout))
 		for _, e := range events {
 			b, _ := json.Marshal(e)
 			fmt.Fprintf(w, "event: timeline\ndata: %s\n\n", b)
@@ -406,13 +467,15 @@ func (s *Server) deleteSession(w http.ResponseWriter, r *http.Request) {
 	if sess == nil {
 		return
 	}
-	sess.cancel()
+	sess.cancel(nil)
 	select {
 	case <-sess.done:
 	case <-time.After(time.Minute):
 		jsonError(w, http.StatusGatewayTimeout, errors.New("the session did not stop within a minute"))
 		return
 	}
+	// Stopping a VM may take longer than the answer's deadline.
+	http.NewResponseController(w).SetWriteDeadline(time.Now().Add(s.opts.RequestTimeout))
 	s.mu.Lock()
 	delete(s.sessions, sess.status.ID)
 	s.mu.Unlock()

@@ -33,7 +33,8 @@ type Options struct {
 	HTTP   HTTPOptions
 	Fetch  FetchOptions
 	// CacheDir holds the materialised images; reusing it after a crash continues where the
-	// last run stopped. MountDir is where cloudletfs is mounted.
+	// last run stopped. MountDir is where cloudletfs is mounted (in cloudletfs.RunDir
+	// instead when QEMU runs as another user, who must reach it).
 	CacheDir, MountDir string
 	// VM carries the run options (forwards, accelerator, logs).
 	VM vm.Options
@@ -105,7 +106,7 @@ func Run(ctx context.Context, o Options) (Timeline, error) {
 		}
 	}
 	defer origin.Close()
-	r, err := overlay.Open(readerAt{ctx, origin}, origin.Size())
+	r, err := overlay.Open(readerAt{ctx, origin}, origin.Size(), ExpectFor(o.Base))
 	if err != nil {
 		return tl, fmt.Errorf("%s: %w", origin, err)
 	}
@@ -117,11 +118,11 @@ func Run(ctx context.Context, o Options) (Timeline, error) {
 	if err != nil {
 		return tl, fmt.Errorf("%s: %w", origin, err)
 	}
-	if err := os.MkdirAll(o.CacheDir, 0o755); err != nil {
+	if err := os.MkdirAll(o.CacheDir, 0o700); err != nil {
 		return tl, err
 	}
 	devPath := filepath.Join(o.CacheDir, "devstate")
-	if err := os.WriteFile(devPath, dev, 0o644); err != nil {
+	if err := os.WriteFile(devPath, dev, 0o600); err != nil {
 		return tl, err
 	}
 	baseImgs, closeBase, err := o.Base.OpenImages()
@@ -148,10 +149,17 @@ func Run(ctx context.Context, o Options) (Timeline, error) {
 		return tl, err
 	}
 	defer fsys.Close()
-	if err := os.MkdirAll(o.MountDir, 0o755); err != nil {
+	// QEMU's user, if another, gets the images, and a mount point it can reach.
+	var user *cloudletfs.User
+	if u := o.VM.RunAs; u != nil {
+		user = &cloudletfs.User{UID: uint32(u.UID), GID: uint32(u.GID)}
+	}
+	mountDir, removeMountDir, err := cloudletfs.PrepareMountPoint(o.MountDir, cloudletfs.RunDir, user)
+	if err != nil {
 		return tl, err
 	}
-	mnt, err := fsys.Mount(o.MountDir, cloudletfs.MountOptions{})
+	defer removeMountDir()
+	mnt, err := fsys.Mount(mountDir, cloudletfs.MountOptions{User: user})
 	if err != nil {
 		return tl, err
 	}
@@ -176,13 +184,11 @@ func Run(ctx context.Context, o Options) (Timeline, error) {
 	opts.Disk = vm.Disk{Path: filepath.Join(mnt.Dir, "disk/image")}
 	opts.Memory = vm.Memory{Path: filepath.Join(mnt.Dir, "memory/image"), Share: false}
 	opts.ServedByCaller = true
-	v, err := vm.Resume(ctx, opts, devPath)
+	v, release, err := resumeUnlessFailed(ctx, opts, devPath, fetcher)
 	if err != nil {
-		if fetcher.Err() != nil {
-			return tl, fmt.Errorf("fetch overlay: %w", fetcher.Err())
-		}
 		return tl, err
 	}
+	defer release()
 	defer v.Stop(context.WithoutCancel(ctx))
 	emit("resumed", fmt.Sprintf("%s, %s", v, v.Accel()))
 
@@ -235,6 +241,44 @@ func Run(ctx context.Context, o Options) (Timeline, error) {
 			return tl, nil
 		}
 	}
+}
+
+// ExpectFor is what overlay.Open checks an overlay's index head against, before it decodes the
+// entries: the base's ID and its disk and memory images.
+func ExpectFor(b *base.Base) overlay.Expect {
+	return overlay.Expect{BaseID: b.ID, Images: []overlay.Image{
+		{Name: "disk", Size: b.Manifest.Files[base.DiskFile].Size},
+		{Name: "memory", Size: b.Manifest.Files[base.MemoryFile].Size},
+	}}
+}
+
+// resumeUnlessFailed resumes the VM, and gives up, stopping QEMU, if the fetch fails meanwhile:
+// the resume may wait in a read of a chunk that will never come, and QEMU's monitor with it.
+// The VM lives until ctx ends or release is called.
+func resumeUnlessFailed(ctx context.Context, opts vm.Options, devPath string, f *Fetcher) (*vm.VM, context.CancelFunc, error) {
+	vmCtx, cancel := context.WithCancel(ctx)
+	resumed := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		select {
+		case <-f.Failed():
+			cancel()
+		case <-resumed:
+		}
+	}()
+	v, err := vm.Resume(vmCtx, opts, devPath)
+	close(resumed)
+	wg.Wait()
+	if err != nil {
+		cancel()
+		if f.Err() != nil {
+			return nil, nil, fmt.Errorf("fetch overlay: %w; the VM was stopped while it resumed", f.Err())
+		}
+		return nil, nil, err
+	}
+	return v, cancel, nil
 }
 
 // CheckOverlay refuses an overlay made on another base, for other images, or for another VM

@@ -25,7 +25,7 @@ type UploadOrigin struct {
 
 // NewUploadOrigin stores an upload of size bytes in a new file at path.
 func NewUploadOrigin(path string, size int64) (*UploadOrigin, error) {
-	f, err := os.Create(path)
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o600)
 	if err != nil {
 		return nil, err
 	}

@@ -11,8 +11,11 @@ import (
 )
 
 // launcherEnv marks a re-exec of our own binary as the QEMU launcher. Its value is the length in
-// bytes of the guest RAM block whose MADV_HUGEPAGE advice is to be dropped.
+// bytes of the guest RAM block whose MADV_HUGEPAGE advice is to be dropped, or 0 to keep it.
 const launcherEnv = "CLOUDLET_QEMU_LAUNCHER_RAM_BYTES"
+
+// runAsEnv, also set for the launcher, names the user QEMU runs as: "UID:GID:GROUP,GROUP...".
+const runAsEnv = "CLOUDLET_QEMU_LAUNCHER_RUN_AS"
 
 // LauncherMain turns this process into the QEMU launcher when it was started as one, and
 // returns at once otherwise. Every binary that starts VMs (the cloudlet command, and test
@@ -23,26 +26,50 @@ const launcherEnv = "CLOUDLET_QEMU_LAUNCHER_RAM_BYTES"
 // the memory image than the guest touches. A seccomp filter, installed here and inherited by
 // QEMU across exec, makes exactly that madvise call a successful no-op. Advice on other lengths
 // (the TCG code buffer, anonymous RAM under KVM) is kept.
+//
+// The launcher also drops to the unprivileged user QEMU runs as. QEMU's own -runas cannot be
+// used: it switches user after its -sandbox filter is in place, which forbids exactly that.
 func LauncherMain() {
-	v, ok := os.LookupEnv(launcherEnv)
-	if !ok {
+	ram, hasRAM := os.LookupEnv(launcherEnv)
+	runAs, hasRunAs := os.LookupEnv(runAsEnv)
+	if !hasRAM && !hasRunAs {
 		return
 	}
 	os.Unsetenv(launcherEnv)
-	length, err := strconv.ParseUint(v, 10, 64)
-	if err != nil || len(os.Args) < 2 {
-		fmt.Fprintf(os.Stderr, "cloudlet qemu launcher: bad invocation (%s=%q, %d args)\n", launcherEnv, v, len(os.Args))
+	os.Unsetenv(runAsEnv)
+	fail := func(format string, args ...any) {
+		fmt.Fprintf(os.Stderr, "cloudlet qemu launcher: "+format+"\n", args...)
 		os.Exit(127)
 	}
-	// The filter and the exec must happen on one thread; TSYNC covers the others anyway.
+	var length uint64
+	if hasRAM {
+		var err error
+		if length, err = strconv.ParseUint(ram, 10, 64); err != nil {
+			fail("bad invocation (%s=%q)", launcherEnv, ram)
+		}
+	}
+	if len(os.Args) < 2 {
+		fail("bad invocation: no program to run")
+	}
+	// The filter, the user switch and the exec must happen on one thread; TSYNC and Go's
+	// all-threads set*id calls cover the others anyway.
 	runtime.LockOSThread()
-	if err := installHugepageFilter(length); err != nil {
-		fmt.Fprintf(os.Stderr, "cloudlet qemu launcher: %v\n", err)
-		os.Exit(127)
+	if hasRunAs {
+		u, err := parseRunAs(runAs)
+		if err != nil {
+			fail("%v", err)
+		}
+		if err := dropTo(u); err != nil {
+			fail("%v", err)
+		}
 	}
-	err = unix.Exec(os.Args[1], os.Args[1:], os.Environ())
-	fmt.Fprintf(os.Stderr, "cloudlet qemu launcher: exec %s: %v\n", os.Args[1], err)
-	os.Exit(127)
+	if length > 0 {
+		if err := installHugepageFilter(length); err != nil {
+			fail("%v", err)
+		}
+	}
+	err := unix.Exec(os.Args[1], os.Args[1:], os.Environ())
+	fail("exec %s: %v", os.Args[1], err)
 }
 
 // Offsets into struct seccomp_data: nr, arch, instruction_pointer, args[6].

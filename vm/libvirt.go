@@ -88,6 +88,10 @@ func startLibvirt(ctx context.Context, v *VM, opts Options, incoming bool) error
 	if err != nil {
 		return fail(fmt.Errorf("vm run directory: %w", err))
 	}
+	if opts, err = confineDomain(opts, runDir); err != nil {
+		os.RemoveAll(runDir)
+		return fail(err)
+	}
 	spec := domainSpec{name: name, accel: v.accel, emulator: emulator, runDir: runDir, incoming: incoming, env: env}
 	doc, err := buildDomainXML(opts, spec)
 	if err != nil {
@@ -367,11 +371,18 @@ func writeLauncher(qemu string) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("qemu launcher: %w", err)
 	}
+	if self, err = launcherBinary(self); err != nil {
+		return "", err
+	}
 	script := launcherScript(self, qemu)
 	h := sha256.Sum256([]byte(script))
 	sum := hex.EncodeToString(h[:])
-	path := filepath.Join(os.TempDir(), "cloudlet-qemu-launcher-"+sum[:16])
-	if b, err := os.ReadFile(path); err == nil && string(b) == script {
+	dir, err := launcherDir()
+	if err != nil {
+		return "", err
+	}
+	path := filepath.Join(dir, "cloudlet-qemu-launcher-"+sum[:16])
+	if b, err := os.ReadFile(path); err == nil && string(b) == script && ownFile(path) {
 		return path, nil
 	}
 	tmp := path + ".tmp" + sum[16:24]

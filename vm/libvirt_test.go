@@ -3,6 +3,7 @@ package vm_test
 import (
 	"context"
 	"fmt"
+	"os"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -127,5 +128,65 @@ func TestLibvirtDriver(t *testing.T) {
 	})
 	if names := d.Domains(t); !slices.Equal(names, nil) {
 		t.Fatalf("domains left: %v", names)
+	}
+}
+
+// TestLibvirtConfined runs the test guest through a private libvirt daemon with QEMU as an
+// unprivileged user (a static DAC label on the domain) under libvirt's own seccomp sandbox.
+func TestLibvirtConfined(t *testing.T) {
+	if !vm.LibvirtBuilt {
+		t.Fatal("this test binary was built without the libvirt driver")
+	}
+	requireRoot(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	u, err := vm.LookupUser("nobody")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := testguest.FreePort(t)
+	opts := guestOptions(t, port)
+	dir := filepath.Dir(opts.Memory.Path)
+	d := testlibvirt.Start(t, dir)
+	opts.Driver = vm.DriverLibvirt
+	opts.Libvirt = vm.Libvirt{URI: d.URI, LogDir: d.LogDir}
+	opts.Name = "confined"
+	opts.RunAs = u
+	// The images are the user's, in a directory it can reach, as a cloudletfs mount gives
+	// them to it: only such images can be given to an unprivileged QEMU under libvirt.
+	opts.ServedByCaller = true
+	for _, p := range []string{dir, opts.Disk.Path} {
+		if err := os.Chown(p, u.UID, u.GID); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.Chmod(filepath.Dir(dir), 0o711); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := u.Lend(opts.Memory.Path); err != nil {
+		t.Fatal(err)
+	}
+	v, err := vm.Boot(ctx, opts)
+	if err != nil {
+		t.Fatalf("boot: %v\ndaemon log:\n%s", err, d.Log())
+	}
+	t.Cleanup(v.Kill)
+	checkConfined(t, v.PID(), u)
+	waitHTTP(t, ctx, fmt.Sprintf("http://127.0.0.1:%d/", port))
+	devstate := filepath.Join(dir, "devstate")
+	if err := v.Snapshot(ctx, devstate); err != nil {
+		t.Fatalf("snapshot: %v", err)
+	}
+	ropts := opts
+	ropts.Memory.Share = false
+	r, err := vm.Resume(ctx, ropts, devstate)
+	if err != nil {
+		t.Fatalf("resume: %v", err)
+	}
+	defer r.Kill()
+	checkConfined(t, r.PID(), u)
+	waitHTTP(t, ctx, fmt.Sprintf("http://127.0.0.1:%d/cgi-bin/hello", port))
+	if err := r.Stop(ctx); err != nil {
+		t.Fatal(err)
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"encoding/xml"
 	"fmt"
 	"maps"
+	"os"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -29,6 +30,8 @@ type domainXML struct {
 	OnPoweroff string      `xml:"on_poweroff"`
 	OnCrash    string      `xml:"on_crash"`
 	Devices    devicesXML  `xml:"devices"`
+	// SecLabel runs QEMU as Options.RunAs (libvirt's DAC driver), instead of qemu.conf's user.
+	SecLabel *seclabelXML `xml:"seclabel,omitempty"`
 	// encoding/xml writes a prefixed name as it is; the prefix is declared on <domain>.
 	Commandline commandlineXML `xml:"qemu:commandline"`
 }
@@ -82,6 +85,29 @@ type devicesXML struct {
 			Port int    `xml:"port,attr"`
 		} `xml:"target"`
 	} `xml:"serial"`
+}
+
+// dacLabel is the user a root cloudlet's domain runs QEMU as: RunAs, or root where RunAs asks
+// for no change of user (--qemu-user root). A cloudlet that is not root leaves it to libvirt.
+func dacLabel(u *User) (uid, gid int, ok bool) {
+	switch {
+	case u.switches():
+		return u.UID, u.GID, true
+	case os.Geteuid() == 0:
+		return 0, 0, true
+	}
+	return 0, 0, false
+}
+
+// seclabelXML is a static DAC label: the user and group QEMU runs as. relabel='no': libvirt
+// changes the owner of no file for it. cloudlet hands QEMU's files to the user itself (the run
+// directory, copies of the kernel and initrd; cloudletfs mounts expose the images to it), and
+// libvirt could not relabel FUSE files anyway.
+type seclabelXML struct {
+	Type    string `xml:"type,attr"`
+	Model   string `xml:"model,attr"`
+	Relabel string `xml:"relabel,attr"`
+	Label   string `xml:"label"`
 }
 
 type commandlineXML struct {
@@ -159,6 +185,9 @@ func buildDomainXML(opts Options, s domainSpec) (string, error) {
 	}
 	for _, k := range slices.Sorted(maps.Keys(s.env)) {
 		d.Commandline.Env = append(d.Commandline.Env, envXML{k, s.env[k]})
+	}
+	if uid, gid, ok := dacLabel(opts.RunAs); ok {
+		d.SecLabel = &seclabelXML{Type: "static", Model: "dac", Relabel: "no", Label: fmt.Sprintf("+%d:+%d", uid, gid)}
 	}
 	b, err := xml.MarshalIndent(d, "", "  ")
 	if err != nil {

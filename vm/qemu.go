@@ -34,33 +34,48 @@ func startQEMU(ctx context.Context, v *VM, opts Options, incoming bool) error {
 	if err != nil {
 		return fmt.Errorf("vm run directory: %w", err)
 	}
-	args := buildArgs(opts, v.accel, runDir, incoming)
-
-	var cmd *exec.Cmd
-	if opts.KeepHugepageAdvice {
-		cmd = exec.Command(qemuPath, args...)
-	} else {
-		self, err := os.Executable()
-		if err != nil {
-			os.RemoveAll(runDir)
-			return fmt.Errorf("qemu launcher: %w", err)
-		}
-		cmd = exec.Command(self, append([]string{qemuPath}, args...)...)
-		cmd.Env = append(os.Environ(), launcherEnv+"="+strconv.FormatInt(opts.Config.MemoryBytes, 10))
+	qopts, conf, err := confine(opts, runDir)
+	if err != nil {
+		os.RemoveAll(runDir)
+		return err
 	}
+	// QEMU holds its own copies of the passed files once it runs.
+	defer conf.close()
+	args := append(conf.args, buildArgs(qopts, v.accel, runDir, incoming)...)
+	cmd, err := launcherCommand(qemuPath, args, opts)
+	if err != nil {
+		os.RemoveAll(runDir)
+		return err
+	}
+	cmd.ExtraFiles = conf.files
 	stderr := &tailBuffer{max: 16 << 10}
 	cmd.Stderr = stderr
 	// Own process group: a terminal's Ctrl-C reaches us, and we stop QEMU in order.
 	// Pdeathsig: if we die without cleaning up, the kernel kills QEMU.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	if opts.Network == NetworkInternet {
+		cmd.SysProcAttr.Cloneflags = syscall.CLONE_NEWNET // see NetworkInternet
+	}
 	if err := cmd.Start(); err != nil {
 		os.RemoveAll(runDir)
 		return fmt.Errorf("start %s: %w", qemuPath, err)
+	}
+	var out *egress
+	if opts.Network == NetworkInternet {
+		if out, err = startEgress(ctx, cmd.Process.Pid, runDir, opts.Forwards); err != nil {
+			cmd.Process.Kill()
+			cmd.Wait()
+			os.RemoveAll(runDir)
+			return err
+		}
 	}
 	p := &qemuProcess{cmd: cmd, runDir: runDir, stderr: stderr}
 	v.proc = p
 	go func() {
 		err := cmd.Wait()
+		if out != nil {
+			out.close()
+		}
 		if msg := stderr.String(); msg != "" && err != nil {
 			err = fmt.Errorf("qemu exited (%w): %s", err, msg)
 		} else if err != nil {
@@ -80,6 +95,28 @@ func startQEMU(ctx context.Context, v *VM, opts Options, incoming bool) error {
 		return fmt.Errorf("start qemu: %w", err)
 	}
 	return nil
+}
+
+// launcherCommand runs QEMU through our launcher (see LauncherMain) when its RAM advice is to
+// be filtered or it is to run as another user, and directly otherwise.
+func launcherCommand(qemuPath string, args []string, opts Options) (*exec.Cmd, error) {
+	var env []string
+	if !opts.KeepHugepageAdvice {
+		env = append(env, launcherEnv+"="+strconv.FormatInt(opts.Config.MemoryBytes, 10))
+	}
+	if opts.RunAs.switches() {
+		env = append(env, runAsEnv+"="+opts.RunAs.env())
+	}
+	if env == nil {
+		return exec.Command(qemuPath, args...), nil
+	}
+	self, err := os.Executable()
+	if err != nil {
+		return nil, fmt.Errorf("qemu launcher: %w", err)
+	}
+	cmd := exec.Command(self, append([]string{qemuPath}, args...)...)
+	cmd.Env = append(os.Environ(), env...)
+	return cmd, nil
 }
 
 func lookQEMU(qemu string) (string, error) {
@@ -151,6 +188,7 @@ func buildArgs(opts Options, accel Accel, runDir string, incoming bool) []string
 	c := opts.Config
 	args := []string{
 		"-nodefaults", "-no-user-config",
+		"-sandbox", sandboxArg,
 		"-machine", c.Machine,
 		"-accel", string(accel),
 		"-cpu", c.CPU,

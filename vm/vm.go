@@ -89,8 +89,15 @@ type Options struct {
 	// Name tells this VM apart for operators: the libvirt domain is "cloudlet-NAME". Empty
 	// means a random name.
 	Name string
+	// Network is what the guest may reach besides the forwards into it: nothing (the default),
+	// or the internet, never the host's loopback.
+	Network Network
 	// RunAs, if set, is the unprivileged user QEMU runs as (the launcher drops to it before
-	// exec). Nil runs QEMU as this process's user.
+	// exec). Nil runs QEMU as this process's user. With the QEMU driver, the kernel and initrd
+	// are copied for that user, the disk is passed as open files, and the memory file must be
+	// the user's (see User.Lend) or, with ServedByCaller, exposed to it by the caller. The
+	// libvirt driver gives the domain a static DAC label for the user when ServedByCaller;
+	// for other images QEMU runs as root there (see confineDomain).
 	RunAs *User
 }
 
@@ -98,6 +105,7 @@ type Options struct {
 type User struct {
 	Name     string
 	UID, GID int
+	Groups   []int // supplementary groups, such as the one that may open /dev/kvm
 }
 
 // startTimeout bounds how long QEMU may take to open its monitor.
@@ -193,7 +201,7 @@ func Resume(ctx context.Context, opts Options, devstate string) (*VM, error) {
 // in the stream (x-ignore-shared): it stays in the memory file, which Snapshot makes durable,
 // as it does the disk.
 func (v *VM) Snapshot(ctx context.Context, path string) error {
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
 	if err != nil {
 		return fmt.Errorf("snapshot: %w", err)
 	}
@@ -367,6 +375,9 @@ func start(ctx context.Context, opts Options, incoming bool) (*VM, error) {
 		if err := fw.CheckFree(); err != nil {
 			return nil, err
 		}
+	}
+	if opts.Network == NetworkInternet && opts.Driver == DriverLibvirt {
+		return nil, errors.New("guest internet (--guest-net internet) needs the QEMU driver, not libvirt")
 	}
 	accel, why := chooseAccel(opts.Accel, "/sys/module")
 	logf(opts.Log, "accelerator: %s (%s)\n", accel, why)

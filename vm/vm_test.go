@@ -25,7 +25,23 @@ func TestMain(m *testing.M) {
 		madviseChild()
 		return
 	}
+	exposeTestBinary()
 	os.Exit(m.Run())
+}
+
+// exposeTestBinary lets other users run this test binary, as a confined QEMU under libvirt
+// runs it as its launcher: otherwise the driver would leave a copy of it (see launcherBinary)
+// in the temporary directory at every build. Its build directory goes when the test ends.
+func exposeTestBinary() {
+	self, err := os.Executable()
+	if err != nil {
+		return
+	}
+	for dir := filepath.Dir(self); dir != os.TempDir() && dir != "/" && dir != "."; dir = filepath.Dir(dir) {
+		if st, err := os.Stat(dir); err == nil {
+			os.Chmod(dir, st.Mode().Perm()|0o011)
+		}
+	}
 }
 
 // freePort finds a loopback port that nothing listens on.

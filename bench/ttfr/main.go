@@ -150,7 +150,7 @@ func neededBytes(profiled string) (int64, error) {
 	if err != nil {
 		return 0, err
 	}
-	r, err := overlay.Open(f, st.Size())
+	r, err := overlay.Open(f, st.Size(), overlay.Expect{})
 	if err != nil {
 		return 0, fmt.Errorf("%s: %w", profiled, err)
 	}

@@ -182,7 +182,7 @@ func runBaseExport(ctx context.Context, g globals, id, output string, stderr io.
 		tmp.Close()
 		return err
 	}
-	if err := tmp.Chmod(0o644); err != nil {
+	if err := tmp.Chmod(0o600); err != nil {
 		tmp.Close()
 		return fmt.Errorf("export: %w", err)
 	}

@@ -135,6 +135,11 @@ func runBaseCreate(ctx context.Context, o baseCreateOptions, stdin io.Reader, st
 		return err
 	}
 	defer closeLog()
+	// QEMU writes guest RAM into this file itself, as its own user, for the run.
+	giveBack, err := opts.RunAs.Lend(opts.Memory.Path)
+	if err != nil {
+		return err
+	}
 
 	start := time.Now()
 	v, err := vm.Boot(ctx, opts)
@@ -164,6 +169,9 @@ func runBaseCreate(ctx context.Context, o baseCreateOptions, stdin io.Reader, st
 	}
 
 	if err := v.Snapshot(ctx, draft.Path(base.DevstateFile)); err != nil {
+		return err
+	}
+	if err := giveBack(); err != nil {
 		return err
 	}
 	b, err := draft.Commit(ctx, base.Manifest{Name: o.name, VM: o.config, Accel: string(v.Accel())}, progress)

@@ -3,6 +3,7 @@ package main
 import (
 	"errors"
 	"fmt"
+	"net/http"
 	"os"
 	"sort"
 	"strconv"
@@ -28,27 +29,25 @@ func clientCommand() *cli.Command {
 			&cli.StringFlag{Name: "probe", Usage: "guest PORT[/PATH] whose first HTTP answer the server times"},
 			&cli.IntSliceFlag{Name: "port", Usage: "guest TCP port to forward (repeatable)"},
 			&cli.BoolFlag{Name: "no-early-start", Usage: "fetch everything before resuming"},
-			&cli.StringFlag{Name: "token-file", Usage: "file holding the server's bearer token"},
+			&cli.StringFlag{Name: "token-file", Usage: "file holding the server's bearer token (default: HOME/token, where 'serve' keeps its own)"},
 			&cli.StringFlag{Name: "stop", Usage: "stop and delete this session instead"},
 		},
 		Action: runClient,
 	}
 }
 
-func runClient(c *cli.Context) error {
+func runClient(c *cli.Context) (err error) {
 	ctx, stdout := c.Context, c.App.Writer
 	server := c.String("server")
 	if !strings.Contains(server, "://") {
 		server = "http://" + server
 	}
-	cl := &synthesis.Client{Server: server}
-	if f := c.String("token-file"); f != "" {
-		b, err := os.ReadFile(f)
-		if err != nil {
-			return fmt.Errorf("--token-file: %w", err)
-		}
-		cl.Token = strings.TrimSpace(string(b))
+	token, err := clientToken(c)
+	if err != nil {
+		return err
 	}
+	cl := &synthesis.Client{Server: server, Token: token}
+	defer func() { err = hintToken(err, token) }()
 	if id := c.String("stop"); id != "" {
 		if err := cl.Delete(ctx, id); err != nil {
 			return err
@@ -71,7 +70,6 @@ func runClient(c *cli.Context) error {
 		req.Ports = append(req.Ports, n)
 	}
 	var st synthesis.SessionStatus
-	var err error
 	if file != "" {
 		f, ferr := os.Open(file)
 		if ferr != nil {
@@ -86,7 +84,7 @@ func runClient(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(stdout, "session %s on base %s\n", st.ID, st.Base[:12])
+	fmt.Fprintf(stdout, "session %s on base %s\n", st.ID, shortID(st.Base))
 	var ports []string
 	for p := range st.Forwards {
 		ports = append(ports, p)
@@ -110,4 +108,21 @@ func runClient(c *cli.Context) error {
 	}
 	fmt.Fprintf(stdout, "the VM runs on the server; stop it with: cloudlet client -s %s --stop %s\n", c.String("server"), st.ID)
 	return nil
+}
+
+// shortID is an ID as people read it: its first 12 characters, or all of a shorter one.
+func shortID(id string) string {
+	if len(id) > 12 {
+		return id[:12]
+	}
+	return id
+}
+
+// hintToken says what to do about a 401 when the client had no token to send.
+func hintToken(err error, token string) error {
+	var api *synthesis.APIError
+	if token == "" && errors.As(err, &api) && api.Code == http.StatusUnauthorized {
+		return fmt.Errorf("%w (no token was sent: give --token-file, or run where the server's --home is)", err)
+	}
+	return err
 }

@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"io"
 	"log"
+	"os/user"
+	"strconv"
 
 	"github.com/urfave/cli/v2"
 
@@ -20,27 +22,35 @@ type mountOptions struct {
 	cache       string
 	capture     bool
 	readAheadKB int
+	user        *cloudletfs.User // who may open the images besides us; nil: nobody
 }
 
 func mountCommand() *cli.Command {
 	return &cli.Command{
 		Name:      "mount",
 		Usage:     "serve a base's disk and memory images through cloudletfs",
-		UsageText: "cloudlet mount BASE_ID MOUNTPOINT [--cache DIR] [--capture]",
+		UsageText: "cloudlet mount BASE_ID MOUNTPOINT [--cache DIR] [--capture] [--user NAME|UID]",
 		Description: "MOUNTPOINT gets disk/image, memory/image, stats/ and streams/. Writes go to the cache,\n" +
 			"never to the base. It runs until SIGINT or SIGTERM, then unmounts. Once it serves, it prints\n" +
-			"one line 'ready MOUNTPOINT' on stdout, for scripts to wait on.",
+			"one line 'ready MOUNTPOINT' on stdout, for scripts to wait on.\n" +
+			"The images are mode 0600: only this user can open them, or the one --user names (the user a\n" +
+			"QEMU on them runs as), who must be able to traverse every directory above MOUNTPOINT.",
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "cache", Usage: "cache directory, kept and reused across mounts (default: a temporary one)"},
 			&cli.BoolFlag{Name: "capture", Usage: "trace accessed and modified chunks into CACHE/trace.json at unmount"},
 			&cli.IntFlag{Name: "readahead-kb", Usage: "kernel readahead window of the mount in KiB (default 128; 4 for exact demand paging, 512 for fast sequential reads)"},
+			&cli.StringFlag{Name: "user", Usage: "the one other user who may open the images (QEMU's), by name or uid (default: only this user)"},
 		},
 		Action: func(c *cli.Context) error {
 			if c.NArg() != 2 {
 				return fmt.Errorf("%w: mount takes a base ID and a mount point", errUsage)
 			}
+			user, err := parseMountUser(c.String("user"))
+			if err != nil {
+				return fmt.Errorf("%w: --user: %v", errUsage, err)
+			}
 			return runMount(c.Context, mountOptions{globals: globalsOf(c), id: c.Args().Get(0), mountpoint: c.Args().Get(1),
-				cache: c.String("cache"), capture: c.Bool("capture"), readAheadKB: c.Int("readahead-kb")}, c.App.Writer, c.App.ErrWriter)
+				cache: c.String("cache"), capture: c.Bool("capture"), readAheadKB: c.Int("readahead-kb"), user: user}, c.App.Writer, c.App.ErrWriter)
 		},
 	}
 }
@@ -78,7 +88,7 @@ func runMount(ctx context.Context, o mountOptions, stdout, stderr io.Writer) err
 		return err
 	}
 	logger := log.New(stderr, "", log.LstdFlags)
-	mnt, err := fsys.Mount(o.mountpoint, cloudletfs.MountOptions{ReadAheadKB: o.readAheadKB, RaiseDirtyLimit: o.capture, Log: logger})
+	mnt, err := fsys.Mount(o.mountpoint, cloudletfs.MountOptions{ReadAheadKB: o.readAheadKB, RaiseDirtyLimit: o.capture, User: o.user, Log: logger})
 	if err != nil {
 		fsys.Close()
 		return err
@@ -95,4 +105,33 @@ func runMount(ctx context.Context, o mountOptions, stdout, stderr io.Writer) err
 		fmt.Fprintf(stderr, "trace: %s/%s\n", cache, cloudletfs.TraceFile)
 	}
 	return err
+}
+
+// parseMountUser resolves --user: a user name, or a uid (with its group from the user
+// database, or a group of the same number when it has no entry there).
+func parseMountUser(s string) (*cloudletfs.User, error) {
+	if s == "" {
+		return nil, nil
+	}
+	var u *user.User
+	var err error
+	if _, nerr := strconv.ParseUint(s, 10, 32); nerr == nil {
+		if u, err = user.LookupId(s); errors.As(err, new(user.UnknownUserIdError)) {
+			u, err = &user.User{Uid: s, Gid: s}, nil
+		}
+	} else {
+		u, err = user.Lookup(s)
+	}
+	if err != nil {
+		return nil, err
+	}
+	uid, err := strconv.ParseUint(u.Uid, 10, 32)
+	if err != nil {
+		return nil, fmt.Errorf("user %s: uid %q: %w", s, u.Uid, err)
+	}
+	gid, err := strconv.ParseUint(u.Gid, 10, 32)
+	if err != nil {
+		return nil, fmt.Errorf("user %s: gid %q: %w", s, u.Gid, err)
+	}
+	return &cloudletfs.User{UID: uint32(uid), GID: uint32(gid)}, nil
 }

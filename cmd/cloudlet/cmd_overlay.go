@@ -151,7 +151,7 @@ func runOverlayCreate(c *cli.Context, id string) error {
 	return nil
 }
 
-func openOverlay(path string) (*overlay.Reader, *os.File, error) {
+func openOverlay(path string, want overlay.Expect) (*overlay.Reader, *os.File, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return nil, nil, err
@@ -161,7 +161,7 @@ func openOverlay(path string) (*overlay.Reader, *os.File, error) {
 		f.Close()
 		return nil, nil, err
 	}
-	r, err := overlay.Open(f, st.Size())
+	r, err := overlay.Open(f, st.Size(), want)
 	if err != nil {
 		f.Close()
 		return nil, nil, fmt.Errorf("%s: %w", path, err)
@@ -184,7 +184,7 @@ type overlayInfo struct {
 }
 
 func runOverlayInfo(g globals, path string, stdout io.Writer) error {
-	r, f, err := openOverlay(path)
+	r, f, err := openOverlay(path, overlay.Expect{})
 	if err != nil {
 		return err
 	}
@@ -224,7 +224,7 @@ func openWithBase(g globals, path, baseID string) (*overlay.Reader, *base.Base, 
 	if err != nil {
 		return nil, nil, nil, err
 	}
-	r, f, err := openOverlay(path)
+	r, f, err := openOverlay(path, synthesis.ExpectFor(b))
 	if err != nil {
 		return nil, nil, nil, err
 	}
@@ -265,7 +265,7 @@ func runOverlayApply(ctx context.Context, g globals, path, baseID, out string, s
 		return err
 	}
 	defer closeImgs()
-	if err := os.MkdirAll(out, 0o755); err != nil {
+	if err := os.MkdirAll(out, 0o700); err != nil {
 		return err
 	}
 	var outs []io.WriterAt
@@ -289,7 +289,7 @@ func runOverlayApply(ctx context.Context, g globals, path, baseID, out string, s
 	if err != nil {
 		return fmt.Errorf("%s: %w", path, err)
 	}
-	if err := os.WriteFile(filepath.Join(out, base.DevstateFile), dev, 0o644); err != nil {
+	if err := os.WriteFile(filepath.Join(out, base.DevstateFile), dev, 0o600); err != nil {
 		return err
 	}
 	for _, w := range outs {

@@ -7,8 +7,6 @@ import (
 	"log"
 	"net"
 	"net/http"
-	"os"
-	"strings"
 	"time"
 
 	"github.com/urfave/cli/v2"
@@ -21,16 +19,23 @@ func serveCommand() *cli.Command {
 	return &cli.Command{
 		Name:      "serve",
 		Usage:     "run the synthesis server (HTTP/JSON API)",
-		UsageText: "cloudlet serve [--listen 127.0.0.1:8021] [--token-file F]",
+		UsageText: "cloudlet serve [--listen 127.0.0.1:8021] [--token-file F] [--allow-origin CIDR]...",
 		Description: "Endpoints: GET /v1/bases; POST /v1/sessions (JSON {base, url, ports, probe_port, probe_path}, or\n" +
 			"the overlay itself as application/octet-stream with those in the query); GET /v1/sessions/ID;\n" +
-			"GET /v1/sessions/ID/events (server-sent events); DELETE /v1/sessions/ID. A listener that is\n" +
-			"not loopback needs --token-file: clients then send 'Authorization: Bearer TOKEN'.",
+			"GET /v1/sessions/ID/events (server-sent events); DELETE /v1/sessions/ID. Every request sends\n" +
+			"'Authorization: Bearer TOKEN', on any listener: the tokens are those of --token-file (one a\n" +
+			"line), or else the one in HOME/token, made on first use; a token's holder sees only its own\n" +
+			"sessions. Overlay URLs on loopback, private, link-local or multicast addresses are refused\n" +
+			"unless --allow-origin allows their range. A session forwards at most 16 ports; an upload\n" +
+			"that stalls for --upload-idle fails its session; ended sessions are forgotten after 10 minutes.",
 		Flags: append([]cli.Flag{
 			&cli.StringFlag{Name: "listen", Value: "127.0.0.1:8021", Usage: "address to listen on"},
-			&cli.StringFlag{Name: "token-file", Usage: "file holding the bearer token clients must send"},
+			&cli.StringFlag{Name: "token-file", Usage: "file of the bearer tokens clients may send, one a line (default: HOME/token, made if missing)"},
+			&cli.StringSliceFlag{Name: "allow-origin", Usage: "CIDR range overlay URLs may reach although it is not public (repeatable)"},
 			&cli.IntFlag{Name: "max-sessions", Value: 2, Usage: "sessions that may run at once"},
 			&cli.StringFlag{Name: "max-upload", Value: "8G", Usage: "largest overlay upload"},
+			&cli.StringFlag{Name: "max-overlay", Value: "8G", Usage: "largest overlay, by the size its origin claims, checked before any of it is read"},
+			&cli.DurationFlag{Name: "upload-idle", Value: synthesis.DefaultUploadIdle, Usage: "how long an upload may send nothing before its session fails"},
 			&cli.StringFlag{Name: "accel", Value: "auto", Usage: "accelerator for the VMs: auto, kvm or tcg"},
 		}, driverFlags()...),
 		Action: runServe,
@@ -43,22 +48,17 @@ func runServe(c *cli.Context) error {
 	if err != nil {
 		return fmt.Errorf("--listen: %w", err)
 	}
-	token := ""
-	if f := c.String("token-file"); f != "" {
-		b, err := os.ReadFile(f)
-		if err != nil {
-			return fmt.Errorf("--token-file: %w", err)
-		}
-		if token = strings.TrimSpace(string(b)); token == "" {
-			return fmt.Errorf("--token-file %s is empty", f)
-		}
-	}
-	if ip := net.ParseIP(host); token == "" && (ip == nil || !ip.IsLoopback()) {
-		return fmt.Errorf("--listen %s is reachable from other hosts: give --token-file", c.String("listen"))
+	allow, err := allowedOrigins(c)
+	if err != nil {
+		return err
 	}
 	maxUpload, err := vm.ParseSize(c.String("max-upload"))
 	if err != nil {
 		return fmt.Errorf("--max-upload: %w", err)
+	}
+	maxOverlay, err := vm.ParseSize(c.String("max-overlay"))
+	if err != nil {
+		return fmt.Errorf("--max-overlay: %w", err)
 	}
 	accel, err := vm.ParseAccel(c.String("accel"))
 	if err != nil {
@@ -68,18 +68,28 @@ func runServe(c *cli.Context) error {
 	if vmo.Driver, vmo.Libvirt, err = parseDriver(c); err != nil {
 		return err
 	}
+	if vmo.Network, err = vm.ParseNetwork(c.String("guest-net")); err != nil {
+		return fmt.Errorf("--guest-net: %w", err)
+	}
+	if vmo.RunAs, err = parseQEMUUser(c); err != nil {
+		return err
+	}
 	store, err := openStore(globalsOf(c))
 	if err != nil {
 		return err
 	}
+	tokens, err := serveTokens(c, stderr)
+	if err != nil {
+		return err
+	}
 	logger := log.New(stderr, "", log.LstdFlags)
-	srv := synthesis.NewServer(ctx, synthesis.ServerOptions{Store: store, ForwardHost: host, Token: token,
-		MaxSessions: c.Int("max-sessions"), MaxUpload: maxUpload, VM: vmo, Log: logger})
+	srv := synthesis.NewServer(ctx, synthesis.ServerOptions{Store: store, ForwardHost: host, Tokens: tokens, AllowOrigins: allow,
+		MaxSessions: c.Int("max-sessions"), MaxUpload: maxUpload, MaxOverlay: maxOverlay, UploadIdle: c.Duration("upload-idle"), VM: vmo, Log: logger})
 	l, err := net.Listen("tcp", c.String("listen"))
 	if err != nil {
 		return err
 	}
-	hs := &http.Server{Handler: srv.Handler(), ReadHeaderTimeout: 10 * time.Second}
+	hs := srv.HTTPServer() // with the API's timeouts
 	fmt.Fprintf(c.App.Writer, "serving on http://%s\n", l.Addr())
 	go func() {
 		<-ctx.Done()

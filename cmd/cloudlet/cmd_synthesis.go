@@ -126,7 +126,7 @@ func runDetached(c *cli.Context) error {
 	}
 	args = append([]string{"--json"}, args...)
 	logDir := filepath.Join(globalsOf(c).home, "logs")
-	if err := os.MkdirAll(logDir, 0o755); err != nil {
+	if err := os.MkdirAll(logDir, 0o700); err != nil {
 		return err
 	}
 	logFile, err := os.CreateTemp(logDir, "synthesis-*.log")

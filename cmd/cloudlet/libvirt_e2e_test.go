@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cloudlet/cloudlet/cloudletfs"
 	"github.com/cloudlet/cloudlet/internal/testguest"
 	"github.com/cloudlet/cloudlet/internal/testlibvirt"
 	"github.com/cloudlet/cloudlet/synthesis"
@@ -55,7 +56,7 @@ func TestLibvirtEndToEnd(t *testing.T) {
 	}
 
 	// The server runs the session as a domain.
-	addr, serr := startServe(t, home, lv...)
+	addr, serr := startServe(t, home, append(lv, "--allow-origin", "127.0.0.0/8")...) // the origin is on loopback
 	origin := synthesis.NewShapedServer(mustRead(t, file))
 	defer origin.Close()
 	origin.Shape(10*time.Millisecond, 38e6/8)
@@ -64,7 +65,8 @@ func TestLibvirtEndToEnd(t *testing.T) {
 	if list, _ := d.Virsh("list"); !strings.Contains(list, domain) || !strings.Contains(list, "running") {
 		t.Fatalf("virsh list does not show %s running:\n%s", domain, list)
 	}
-	mnt := mountsUnder(t, home)
+	// A confined QEMU's mounts live in cloudletfs's run directory, where its user can reach them.
+	mnt := append(mountsUnder(t, home), mountsUnder(t, cloudletfs.RunDir)...)
 	if len(mnt) == 0 {
 		t.Fatal("no cloudletfs mount while the session runs")
 	}
@@ -72,11 +74,11 @@ func TestLibvirtEndToEnd(t *testing.T) {
 	if _, err := d.Virsh("destroy", domain); err != nil {
 		t.Fatal(err)
 	}
-	st := waitSession(t, ctx, addr, sid)
+	st := waitSession(t, ctx, home, addr, sid)
 	if st.State != "stopped" {
 		t.Fatalf("session after virsh destroy: %+v", st)
 	}
-	if m := mountsUnder(t, home); len(m) != 0 {
+	if m := append(mountsUnder(t, home), mountsUnder(t, cloudletfs.RunDir)...); len(m) != 0 {
 		t.Fatalf("mounts left after the session stopped: %v", m)
 	}
 	if names := d.Domains(t); len(names) != 0 {
@@ -85,12 +87,14 @@ func TestLibvirtEndToEnd(t *testing.T) {
 }
 
 // waitSession polls the server until the session is no longer running.
-func waitSession(t *testing.T, ctx context.Context, addr, sid string) synthesis.SessionStatus {
+func waitSession(t *testing.T, ctx context.Context, home, addr, sid string) synthesis.SessionStatus {
 	t.Helper()
 	deadline := time.Now().Add(30 * time.Second)
 	for {
 		var st synthesis.SessionStatus
-		resp, err := http.Get("http://" + addr + "/v1/sessions/" + sid)
+		req, _ := http.NewRequestWithContext(ctx, "GET", "http://"+addr+"/v1/sessions/"+sid, nil)
+		req.Header.Set("Authorization", "Bearer "+serverToken(t, home))
+		resp, err := http.DefaultClient.Do(req)
 		if err == nil {
 			err = json.NewDecoder(resp.Body).Decode(&st)
 			resp.Body.Close()

@@ -55,6 +55,7 @@ func newApp(stdin io.Reader, stdout, stderr io.Writer) *cli.App {
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "home", Usage: "directory of bases and caches", EnvVars: []string{"CLOUDLET_HOME"}, Value: defaultHome()},
 			&cli.BoolFlag{Name: "json", Usage: "print results as JSON"},
+			qemuUserFlag(),
 		},
 		Commands: []*cli.Command{
 			baseCommand(),

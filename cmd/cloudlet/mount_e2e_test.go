@@ -111,6 +111,48 @@ func testMount(t *testing.T, ctx context.Context, home, id string) {
 	if r := run(t, ctx, home, "mount", id, mp, "--capture"); r.code == 0 || !strings.Contains(r.stderr, "--capture needs --cache") {
 		t.Fatalf("--capture without --cache: %+v", r)
 	}
+	testMountUser(t, ctx, home, id, baseDisk[:4096])
+}
+
+// testMountUser: with --user, that user (here nobody, as a QEMU would run) opens the images
+// by their path; without it, nobody but us gets in; a mount point out of its reach is refused.
+func testMountUser(t *testing.T, ctx context.Context, home, id string, firstPage []byte) {
+	if os.Geteuid() != 0 {
+		t.Fatal("--user needs root, to run a reader as another user")
+	}
+	reach, err := os.MkdirTemp("", "cloudlet-mount-user-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(reach)
+	os.Chmod(reach, 0o711)
+	mp := filepath.Join(reach, "mnt")
+	os.Mkdir(mp, 0o700)
+	readAsNobody := func() ([]byte, error) {
+		cmd := exec.CommandContext(ctx, "dd", "if="+filepath.Join(mp, "disk/image"), "bs=4096", "count=1", "status=none")
+		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+		return cmd.Output()
+	}
+	for _, tc := range []struct {
+		args  []string
+		allow bool
+	}{
+		{nil, false},
+		{[]string{"--user", "nobody"}, true},
+	} {
+		cmd := startMount(t, ctx, home, append([]string{id, mp}, tc.args...)...)
+		got, err := readAsNobody()
+		stopWith(t, cmd, syscall.SIGTERM)
+		if tc.allow && (err != nil || !bytes.Equal(got, firstPage)) {
+			t.Errorf("mount %v: nobody read %d bytes of disk/image (%v), want the base's first page", tc.args, len(got), err)
+		}
+		if !tc.allow && err == nil {
+			t.Errorf("mount %v: nobody read disk/image, want Permission denied", tc.args)
+		}
+	}
+	if r := run(t, ctx, home, "mount", id, t.TempDir(), "--user", "nobody"); r.code == 0 || !strings.Contains(r.stderr, "out of reach of uid 65534") {
+		t.Fatalf("--user with a mount point out of the user's reach: %+v", r)
+	}
 }
 
 func mounted(dir string) bool {

@@ -27,6 +27,7 @@ func driverFlags() []cli.Flag {
 	return []cli.Flag{
 		&cli.StringFlag{Name: "driver", Value: "qemu", Usage: "who runs QEMU: qemu (a child of cloudlet) or libvirt (a transient domain that virsh lists)"},
 		&cli.StringFlag{Name: "libvirt-uri", Usage: "libvirt connection URI, e.g. qemu:///system (default: libvirt's own default)"},
+		&cli.StringFlag{Name: "guest-net", Value: "none", Usage: "what guests may reach besides the forwards into them: none, or internet (never the host's loopback; needs slirp4netns and --driver qemu)"},
 		&cli.StringFlag{Name: "libvirt-log-dir", Usage: "where the libvirt daemon writes domain logs, read to quote QEMU's errors (default: a system daemon's, /var/log/libvirt/qemu)"},
 	}
 }
@@ -51,6 +52,8 @@ type runOptions struct {
 	serialLog          string
 	driver             vm.Driver
 	libvirt            vm.Libvirt
+	network            vm.Network
+	runAs              *vm.User
 }
 
 func parseRunOptions(c *cli.Context) (runOptions, error) {
@@ -69,7 +72,13 @@ func parseRunOptions(c *cli.Context) (runOptions, error) {
 	o.vnc = c.String("vnc")
 	o.keepHugepageAdvice = c.Bool("keep-hugepage-advice")
 	o.serialLog = c.String("serial-log")
-	o.driver, o.libvirt, err = parseDriver(c)
+	if o.driver, o.libvirt, err = parseDriver(c); err != nil {
+		return o, err
+	}
+	if o.network, err = vm.ParseNetwork(c.String("guest-net")); err != nil {
+		return o, fmt.Errorf("--guest-net: %w", err)
+	}
+	o.runAs, err = parseQEMUUser(c)
 	return o, err
 }
 
@@ -82,10 +91,12 @@ func (o runOptions) apply(v *vm.Options, log io.Writer) (func(), error) {
 	v.KeepHugepageAdvice = o.keepHugepageAdvice
 	v.Log = log
 	v.Driver, v.Libvirt = o.driver, o.libvirt
+	v.Network = o.network
+	v.RunAs = o.runAs
 	if o.serialLog == "" {
 		return func() {}, nil
 	}
-	f, err := os.OpenFile(o.serialLog, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
+	f, err := os.OpenFile(o.serialLog, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("--serial-log: %w", err)
 	}

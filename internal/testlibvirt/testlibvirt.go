@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cloudlet/cloudlet/cloudletfs"
 	"github.com/cloudlet/cloudlet/internal/testguest"
 )
 
@@ -27,14 +28,10 @@ type Daemon struct {
 	cmd    *exec.Cmd
 }
 
-// qemuConf is the operator set-up the README documents, plus what a host without systemd
-// needs: QEMU logs to files (no virtlogd) and no cgroup controllers.
-const qemuConf = `user = "root"
-group = "root"
-dynamic_ownership = 0
-remember_owner = 0
-security_driver = "none"
-stdio_handler = "file"
+// qemuConf is libvirt's defaults, as the README asks for no change (the DAC security driver
+// on; cloudlet's domains carry their own user), plus what a host without systemd needs: QEMU
+// logs to files (no virtlogd) and no cgroup controllers.
+const qemuConf = `stdio_handler = "file"
 cgroup_controllers = [ ]
 `
 
@@ -91,6 +88,7 @@ func Start(t testing.TB, shared string) *Daemon {
 	mount("--bind", shared, shared)
 	t.Cleanup(func() { exec.Command("umount", "-l", shared).Run() })
 	mount("--make-shared", shared)
+	shareRunDir(t)
 
 	script := `set -e
 mount --bind "$1/etc" /etc/libvirt
@@ -137,6 +135,32 @@ wait
 		}
 		if time.Now().After(deadline) {
 			t.Fatalf("libvirtd not answering after 30 s:\n%s", d.Log())
+		}
+	}
+}
+
+// shareRunDir makes cloudletfs's run directory, where the mounts for a QEMU of another user
+// go, a shared mount point, so that they reach the daemon's namespace too (a host with
+// systemd shares every mount already). It stays so: undoing it would hide the mounts of
+// whoever else uses the directory meanwhile. --rbind keeps the mounts already there.
+func shareRunDir(t testing.TB) {
+	t.Helper()
+	dir := cloudletfs.RunDir
+	if err := os.MkdirAll(dir, 0o711); err != nil {
+		t.Fatal(err)
+	}
+	info, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range strings.Split(string(info), "\n") {
+		if f := strings.Fields(l); len(f) > 6 && f[4] == dir && strings.Contains(strings.Join(f[6:], " "), "shared:") {
+			return
+		}
+	}
+	for _, args := range [][]string{{"--rbind", dir, dir}, {"--make-rshared", dir}} {
+		if out, err := exec.Command("mount", args...).CombinedOutput(); err != nil {
+			t.Fatalf("mount %v: %v: %s", args, err, out)
 		}
 	}
 }
