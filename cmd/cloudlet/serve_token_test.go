@@ -90,7 +90,7 @@ func TestServeTokenByDefault(t *testing.T) {
 	if _, err := hex.DecodeString(tok); err != nil {
 		t.Errorf("token %q is not hex", tok)
 	}
-	if !strings.Contains(serr.String(), path) {
+	if !eventually(func() bool { return strings.Contains(serr.String(), path) }) {
 		t.Errorf("serve does not say where its token is:\n%s", serr.String())
 	}
 
@@ -118,9 +118,20 @@ func TestServeTokenByDefault(t *testing.T) {
 	if got := serverToken(t, home); got != tok {
 		t.Errorf("the token changed across a restart: %q, want %q", got, tok)
 	}
-	if !strings.Contains(serr2.String(), path) {
+	if !eventually(func() bool { return strings.Contains(serr2.String(), path) }) {
 		t.Errorf("the second serve does not say where its token is:\n%s", serr2.String())
 	}
+}
+
+// eventually polls cond for a few seconds: what a child printed on stderr reaches the test's
+// buffer through a goroutine of its own, after the line on stdout that startServe waited for.
+func eventually(cond func() bool) bool {
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		if cond() {
+			return true
+		}
+	}
+	return cond()
 }
 
 // TestServeTokenFile: --token-file may hold several tokens; a client with any of them gets in,
