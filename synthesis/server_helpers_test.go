@@ -12,7 +12,6 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
-	"os"
 	"strings"
 	"sync"
 	"testing"
@@ -21,7 +20,6 @@ import (
 	"github.com/cloudlet/cloudlet/base"
 	"github.com/cloudlet/cloudlet/chunk"
 	"github.com/cloudlet/cloudlet/overlay"
-	"github.com/cloudlet/cloudlet/vm"
 )
 
 // testStore is a store with one small synthetic base (no QEMU needed to make it).
@@ -31,24 +29,7 @@ func testStore(t *testing.T) (*base.Store, *base.Base) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	d, err := s.NewDraft()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg := vm.DefaultConfig()
-	cfg.MemoryBytes = 16 << 20
-	files := map[string][]byte{base.DiskFile: make([]byte, 1<<20), base.MemoryFile: make([]byte, cfg.MemoryBytes),
-		base.DevstateFile: []byte("devstate"), base.KernelFile: []byte("kernel")}
-	for name, b := range files {
-		if err := os.WriteFile(d.Path(name), b, 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	b, err := d.Commit(context.Background(), base.Manifest{Name: "test", VM: cfg, Accel: "tcg"}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return s, b
+	return s, base.CommitTiny(t, s, "test")
 }
 
 // syncBuffer is a log sink that tests read while the server writes.

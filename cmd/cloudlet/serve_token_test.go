@@ -12,35 +12,13 @@ import (
 	"time"
 
 	"github.com/cloudlet/cloudlet/base"
-	"github.com/cloudlet/cloudlet/vm"
 )
 
 // commitTinyBase puts a small synthetic base into the store at home (no QEMU needed): enough
 // for the server to accept a session, which then fails before any VM starts.
 func commitTinyBase(t *testing.T, home string) string {
 	t.Helper()
-	s, err := base.Open(home)
-	if err != nil {
-		t.Fatal(err)
-	}
-	d, err := s.NewDraft()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg := vm.DefaultConfig()
-	cfg.MemoryBytes = 16 << 20
-	files := map[string][]byte{base.DiskFile: make([]byte, 1<<20), base.MemoryFile: make([]byte, cfg.MemoryBytes),
-		base.DevstateFile: []byte("devstate"), base.KernelFile: []byte("kernel")}
-	for name, b := range files {
-		if err := os.WriteFile(d.Path(name), b, 0o600); err != nil {
-			t.Fatal(err)
-		}
-	}
-	b, err := d.Commit(context.Background(), base.Manifest{Name: "tiny", VM: cfg, Accel: "tcg"}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return b.ID
+	return base.CommitTiny(t, mustStore(t, home), "tiny").ID
 }
 
 // apiGet sends a GET to the server with the token of home's server, or none if home is "".

@@ -1,0 +1,34 @@
+package base
+
+import (
+	"context"
+	"os"
+	"testing"
+
+	"github.com/cloudlet/cloudlet/vm"
+)
+
+// CommitTiny puts a small synthetic base into s, for tests that need a base but no VM: a 1 MiB
+// zero disk, 16 MiB of zero RAM, and placeholder device state and kernel. A session on it
+// fails before QEMU would run it.
+func CommitTiny(t testing.TB, s *Store, name string) *Base {
+	t.Helper()
+	d, err := s.NewDraft()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := vm.DefaultConfig()
+	cfg.MemoryBytes = 16 << 20
+	files := map[string][]byte{DiskFile: make([]byte, 1<<20), MemoryFile: make([]byte, cfg.MemoryBytes),
+		DevstateFile: []byte("devstate"), KernelFile: []byte("kernel")}
+	for name, b := range files {
+		if err := os.WriteFile(d.Path(name), b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	b, err := d.Commit(context.Background(), Manifest{Name: name, VM: cfg, Accel: "tcg"}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
