@@ -84,9 +84,9 @@ func startLibvirt(ctx context.Context, v *VM, opts Options, incoming bool) error
 		}
 		env = ramEnv(opts.Config)
 	}
-	runDir, err := os.MkdirTemp("", "cloudlet-vm-")
+	runDir, err := makeRunDir()
 	if err != nil {
-		return fail(fmt.Errorf("vm run directory: %w", err))
+		return fail(err)
 	}
 	if opts, err = confineDomain(opts, runDir); err != nil {
 		os.RemoveAll(runDir)

@@ -30,9 +30,9 @@ func startQEMU(ctx context.Context, v *VM, opts Options, incoming bool) error {
 	if err != nil {
 		return err
 	}
-	runDir, err := os.MkdirTemp("", "cloudlet-vm-")
+	runDir, err := makeRunDir()
 	if err != nil {
-		return fmt.Errorf("vm run directory: %w", err)
+		return err
 	}
 	qopts, conf, err := confine(opts, runDir)
 	if err != nil {
