@@ -8,10 +8,12 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"time"
 
+	"github.com/moby/sys/mountinfo"
 	"golang.org/x/sys/unix"
 
 	"github.com/cloudlet/cloudlet/chunk"
@@ -356,14 +358,15 @@ func syncPath(path string) error {
 // crashed capture or resume may still hold a dead cloudletfs mount, which would make its
 // removal fail.
 func detachMountsUnder(dir string) {
-	b, err := os.ReadFile("/proc/self/mountinfo")
+	mounts, err := mountinfo.GetMounts(func(m *mountinfo.Info) (skip, stop bool) {
+		return !strings.HasPrefix(m.Mountpoint, dir+"/"), false
+	})
 	if err != nil {
 		return
 	}
-	for _, line := range strings.Split(string(b), "\n") {
-		f := strings.Fields(line)
-		if len(f) > 4 && strings.HasPrefix(f[4], dir+"/") {
-			unix.Unmount(f[4], unix.MNT_DETACH)
-		}
+	// Deepest first: a mount below another is then still reachable by its path.
+	slices.SortFunc(mounts, func(a, b *mountinfo.Info) int { return len(b.Mountpoint) - len(a.Mountpoint) })
+	for _, m := range mounts {
+		unix.Unmount(m.Mountpoint, unix.MNT_DETACH)
 	}
 }

@@ -9,7 +9,6 @@ import (
 	"context"
 	"encoding/hex"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -186,25 +185,9 @@ func writeOverlay(ctx context.Context, o Options, fsys *cloudletfs.FS, entries [
 	for _, img := range imgs {
 		meta.Images = append(meta.Images, overlay.Image{Name: img.Name(), Size: img.Size()})
 	}
-	tmp, err := os.CreateTemp(filepath.Dir(o.Output), "."+filepath.Base(o.Output)+".partial-")
-	if err != nil {
-		return overlay.Summary{}, fmt.Errorf("overlay output: %w", err)
-	}
-	defer os.Remove(tmp.Name())
-	defer tmp.Close()
-	sum, err := overlay.Write(ctx, tmp, o.WorkDir, meta, dev, entries, order, func(im uint8, i int64) ([]byte, error) {
+	return overlay.WriteFile(ctx, o.Output, o.WorkDir, meta, dev, entries, order, func(im uint8, i int64) ([]byte, error) {
 		return readChunk(ctx, imgs[im], i)
 	})
-	if err != nil {
-		return sum, err
-	}
-	if err := errors.Join(tmp.Chmod(0o600), tmp.Sync(), tmp.Close()); err != nil {
-		return sum, fmt.Errorf("overlay output: %w", err)
-	}
-	if err := os.Rename(tmp.Name(), o.Output); err != nil {
-		return sum, fmt.Errorf("overlay output: %w", err)
-	}
-	return sum, nil
 }
 
 // saveImages writes the customised images as the VM left them, read through the store.

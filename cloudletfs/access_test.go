@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/moby/sys/mountinfo"
+
 	"github.com/cloudlet/cloudlet/chunk"
 	"github.com/cloudlet/cloudlet/cloudletfs"
 )
@@ -118,16 +120,12 @@ func TestMountPermissions(t *testing.T) {
 // for another user.
 func checkMountOptions(t *testing.T, mp string, allowOther bool) {
 	t.Helper()
-	b, err := os.ReadFile("/proc/self/mountinfo")
+	mounts, err := mountinfo.GetMounts(mountinfo.SingleEntryFilter(mp))
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, line := range strings.Split(string(b), "\n") {
-		fields := strings.Fields(line)
-		if len(fields) < 5 || fields[4] != mp {
-			continue
-		}
-		super := fields[len(fields)-1]
+	for _, m := range mounts {
+		super := m.VFSOptions
 		if !strings.Contains(super, "default_permissions") {
 			t.Errorf("mount options %s: no default_permissions", super)
 		}

@@ -2,6 +2,7 @@ package cloudletfs_test
 
 import (
 	"bufio"
+	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
@@ -251,6 +252,65 @@ func TestCrashRecovery(t *testing.T) {
 		}
 		if n := src.Demands("memory", c); n != want {
 			t.Errorf("chunk %d fetched %d times after the crash, want %d", c, n, want)
+		}
+	}
+}
+
+// TestKillAfterOverwrite: the VM overwrites chunks already durable as present (one whole,
+// one in part), through the mount, and the server is killed before its next flush. A re-run
+// over the cache must read the overlay's bytes there, not the VM's.
+func TestKillAfterOverwrite(t *testing.T) {
+	baseDir, cache, mp := t.TempDir(), t.TempDir(), t.TempDir()
+	cmd := child(t, "daemon", baseDir+","+cache+","+mp)
+	cmd.Stderr = os.Stderr
+	stdout, _ := cmd.StdoutPipe()
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	killed := false
+	defer func() {
+		if !killed {
+			cmd.Process.Kill()
+			cmd.Wait()
+		}
+	}()
+	if line, err := bufio.NewReader(stdout).ReadString('\n'); err != nil || line != "ready\n" {
+		t.Fatalf("daemon: %q, %v", line, err)
+	}
+	img, err := os.OpenFile(mp+"/memory/image", os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Chunks 2 and 6 are durable as present in the daemon (its flush interval is an hour).
+	writes := []struct {
+		off int64
+		n   int
+	}{{2 * chunk.Size, chunk.Size}, {6*chunk.Size + 100, 200}}
+	for _, w := range writes {
+		if _, err := img.WriteAt(bytes.Repeat([]byte{0xaa}, w.n), w.off); err != nil {
+			t.Fatal(err)
+		}
+	}
+	img.Close()
+	cmd.Process.Signal(syscall.SIGKILL)
+	cmd.Wait()
+	killed = true
+	if _, err := cloudletfs.ClearStale(mp); err != nil {
+		t.Fatal(err)
+	}
+
+	f := newFixture(t, baseDir, 11)
+	for _, discard := range []bool{false, true} { // a discarding open forgets the VM writes
+		got := reopenAndRead(t, f, cache, discard, "memory")
+		for _, c := range []int64{2, 6} {
+			lo, hi := c*chunk.Size, (c+1)*chunk.Size
+			if discard {
+				checkBytes(t, fmt.Sprintf("chunk %d after the kill, in a re-run", c), got[lo:hi], f.want["memory"][lo:hi], lo)
+			} else if bytes.Equal(got[lo:hi], f.want["memory"][lo:hi]) {
+				// Kept (a mount that keeps VM writes), the chunk is the VM's: its write
+				// reached the cache file before the kill.
+				t.Errorf("chunk %d after the kill, kept: the overlay's bytes, want the VM's write", c)
+			}
 		}
 	}
 }

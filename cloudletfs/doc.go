@@ -17,4 +17,11 @@
 // Durability: a chunk written to the cache is recorded in the presence map only after the
 // cache file is fsynced (every FlushInterval, on fsync from the client, and at Close), so a
 // crash never makes an unwritten chunk look present.
+//
+// The cache invariant: a chunk recorded present holds exactly the overlay's verified bytes,
+// whatever crashes when. Syncs are serialised and record each chunk's latest state only; the
+// VM's first write to a chunk recorded present durably downgrades the record to modified
+// before its bytes reach the cache file (one fdatasync of the map, paid once per chunk); and
+// a reused cache whose images have ImageConfig.Expected is checked against the overlay's
+// digests at Open, every mismatch logged and fetched again.
 package cloudletfs

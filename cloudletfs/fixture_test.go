@@ -149,3 +149,25 @@ func eventually(t testing.TB, d time.Duration, what string, cond func() bool) {
 }
 
 func describe(s cloudletfs.State, c int64) string { return fmt.Sprintf("chunk %d (%v)", c, s) }
+
+// expected is the ImageConfig.Expected hook the fixture's overlay would give: the digest of
+// each pending chunk's model bytes, and nothing for base and zero chunks.
+func (f *fixture) expected(i int) func(int64) (chunk.Digest, bool) {
+	cfg := f.configs[i]
+	return func(c int64) (chunk.Digest, bool) {
+		if cfg.Plan[c] != cloudletfs.StatePending {
+			return chunk.Digest{}, false
+		}
+		lo := c * chunk.Size
+		return chunk.Sum(f.want[cfg.Name][lo:min(lo+chunk.Size, cfg.Size)]), true
+	}
+}
+
+// verified returns the fixture's image configurations with their Expected hooks set.
+func (f *fixture) verified() []cloudletfs.ImageConfig {
+	cfgs := append([]cloudletfs.ImageConfig(nil), f.configs...)
+	for i := range cfgs {
+		cfgs[i].Expected = f.expected(i)
+	}
+	return cfgs
+}

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log"
 	"os"
 	"path/filepath"
 	"strings"
@@ -12,6 +13,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/cloudlet/cloudlet/internal/atomicfile"
 )
 
 // Config describes a cloudletfs instance.
@@ -32,6 +35,9 @@ type Config struct {
 	// FlushInterval is how often cached chunks are made durable; 0 means 100 ms. Shorter
 	// costs more fsyncs; longer means more refetching after a crash.
 	FlushInterval time.Duration
+	// Log receives what Open finds wrong in a reused cache (see ImageConfig.Expected); nil
+	// logs to stderr.
+	Log *log.Logger
 }
 
 // FS is the set of images behind one mount, with their event streams.
@@ -56,6 +62,9 @@ const TraceFile = "trace.json"
 func Open(cfg Config) (*FS, error) {
 	if cfg.FlushInterval == 0 {
 		cfg.FlushInterval = 100 * time.Millisecond
+	}
+	if cfg.Log == nil {
+		cfg.Log = defaultLog()
 	}
 	// The cache holds guest RAM and disk: this user's alone, also when an older version
 	// made the directory open to others.
@@ -83,7 +92,7 @@ func Open(cfg Config) (*FS, error) {
 			f.closeImages()
 			return nil, fmt.Errorf("cloudletfs: bad or repeated image name %q", ic.Name)
 		}
-		img, err := openImage(ic, cfg.Dir, cfg.DiscardModified, cfg.Demander, f.ev)
+		img, err := openImage(ic, &f.cfg, f.ev)
 		if err != nil {
 			f.closeImages()
 			return nil, err
@@ -107,7 +116,7 @@ func (f *FS) checkIdentity() error {
 	path := filepath.Join(f.cfg.Dir, "identity")
 	got, err := os.ReadFile(path)
 	if errors.Is(err, os.ErrNotExist) {
-		return writeFileAtomic(path, []byte(want))
+		return atomicfile.WriteFile(path, []byte(want))
 	}
 	if err != nil {
 		return fmt.Errorf("cloudletfs cache: %w", err)
@@ -228,26 +237,5 @@ func (f *FS) writeTrace() error {
 	if err != nil {
 		return err
 	}
-	return writeFileAtomic(filepath.Join(f.cfg.Dir, TraceFile), b)
-}
-
-// writeFileAtomic writes via a temporary file, fsync and rename: readers see all or nothing.
-func writeFileAtomic(path string, b []byte) error {
-	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp-")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(tmp.Name())
-	if _, err := tmp.Write(b); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	return os.Rename(tmp.Name(), path)
+	return atomicfile.WriteFile(filepath.Join(f.cfg.Dir, TraceFile), b)
 }

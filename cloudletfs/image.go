@@ -65,89 +65,8 @@ type imageStats struct {
 	present                   atomic.Int64 // chunks whose bytes are in the cache
 }
 
-// ImageConfig describes one image of a mount.
-type ImageConfig struct {
-	Name string // "disk" or "memory": the directory it appears in
-	Size int64
-	// Base is the base image file; "" means the base is all zeros. It is opened read-only
-	// and never written.
-	Base string
-	// Plan is the state of each chunk before anything is cached: StateBase, StateZero or
-	// StatePending. nil means every chunk comes from the base.
-	Plan []State
-}
-
 func bitGet(b []uint64, i int64) bool { return b[i/64]&(1<<(i%64)) != 0 }
 func bitSet(b []uint64, i int64)      { b[i/64] |= 1 << (i % 64) }
-
-// openImage opens an image's files in dir. With discardModified, chunks the VM wrote in an
-// earlier run fall back to their plan state: a synthesis re-run resumes the snapshot again,
-// and must not see a disk that a later moment of the previous run wrote.
-func openImage(cfg ImageConfig, dir string, discardModified bool, demander Demander, ev *streams) (_ *Image, err error) {
-	n := chunk.Count(cfg.Size)
-	if cfg.Size <= 0 {
-		return nil, fmt.Errorf("image %s: size %d", cfg.Name, cfg.Size)
-	}
-	if cfg.Plan != nil && int64(len(cfg.Plan)) != n {
-		return nil, fmt.Errorf("image %s: plan has %d chunks, want %d", cfg.Name, len(cfg.Plan), n)
-	}
-	img := &Image{name: cfg.Name, size: cfg.Size, chunks: n, demander: demander, events: ev,
-		waiters: map[int64]chan struct{}{}, demanded: make([]uint64, (n+63)/64),
-		accessed: make([]uint64, (n+63)/64), modified: make([]uint64, (n+63)/64)}
-	defer func() {
-		if err != nil {
-			img.closeFiles()
-		}
-	}()
-	if cfg.Base != "" {
-		if img.base, err = os.Open(cfg.Base); err != nil {
-			return nil, fmt.Errorf("image %s: base: %w", cfg.Name, err)
-		}
-		st, err := img.base.Stat()
-		if err != nil {
-			return nil, fmt.Errorf("image %s: base: %w", cfg.Name, err)
-		}
-		if st.Size() != cfg.Size {
-			return nil, fmt.Errorf("image %s: base %s has %d bytes, want %d", cfg.Name, cfg.Base, st.Size(), cfg.Size)
-		}
-	}
-	cachePath := dir + "/" + cfg.Name + ".cache"
-	if img.cache, err = os.OpenFile(cachePath, os.O_RDWR|os.O_CREATE, 0o600); err != nil {
-		return nil, fmt.Errorf("image %s: cache: %w", cfg.Name, err)
-	}
-	if err := img.cache.Truncate(cfg.Size); err != nil {
-		return nil, fmt.Errorf("image %s: cache: %w", cfg.Name, err)
-	}
-	if img.presence, err = openPresence(dir+"/"+cfg.Name+".presence", n); err != nil {
-		return nil, fmt.Errorf("image %s: %w", cfg.Name, err)
-	}
-	img.state = make([]State, n)
-	var discard []int64
-	for i := range n {
-		plan := StateBase
-		if cfg.Plan != nil {
-			plan = cfg.Plan[i]
-			if plan != StateBase && plan != StateZero && plan != StatePending {
-				return nil, fmt.Errorf("image %s: chunk %d: plan state %v", cfg.Name, i, plan)
-			}
-		}
-		if plan == StateBase && img.base == nil {
-			plan = StateZero
-		}
-		img.state[i] = img.presence.state(i, plan)
-		if img.state[i] == StateModified && discardModified {
-			img.state[i] = plan
-			discard = append(discard, i)
-		}
-		if img.state[i].cached() {
-			img.stats.present.Add(1)
-		}
-	}
-	if err := img.presence.forget(discard); err != nil {
-		return nil, fmt.Errorf("image %s: %w", cfg.Name, err)
-	}
-	return img, nil
-}
 
 // Name is the image's name.
 func (img *Image) Name() string { return img.name }
@@ -319,26 +238,26 @@ func (img *Image) Deliver(c int64, data []byte) error {
 	img.mu.Lock()
 	defer img.mu.Unlock()
 	if err != nil {
-		img.setLocked(c, StatePending)
+		img.setLocked(c, StatePending, StatePending)
 		return fmt.Errorf("image %s: cache chunk %d: %w", img.name, c, err)
 	}
-	img.setLocked(c, StatePresent)
+	img.setLocked(c, StatePending, StatePresent)
 	img.stats.chunksFetched.Add(1)
 	img.events.chunk(kindFetched, img.name, c)
 	return nil
 }
 
-// setLocked changes a chunk's state and wakes its waiters.
-func (img *Image) setLocked(c int64, s State) {
-	was := img.state[c]
-	img.state[c] = s
-	if s.cached() {
-		img.dirty = append(img.dirty, dirtyChunk{c, s})
-		if !was.cached() {
+// setLocked ends a change of chunk c that began in state from (it has been busy since): it
+// sets state to, queues the chunk for Sync if cached, and wakes its waiters.
+func (img *Image) setLocked(c int64, from, to State) {
+	img.state[c] = to
+	if to.cached() {
+		img.dirty = append(img.dirty, dirtyChunk{c, to})
+		if !from.cached() {
 			img.stats.present.Add(1)
 		}
 	}
-	if ch, ok := img.waiters[c]; ok && s != stateBusy {
+	if ch, ok := img.waiters[c]; ok {
 		close(ch)
 		delete(img.waiters, c)
 	}
@@ -371,7 +290,7 @@ func (img *Image) WriteAt(ctx context.Context, p []byte, off int64) (int, error)
 }
 
 func (img *Image) writeChunk(ctx context.Context, c int64, data []byte, within int64) error {
-	cOff, cLen := img.chunkSpan(c)
+	_, cLen := img.chunkSpan(c)
 	full := within == 0 && int64(len(data)) == cLen
 	if !full {
 		// The rest of the chunk must be readable before it can be merged.
@@ -402,55 +321,48 @@ func (img *Image) writeChunk(ctx context.Context, c int64, data []byte, within i
 	}
 	img.mu.Unlock()
 
-	var err error
-	if full || was.cached() {
-		// The cache holds the whole chunk already, or the write covers it.
-		_, err = img.cache.WriteAt(data, cOff+within)
-	} else {
-		buf := make([]byte, cLen)
-		if was == StateBase {
-			_, err = img.base.ReadAt(buf, cOff)
-		}
-		if err == nil {
-			copy(buf[within:], data)
-			_, err = img.cache.WriteAt(buf, cOff)
-		}
-	}
+	err := img.writeCache(c, was, data, within, full)
 	img.mu.Lock()
 	defer img.mu.Unlock()
+	switch {
+	case err == nil:
+		img.setLocked(c, was, StateModified)
+	case was.cached():
+		// The cache may hold part of the write now: the chunk is no longer the overlay's.
+		img.setLocked(c, was, StateModified)
+	default:
+		img.setLocked(c, was, was)
+	}
 	if err != nil {
-		img.setLocked(c, was)
 		return fmt.Errorf("image %s: write chunk %d: %w", img.name, c, err)
 	}
-	img.setLocked(c, StateModified)
 	return nil
 }
 
-// Sync makes every cached chunk durable: the cache file is fsynced, then the presence map
-// records the chunks. Until then, a crash makes them pending (or base) again.
-func (img *Image) Sync() error {
-	img.syncMu.Lock()
-	defer img.syncMu.Unlock()
-	img.mu.Lock()
-	dirty := img.dirty
-	img.dirty = nil
-	img.mu.Unlock()
-	if len(dirty) == 0 {
-		return nil
+// writeCache puts the VM's write to chunk c, whose state was was, into the cache file.
+func (img *Image) writeCache(c int64, was State, data []byte, within int64, full bool) error {
+	cOff, cLen := img.chunkSpan(c)
+	if was == StatePresent {
+		// Once the VM's bytes are in the cache, no durable record may call them the
+		// overlay's: only the first write to a present chunk pays for this fdatasync.
+		if err := img.presence.downgrade(c); err != nil {
+			return err
+		}
 	}
-	// Every chunk in dirty had its bytes written before it was queued, so this fsync covers
-	// them; the state recorded is the one those bytes belong to.
-	err := img.cache.Sync()
-	if err == nil {
-		err = img.presence.record(dirty)
+	if full || was.cached() {
+		// The cache holds the whole chunk already, or the write covers it.
+		_, err := img.cache.WriteAt(data, cOff+within)
+		return err
 	}
-	if err != nil {
-		img.mu.Lock()
-		img.dirty = append(dirty, img.dirty...)
-		img.mu.Unlock()
-		return fmt.Errorf("image %s: make cache durable: %w", img.name, err)
+	buf := make([]byte, cLen)
+	if was == StateBase {
+		if _, err := img.base.ReadAt(buf, cOff); err != nil {
+			return err
+		}
 	}
-	return nil
+	copy(buf[within:], data)
+	_, err := img.cache.WriteAt(buf, cOff)
+	return err
 }
 
 // stop refuses further requests and wakes waiting readers, which then get errClosed. The

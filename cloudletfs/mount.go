@@ -1,7 +1,6 @@
 package cloudletfs
 
 import (
-	"bufio"
 	"errors"
 	"fmt"
 	"log"
@@ -15,6 +14,7 @@ import (
 
 	"github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
+	"github.com/moby/sys/mountinfo"
 	"golang.org/x/sys/unix"
 )
 
@@ -232,45 +232,11 @@ func ClearStale(dir string) (bool, error) {
 
 // mountedAt reports whether dir is a mount point, and of what type, from /proc/self/mountinfo.
 func mountedAt(dir string) (bool, string) {
-	f, err := os.Open("/proc/self/mountinfo")
-	if err != nil {
+	mounts, err := mountinfo.GetMounts(mountinfo.SingleEntryFilter(dir))
+	if err != nil || len(mounts) == 0 {
 		return false, ""
 	}
-	defer f.Close()
-	s := bufio.NewScanner(f)
-	for s.Scan() {
-		fields := strings.Fields(s.Text())
-		// ID PARENT MAJ:MIN ROOT MOUNTPOINT OPTIONS [OPTIONAL...] - FSTYPE SOURCE SUPER
-		if len(fields) < 7 || unescapeMount(fields[4]) != dir {
-			continue
-		}
-		for i, fl := range fields {
-			if fl == "-" && i+1 < len(fields) {
-				return true, fields[i+1]
-			}
-		}
-		return true, "unknown"
-	}
-	return false, ""
-}
-
-// unescapeMount undoes mountinfo's octal escapes (\040 for a space).
-func unescapeMount(s string) string {
-	if !strings.Contains(s, `\`) {
-		return s
-	}
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\\' && i+3 < len(s) {
-			if v, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
-				b.WriteByte(byte(v))
-				i += 3
-				continue
-			}
-		}
-		b.WriteByte(s[i])
-	}
-	return b.String()
+	return true, mounts[0].FSType
 }
 
 // raiseDirtyLimit sets the mount's backing device to max_ratio 50 and strict_limit 0. Each

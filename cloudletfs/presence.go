@@ -3,6 +3,9 @@ package cloudletfs
 import (
 	"fmt"
 	"os"
+	"sync"
+
+	"golang.org/x/sys/unix"
 )
 
 // The presence map is the durable record of which chunks are in the cache file: one byte per
@@ -13,6 +16,12 @@ import (
 //
 // A byte per chunk rather than a bit keeps each update a single-byte write, which no crash can
 // tear, at 256 KiB per GiB of image.
+//
+// present is a promise: the cache holds exactly the overlay's verified bytes. So a chunk is
+// recorded with its latest state only (a batch entry that a later change overtook is
+// dropped), and before the VM's first write to a chunk recorded present reaches the cache
+// file, the record is durably downgraded to modified (see downgrade). modified promises
+// nothing about the bytes: a re-run that discards the VM's writes fetches the chunk again.
 const (
 	presenceNone     = 0
 	presencePresent  = 1
@@ -22,7 +31,11 @@ const (
 type presenceMap struct {
 	f    *os.File
 	path string
-	b    []byte // what the file holds
+
+	// mu orders the map's writers (Sync's records, the VM's downgrades): whichever writes
+	// last decides what a crash leaves.
+	mu sync.Mutex
+	b  []byte // guarded by mu: what the file holds
 }
 
 // openPresence opens or creates the map for n chunks.
@@ -73,8 +86,13 @@ func (p *presenceMap) state(chunk int64, plan State) State {
 }
 
 // record marks chunks durable with their states and writes the changed span. The caller has
-// fsynced the cache file first.
-func (p *presenceMap) record(chunks []dirtyChunk) error {
+// fsynced the cache file first. latest is called with the map locked and returns the chunks
+// to record: those whose state has not changed since, so no VM write that started after it
+// can be overtaken by an older record.
+func (p *presenceMap) record(latest func() []dirtyChunk) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	chunks := latest()
 	if len(chunks) == 0 {
 		return nil
 	}
@@ -90,11 +108,33 @@ func (p *presenceMap) record(chunks []dirtyChunk) error {
 	return p.write(lo, hi)
 }
 
+// downgrade durably records a chunk recorded present as modified, before the VM's bytes
+// reach its place in the cache file. A chunk not recorded present costs nothing: no record
+// trusts it, and Sync records only its latest state.
+func (p *presenceMap) downgrade(c int64) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.b[c] != presencePresent {
+		return nil
+	}
+	if _, err := p.f.WriteAt([]byte{presenceModified}, c); err != nil {
+		return fmt.Errorf("%s: chunk %d: %w", p.path, c, err)
+	}
+	p.b[c] = presenceModified
+	// fdatasync: the map's size never changes, so its data is all that must reach the disk.
+	if err := unix.Fdatasync(int(p.f.Fd())); err != nil {
+		return fmt.Errorf("%s: fdatasync: %w", p.path, err)
+	}
+	return nil
+}
+
 // forget clears the given chunks' bytes (for discarded VM writes).
 func (p *presenceMap) forget(chunks []int64) error {
 	if len(chunks) == 0 {
 		return nil
 	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
 	lo, hi := chunks[0], chunks[0]
 	for _, c := range chunks {
 		p.b[c] = presenceNone
@@ -103,6 +143,7 @@ func (p *presenceMap) forget(chunks []int64) error {
 	return p.write(lo, hi)
 }
 
+// write writes the span [lo, hi] of the map and fsyncs it; p.mu is held.
 func (p *presenceMap) write(lo, hi int64) error {
 	if _, err := p.f.WriteAt(p.b[lo:hi+1], lo); err != nil {
 		return fmt.Errorf("%s: %w", p.path, err)

@@ -16,6 +16,7 @@ import (
 	"github.com/cloudlet/cloudlet/chunk"
 	"github.com/cloudlet/cloudlet/cloudletfs"
 	"github.com/cloudlet/cloudlet/overlay"
+	"github.com/cloudlet/cloudlet/synthesis/origin"
 )
 
 // FetchOptions tune the fetcher.
@@ -49,7 +50,7 @@ const (
 type Fetcher struct {
 	// Fixed after construction.
 	r      *overlay.Reader
-	origin Origin
+	origin origin.Origin
 	base   []io.ReaderAt
 	place  map[[2]int64]int // (image, chunk) -> entry
 	users  [][]int          // blob -> entries it feeds (its own chunks and self references)
@@ -80,14 +81,14 @@ type Fetcher struct {
 	wg     sync.WaitGroup
 }
 
-// NewFetcher prepares a fetcher for the overlay behind r (read through origin), with base
+// NewFetcher prepares a fetcher for the overlay behind r (read through src), with base
 // images for base references, in the overlay's image order.
-func NewFetcher(r *overlay.Reader, origin Origin, base []io.ReaderAt, opts FetchOptions) *Fetcher {
+func NewFetcher(r *overlay.Reader, src origin.Origin, base []io.ReaderAt, opts FetchOptions) *Fetcher {
 	if opts.Concurrency <= 0 {
 		opts.Concurrency = 4
 	}
 	ix := r.Index
-	f := &Fetcher{r: r, origin: origin, base: base, opts: opts, place: map[[2]int64]int{},
+	f := &Fetcher{r: r, origin: src, base: base, opts: opts, place: map[[2]int64]int{},
 		users: make([][]int, len(ix.Blobs)), state: make([]uint8, len(ix.Blobs)), left: len(ix.Blobs),
 		wake: make(chan struct{}, 1), complete: make(chan struct{}), failed: make(chan struct{})}
 	for e, c := range ix.Chunks {

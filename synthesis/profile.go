@@ -4,11 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"os"
 	"path/filepath"
 
 	"github.com/cloudlet/cloudlet/cloudletfs"
 	"github.com/cloudlet/cloudlet/overlay"
+	"github.com/cloudlet/cloudlet/synthesis/origin"
 )
 
 // Profile records a working set the way REAP does: it synthesises the overlay locally, notes
@@ -38,17 +38,17 @@ func Profile(ctx context.Context, o Options, runs int, output string) (ws int, e
 		}
 		accessed = append(accessed, trace.Accessed...)
 	}
-	src, err := OpenOrigin(context.Background(), o.Source, o.HTTP)
+	src, err := origin.Open(ctx, o.Source, o.HTTP)
 	if err != nil {
 		return 0, err
 	}
 	defer src.Close()
-	r, err := overlay.Open(readerAt{context.Background(), src}, src.Size(), ExpectFor(o.Base))
+	r, err := overlay.Open(origin.ReaderAt(ctx, src), src.Size(), ExpectFor(o.Base))
 	if err != nil {
 		return 0, err
 	}
 	defer r.Close()
-	return rewrite(context.Background(), r, accessed, output, filepath.Dir(output))
+	return overlay.Reorder(ctx, r, places(accessed), output, filepath.Dir(output))
 }
 
 // profileRun is one synthesis, stopped once the trace is taken.
@@ -70,69 +70,11 @@ func profileRun(ctx context.Context, o Options) (*cloudletfs.Trace, error) {
 	return trace, nil
 }
 
-// rewrite writes r's overlay again with the stored chunks touched in accessed first.
-func rewrite(ctx context.Context, r *overlay.Reader, accessed []cloudletfs.ChunkEvent, output, tmpDir string) (int, error) {
-	ix := r.Index
-	place := map[[2]int64]int{}
-	for e, c := range ix.Chunks {
-		place[[2]int64{int64(c.Image), c.Index}] = e
+// places are the chunks a trace saw the VM touch, in order.
+func places(accessed []cloudletfs.ChunkEvent) []overlay.Place {
+	ps := make([]overlay.Place, len(accessed))
+	for i, ev := range accessed {
+		ps[i] = overlay.Place{Image: ev.Image, Index: ev.Chunk}
 	}
-	entries := make([]overlay.Entry, len(ix.Chunks))
-	for e, c := range ix.Chunks {
-		entries[e] = overlay.Entry{Image: c.Image, Index: c.Index, Kind: c.Kind, BaseImage: c.BaseImage, BaseIndex: c.BaseIndex, Digest: c.Digest}
-		if c.Kind == overlay.KindSelf {
-			t := ix.Chunks[c.Self]
-			entries[e].SameImage, entries[e].SameIndex = t.Image, t.Index
-		}
-	}
-	// The working set: stored chunks in order of first touch (a self reference brings in the
-	// chunk it repeats).
-	var order []int
-	seen := map[int]bool{}
-	for _, ev := range accessed {
-		im := ix.ImageIndex(ev.Image)
-		e, ok := place[[2]int64{int64(im), ev.Chunk}]
-		if im < 0 || !ok {
-			continue
-		}
-		if ix.Chunks[e].Kind == overlay.KindSelf {
-			e = int(ix.Chunks[e].Self)
-		}
-		if ix.Chunks[e].Kind == overlay.KindBlob && !seen[e] {
-			seen[e] = true
-			order = append(order, e)
-		}
-	}
-	ws := len(order)
-	// Then the rest in the old prefetch order.
-	for _, p := range ix.Prefetch {
-		if !seen[int(p)] {
-			seen[int(p)] = true
-			order = append(order, int(p))
-		}
-	}
-	dev, err := r.Devstate()
-	if err != nil {
-		return 0, err
-	}
-	meta := overlay.Meta{BaseID: ix.BaseID, Images: ix.Images, Config: ix.Config, Codec: ix.Codec, WorkingSet: ws}
-	tmp, err := os.CreateTemp(tmpDir, "."+filepath.Base(output)+".partial-")
-	if err != nil {
-		return 0, err
-	}
-	defer os.Remove(tmp.Name())
-	defer tmp.Close()
-	_, err = overlay.Write(ctx, tmp, tmpDir, meta, dev, entries, order, func(im uint8, i int64) ([]byte, error) {
-		return r.ChunkData(place[[2]int64{int64(im), i}])
-	})
-	if err != nil {
-		return 0, err
-	}
-	if err := errors.Join(tmp.Chmod(0o600), tmp.Sync(), tmp.Close()); err != nil {
-		return 0, err
-	}
-	if err := os.Rename(tmp.Name(), output); err != nil {
-		return 0, fmt.Errorf("profile: %w", err)
-	}
-	return ws, nil
+	return ps
 }

@@ -5,22 +5,23 @@
 // Data flows one way: origin (file, HTTP range) → Fetcher (working set, demand misses first,
 // then prefetch order; blob and chunk digests checked) → cloudletfs (cache over the base) →
 // QEMU.
+//
+// Run is one session: a runner opens the origin and the overlay, mounts cloudletfs, starts
+// the fetcher, resumes the VM and runs its event loop. Origins live in synthesis/origin, the
+// HTTP API that runs sessions for clients in synthesis/api.
 package synthesis
 
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
-	"os"
-	"path/filepath"
-	"sync"
 	"time"
 
 	"github.com/cloudlet/cloudlet/base"
 	"github.com/cloudlet/cloudlet/cloudletfs"
 	"github.com/cloudlet/cloudlet/overlay"
 	"github.com/cloudlet/cloudlet/probe"
+	"github.com/cloudlet/cloudlet/synthesis/origin"
 	"github.com/cloudlet/cloudlet/vm"
 )
 
@@ -29,8 +30,8 @@ type Options struct {
 	Base   *base.Base
 	Source string // overlay file or URL
 	// Origin, if set, is used instead of opening Source (an upload in progress).
-	Origin Origin
-	HTTP   HTTPOptions
+	Origin origin.Origin
+	HTTP   origin.HTTPOptions
 	Fetch  FetchOptions
 	// CacheDir holds the materialised images; reusing it after a crash continues where the
 	// last run stopped. MountDir is where cloudletfs is mounted (in cloudletfs.RunDir
@@ -72,175 +73,9 @@ type Timeline map[string]Event
 // ExitWhenComplete) the work is done. A failed fetch pauses the VM and returns the reason:
 // the guest never runs on bytes that were not verified.
 func Run(ctx context.Context, o Options) (Timeline, error) {
-	start := time.Now()
-	tl := Timeline{}
-	var mu sync.Mutex
-	var fetcher *Fetcher
-	var fsys *cloudletfs.FS
-	emit := func(name, detail string) {
-		e := Event{Name: name, Seconds: time.Since(start).Seconds(), Detail: detail}
-		if fetcher != nil {
-			e.Bytes = fetcher.BytesFetched()
-			st := fetcher.Stats()
-			e.Fetch = &st
-		}
-		if fsys != nil {
-			e.Stall = map[string]float64{}
-			for _, img := range fsys.Images() {
-				e.Stall[img.Name()] = img.Stats().StallSeconds
-			}
-		}
-		mu.Lock()
-		tl[name] = e
-		mu.Unlock()
-		if o.OnEvent != nil {
-			o.OnEvent(e)
-		}
-	}
-
-	origin := o.Origin
-	if origin == nil {
-		var err error
-		if origin, err = OpenOrigin(ctx, o.Source, o.HTTP); err != nil {
-			return tl, err
-		}
-	}
-	defer origin.Close()
-	r, err := overlay.Open(readerAt{ctx, origin}, origin.Size(), ExpectFor(o.Base))
-	if err != nil {
-		return tl, fmt.Errorf("%s: %w", origin, err)
-	}
-	defer r.Close()
-	if err := CheckOverlay(r, o.Base); err != nil {
-		return tl, err
-	}
-	dev, err := r.Devstate()
-	if err != nil {
-		return tl, fmt.Errorf("%s: %w", origin, err)
-	}
-	if err := os.MkdirAll(o.CacheDir, 0o700); err != nil {
-		return tl, err
-	}
-	devPath := filepath.Join(o.CacheDir, "devstate")
-	if err := os.WriteFile(devPath, dev, 0o600); err != nil {
-		return tl, err
-	}
-	baseImgs, closeBase, err := o.Base.OpenImages()
-	if err != nil {
-		return tl, err
-	}
-	defer closeBase()
-	fetcher = NewFetcher(r, origin, baseImgs, o.Fetch)
-	emit("index", fmt.Sprintf("overlay %s, %d blobs", r.ID()[:12], len(r.Index.Blobs)))
-
-	plans := Plans(r.Index)
-	b := o.Base
-	fsys, err = cloudletfs.Open(cloudletfs.Config{
-		Dir:             o.CacheDir,
-		Identity:        "synthesis " + r.ID(),
-		DiscardModified: true,
-		Demander:        fetcher,
-		Images: []cloudletfs.ImageConfig{
-			{Name: "disk", Size: r.Index.Images[0].Size, Base: b.Path(base.DiskFile), Plan: plans[0]},
-			{Name: "memory", Size: r.Index.Images[1].Size, Base: b.Path(base.MemoryFile), Plan: plans[1]},
-		},
-	})
-	if err != nil {
-		return tl, err
-	}
-	defer fsys.Close()
-	// QEMU's user, if another, gets the images, and a mount point it can reach.
-	var user *cloudletfs.User
-	if u := o.VM.RunAs; u != nil {
-		user = &cloudletfs.User{UID: uint32(u.UID), GID: uint32(u.GID)}
-	}
-	mountDir, removeMountDir, err := cloudletfs.PrepareMountPoint(o.MountDir, cloudletfs.RunDir, user)
-	if err != nil {
-		return tl, err
-	}
-	defer removeMountDir()
-	mnt, err := fsys.Mount(mountDir, cloudletfs.MountOptions{User: user})
-	if err != nil {
-		return tl, err
-	}
-	defer mnt.Unmount()
-	fetcher.Start(ctx, fsys)
-	defer fetcher.Close()
-
-	if !o.EarlyStart {
-		select {
-		case <-fetcher.Complete():
-			emit("complete", "")
-		case <-fetcher.Failed():
-			return tl, fmt.Errorf("fetch overlay: %w", fetcher.Err())
-		case <-ctx.Done():
-			return tl, ctx.Err()
-		}
-	}
-
-	opts := o.VM
-	bo := b.VMOptions()
-	opts.Config, opts.Kernel, opts.Initrd = bo.Config, bo.Kernel, bo.Initrd
-	opts.Disk = vm.Disk{Path: filepath.Join(mnt.Dir, "disk/image")}
-	opts.Memory = vm.Memory{Path: filepath.Join(mnt.Dir, "memory/image"), Share: false}
-	opts.ServedByCaller = true
-	v, release, err := resumeUnlessFailed(ctx, opts, devPath, fetcher)
-	if err != nil {
-		return tl, err
-	}
-	defer release()
-	defer v.Stop(context.WithoutCancel(ctx))
-	emit("resumed", fmt.Sprintf("%s, %s", v, v.Accel()))
-
-	answered := make(chan error, 1)
-	if o.Probe != nil {
-		go func() {
-			pctx, cancel := context.WithTimeout(ctx, o.ProbeTimeout)
-			defer cancel()
-			answered <- o.Probe.Wait(pctx, v.Console())
-		}()
-	}
-	var traceTimer <-chan time.Time
-	complete, gotAnswer := !o.EarlyStart, o.Probe == nil
-	completeCh := fetcher.Complete()
-	if complete {
-		completeCh = nil
-	}
-	for {
-		if o.ExitWhenComplete && complete && gotAnswer {
-			return tl, nil
-		}
-		select {
-		case <-completeCh:
-			complete, completeCh = true, nil
-			emit("complete", "")
-		case err := <-answered:
-			if err != nil {
-				return tl, fmt.Errorf("no answer from the VM: %w", err)
-			}
-			gotAnswer = true
-			emit("first_answer", o.Probe.String())
-			if o.OnTrace != nil {
-				traceTimer = time.After(o.ProfileTail)
-			}
-		case <-traceTimer:
-			traceTimer = nil
-			o.OnTrace(fsys.Trace())
-		case <-fetcher.Failed():
-			return tl, haltOnFailure(ctx, v, fetcher.Err())
-		case <-v.Done():
-			if errors.Is(v.Err(), vm.ErrStoppedOutside) {
-				emit("stopped", v.Err().Error())
-				return tl, nil
-			}
-			if v.Err() != nil {
-				return tl, fmt.Errorf("the VM stopped: %w", v.Err())
-			}
-			return tl, nil
-		case <-ctx.Done():
-			return tl, nil
-		}
-	}
+	r := newRunner(o)
+	err := r.run(ctx)
+	return r.timeline(), err
 }
 
 // ExpectFor is what overlay.Open checks an overlay's index head against, before it decodes the
@@ -250,35 +85,6 @@ func ExpectFor(b *base.Base) overlay.Expect {
 		{Name: "disk", Size: b.Manifest.Files[base.DiskFile].Size},
 		{Name: "memory", Size: b.Manifest.Files[base.MemoryFile].Size},
 	}}
-}
-
-// resumeUnlessFailed resumes the VM, and gives up, stopping QEMU, if the fetch fails meanwhile:
-// the resume may wait in a read of a chunk that will never come, and QEMU's monitor with it.
-// The VM lives until ctx ends or release is called.
-func resumeUnlessFailed(ctx context.Context, opts vm.Options, devPath string, f *Fetcher) (*vm.VM, context.CancelFunc, error) {
-	vmCtx, cancel := context.WithCancel(ctx)
-	resumed := make(chan struct{})
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		select {
-		case <-f.Failed():
-			cancel()
-		case <-resumed:
-		}
-	}()
-	v, err := vm.Resume(vmCtx, opts, devPath)
-	close(resumed)
-	wg.Wait()
-	if err != nil {
-		cancel()
-		if f.Err() != nil {
-			return nil, nil, fmt.Errorf("fetch overlay: %w; the VM was stopped while it resumed", f.Err())
-		}
-		return nil, nil, err
-	}
-	return v, cancel, nil
 }
 
 // CheckOverlay refuses an overlay made on another base, for other images, or for another VM
@@ -302,20 +108,4 @@ func CheckOverlay(r *overlay.Reader, b *base.Base) error {
 		return fmt.Errorf("overlay %s: VM config %s differs from the base's %s", r.ID()[:12], got, want)
 	}
 	return nil
-}
-
-// pauseTimeout bounds pausing a VM after a failed fetch: a vCPU blocked in a fault on a chunk
-// that will never come cannot pause.
-const pauseTimeout = 5 * time.Second
-
-// haltOnFailure pauses the VM after a failed fetch, so that it never runs on, and says so. If
-// it cannot be paused, it is stopped.
-func haltOnFailure(ctx context.Context, v *vm.VM, cause error) error {
-	pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), pauseTimeout)
-	defer cancel()
-	if err := v.Pause(pctx); err != nil {
-		v.Kill()
-		return fmt.Errorf("fetch overlay: %w; the VM was stopped: it could not be paused while it waited for chunks that will not come", cause)
-	}
-	return fmt.Errorf("fetch overlay: %w; the VM was paused", cause)
 }

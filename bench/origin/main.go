@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/cloudlet/cloudlet/synthesis"
+	"github.com/cloudlet/cloudlet/synthesis/origin"
 )
 
 func main() {
@@ -37,7 +38,7 @@ func main() {
 		fmt.Fprintln(os.Stderr, "origin:", err)
 		os.Exit(2)
 	}
-	s := synthesis.NewShapedServer(data)
+	s := origin.NewShapedServer(data)
 	defer s.Close()
 	s.Shape(*rtt, rate)
 	fmt.Println(s.URL())

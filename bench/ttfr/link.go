@@ -14,21 +14,21 @@ import (
 	"strings"
 	"time"
 
-	"github.com/cloudlet/cloudlet/synthesis"
+	"github.com/cloudlet/cloudlet/synthesis/origin"
 )
 
 func newLink(ctx context.Context, o options, bits int64, work string) (link, error) {
 	if o.netns {
 		return newNetnsLink(ctx, o, bits, work)
 	}
-	s := synthesis.NewShapedServer(nil)
+	s := origin.NewShapedServer(nil)
 	s.Shape(o.rtt, bits/8)
 	return loopbackLink{s}, nil
 }
 
 // loopbackLink is the userspace emulation: one token bucket for all connections and a delay
 // per request, on loopback.
-type loopbackLink struct{ s *synthesis.ShapedServer }
+type loopbackLink struct{ s *origin.ShapedServer }
 
 func (l loopbackLink) url(name string, data []byte) (string, error) { return l.s.Add(name, data), nil }
 func (l loopbackLink) bytesServed() int64                           { return l.s.Bytes.Load() }

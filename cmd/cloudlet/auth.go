@@ -11,7 +11,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/cloudlet/cloudlet/internal/netguard"
-	"github.com/cloudlet/cloudlet/synthesis"
+	"github.com/cloudlet/cloudlet/synthesis/api"
 )
 
 // tokenFileName is the server's token under --home, made by the first 'serve' that runs
@@ -24,7 +24,7 @@ func defaultTokenPath(g globals) string { return filepath.Join(g.home, tokenFile
 // HOME/token, made on first use. It says on stderr where they are.
 func serveTokens(c *cli.Context, stderr io.Writer) ([]string, error) {
 	if f := c.String("token-file"); f != "" {
-		tokens, err := synthesis.ReadTokenFile(f)
+		tokens, err := api.ReadTokenFile(f)
 		if err != nil {
 			return nil, fmt.Errorf("--token-file: %w", err)
 		}
@@ -32,11 +32,11 @@ func serveTokens(c *cli.Context, stderr io.Writer) ([]string, error) {
 		return tokens, nil
 	}
 	path := defaultTokenPath(globalsOf(c))
-	created, err := synthesis.EnsureTokenFile(path)
+	created, err := api.EnsureTokenFile(path)
 	if err != nil {
 		return nil, fmt.Errorf("%w (or give --token-file)", err)
 	}
-	tokens, err := synthesis.ReadTokenFile(path)
+	tokens, err := api.ReadTokenFile(path)
 	if err != nil {
 		return nil, err
 	}
@@ -55,7 +55,7 @@ func clientToken(c *cli.Context) (string, error) {
 	if path == "" {
 		path, explicit = defaultTokenPath(globalsOf(c)), false
 	}
-	tokens, err := synthesis.ReadTokenFile(path)
+	tokens, err := api.ReadTokenFile(path)
 	if !explicit && errors.Is(err, os.ErrNotExist) {
 		return "", nil // the server will say 401; the error names --token-file
 	}

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"path/filepath"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -14,6 +13,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/cloudlet/cloudlet/base"
+	"github.com/cloudlet/cloudlet/internal/atomicfile"
 )
 
 func baseCommand() *cli.Command {
@@ -173,27 +173,15 @@ func runBaseExport(ctx context.Context, g globals, id, output string, stderr io.
 	if err != nil {
 		return err
 	}
-	tmp, err := os.CreateTemp(filepath.Dir(output), "."+filepath.Base(output)+".partial-")
+	f, err := atomicfile.Create(output)
 	if err != nil {
 		return fmt.Errorf("export: %w", err)
 	}
-	defer os.Remove(tmp.Name())
-	if err := b.Export(ctx, tmp, newProgress(stderr)); err != nil {
-		tmp.Close()
+	defer f.Abort()
+	if err := b.Export(ctx, f, newProgress(stderr)); err != nil {
 		return err
 	}
-	if err := tmp.Chmod(0o600); err != nil {
-		tmp.Close()
-		return fmt.Errorf("export: %w", err)
-	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return fmt.Errorf("export: %w", err)
-	}
-	if err := tmp.Close(); err != nil {
-		return fmt.Errorf("export: %w", err)
-	}
-	if err := os.Rename(tmp.Name(), output); err != nil {
+	if err := f.Commit(); err != nil {
 		return fmt.Errorf("export: %w", err)
 	}
 	fmt.Fprintf(stderr, "exported base %s to %s\n", b.ID, output)

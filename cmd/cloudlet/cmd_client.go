@@ -12,6 +12,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/cloudlet/cloudlet/synthesis"
+	"github.com/cloudlet/cloudlet/synthesis/api"
 )
 
 func clientCommand() *cli.Command {
@@ -46,7 +47,7 @@ func runClient(c *cli.Context) (err error) {
 	if err != nil {
 		return err
 	}
-	cl := &synthesis.Client{Server: server, Token: token}
+	cl := &api.Client{Server: server, Token: token}
 	defer func() { err = hintToken(err, token) }()
 	if id := c.String("stop"); id != "" {
 		if err := cl.Delete(ctx, id); err != nil {
@@ -59,7 +60,7 @@ func runClient(c *cli.Context) (err error) {
 	if (file == "") == (url == "") || c.String("base") == "" {
 		return fmt.Errorf("%w: give --base and exactly one of -o FILE or -u URL", errUsage)
 	}
-	req := synthesis.SessionRequest{Base: c.String("base"), URL: url, Ports: c.IntSlice("port"), NoEarly: c.Bool("no-early-start")}
+	req := api.SessionRequest{Base: c.String("base"), URL: url, Ports: c.IntSlice("port"), NoEarly: c.Bool("no-early-start")}
 	if p := c.String("probe"); p != "" {
 		port, path, _ := strings.Cut(p, "/")
 		n, err := strconv.Atoi(port)
@@ -69,7 +70,7 @@ func runClient(c *cli.Context) (err error) {
 		req.ProbePort, req.ProbePath = n, "/"+path
 		req.Ports = append(req.Ports, n)
 	}
-	var st synthesis.SessionStatus
+	var st api.SessionStatus
 	if file != "" {
 		f, ferr := os.Open(file)
 		if ferr != nil {
@@ -120,7 +121,7 @@ func shortID(id string) string {
 
 // hintToken says what to do about a 401 when the client had no token to send.
 func hintToken(err error, token string) error {
-	var api *synthesis.APIError
+	var api *api.APIError
 	if token == "" && errors.As(err, &api) && api.Code == http.StatusUnauthorized {
 		return fmt.Errorf("%w (no token was sent: give --token-file, or run where the server's --home is)", err)
 	}

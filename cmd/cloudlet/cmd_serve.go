@@ -11,7 +11,7 @@ import (
 
 	"github.com/urfave/cli/v2"
 
-	"github.com/cloudlet/cloudlet/synthesis"
+	"github.com/cloudlet/cloudlet/synthesis/api"
 	"github.com/cloudlet/cloudlet/vm"
 )
 
@@ -35,7 +35,7 @@ func serveCommand() *cli.Command {
 			&cli.IntFlag{Name: "max-sessions", Value: 2, Usage: "sessions that may run at once"},
 			&cli.StringFlag{Name: "max-upload", Value: "8G", Usage: "largest overlay upload"},
 			&cli.StringFlag{Name: "max-overlay", Value: "8G", Usage: "largest overlay, by the size its origin claims, checked before any of it is read"},
-			&cli.DurationFlag{Name: "upload-idle", Value: synthesis.DefaultUploadIdle, Usage: "how long an upload may send nothing before its session fails"},
+			&cli.DurationFlag{Name: "upload-idle", Value: api.DefaultUploadIdle, Usage: "how long an upload may send nothing before its session fails"},
 			&cli.StringFlag{Name: "accel", Value: "auto", Usage: "accelerator for the VMs: auto, kvm or tcg"},
 		}, driverFlags()...),
 		Action: runServe,
@@ -83,7 +83,7 @@ func runServe(c *cli.Context) error {
 		return err
 	}
 	logger := log.New(stderr, "", log.LstdFlags)
-	srv := synthesis.NewServer(ctx, synthesis.ServerOptions{Store: store, ForwardHost: host, Tokens: tokens, AllowOrigins: allow,
+	srv := api.NewServer(ctx, api.ServerOptions{Store: store, ForwardHost: host, Tokens: tokens, AllowOrigins: allow,
 		MaxSessions: c.Int("max-sessions"), MaxUpload: maxUpload, MaxOverlay: maxOverlay, UploadIdle: c.Duration("upload-idle"), VM: vmo, Log: logger})
 	l, err := net.Listen("tcp", c.String("listen"))
 	if err != nil {

@@ -13,6 +13,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/cloudlet/cloudlet/synthesis"
+	"github.com/cloudlet/cloudlet/synthesis/origin"
 )
 
 func synthesisCommand() *cli.Command {
@@ -79,7 +80,7 @@ func runSynthesis(c *cli.Context) error {
 	}
 	src := c.Args().Get(1)
 	o := synthesis.Options{
-		Base: b, Source: src, CacheDir: cache, MountDir: work.Path("mnt"), HTTP: synthesis.HTTPOptions{RetryFor: c.Duration("retry-for")},
+		Base: b, Source: src, CacheDir: cache, MountDir: work.Path("mnt"), HTTP: origin.HTTPOptions{RetryFor: c.Duration("retry-for")},
 		Fetch:      synthesis.FetchOptions{Concurrency: c.Int("concurrency"), BytesPerSecond: bw},
 		EarlyStart: !c.Bool("no-early-start"), Probe: pr, ProbeTimeout: c.Duration("probe-timeout"),
 		ExitWhenComplete: c.Bool("exit-when-complete"),

@@ -24,7 +24,7 @@ import (
 
 	"github.com/cloudlet/cloudlet/base"
 	"github.com/cloudlet/cloudlet/internal/testguest"
-	"github.com/cloudlet/cloudlet/synthesis"
+	"github.com/cloudlet/cloudlet/synthesis/api"
 )
 
 // TestServeHostileInput throws what strangers send at a running 'cloudlet serve': overlays
@@ -83,7 +83,7 @@ func TestServeHostileInput(t *testing.T) {
 			for i := range ports {
 				ports[i] = i + 1
 			}
-			req, _ := json.Marshal(synthesis.SessionRequest{Base: b.ID, URL: origins.url("/junk.overlay"), Ports: ports})
+			req, _ := json.Marshal(api.SessionRequest{Base: b.ID, URL: origins.url("/junk.overlay"), Ports: ports})
 			if code, body := srv.call(t, "POST", "/v1/sessions", req, srv.token); code != http.StatusBadRequest || !strings.Contains(body, "at most 16") {
 				t.Fatalf("got %d %s, want 400 saying at most 16", code, body)
 			}
@@ -334,11 +334,11 @@ func (s *hostileServe) call(t *testing.T, method, path string, body []byte, toke
 	return resp.StatusCode, string(b)
 }
 
-func (s *hostileServe) create(t *testing.T, baseID, url string) (int, synthesis.SessionStatus, string) {
+func (s *hostileServe) create(t *testing.T, baseID, url string) (int, api.SessionStatus, string) {
 	t.Helper()
-	req, _ := json.Marshal(synthesis.SessionRequest{Base: baseID, URL: url})
+	req, _ := json.Marshal(api.SessionRequest{Base: baseID, URL: url})
 	code, body := s.call(t, "POST", "/v1/sessions", req, s.token)
-	var st synthesis.SessionStatus
+	var st api.SessionStatus
 	if code == http.StatusCreated {
 		if err := json.Unmarshal([]byte(body), &st); err != nil {
 			t.Fatalf("create answer %s: %v", body, err)
@@ -357,14 +357,14 @@ func (s *hostileServe) mustCreate(t *testing.T, ctx context.Context, baseID, url
 }
 
 // waitEnded polls a session until it is no longer running.
-func (s *hostileServe) waitEnded(t *testing.T, ctx context.Context, id string) synthesis.SessionStatus {
+func (s *hostileServe) waitEnded(t *testing.T, ctx context.Context, id string) api.SessionStatus {
 	t.Helper()
 	for {
 		code, body := s.call(t, "GET", "/v1/sessions/"+id, nil, s.token)
 		if code != http.StatusOK {
 			t.Fatalf("GET session %s: %d %s", id, code, body)
 		}
-		var st synthesis.SessionStatus
+		var st api.SessionStatus
 		if err := json.Unmarshal([]byte(body), &st); err != nil {
 			t.Fatal(err)
 		}
@@ -386,7 +386,7 @@ func (s *hostileServe) burst(t *testing.T, ctx context.Context, baseID, url stri
 	codes := make([]int, 20)
 	ids := make([]string, 20)
 	errs := make([]error, 20)
-	body, _ := json.Marshal(synthesis.SessionRequest{Base: baseID, URL: url})
+	body, _ := json.Marshal(api.SessionRequest{Base: baseID, URL: url})
 	var wg sync.WaitGroup
 	for i := range codes {
 		wg.Add(1)
@@ -400,7 +400,7 @@ func (s *hostileServe) burst(t *testing.T, ctx context.Context, baseID, url stri
 				return
 			}
 			defer resp.Body.Close()
-			var st synthesis.SessionStatus
+			var st api.SessionStatus
 			json.NewDecoder(resp.Body).Decode(&st)
 			codes[i], ids[i] = resp.StatusCode, st.ID
 		}()
@@ -468,7 +468,7 @@ func (s *hostileServe) silentUpload(t *testing.T, baseID string) string {
 	if err != nil {
 		t.Fatalf("silent upload: %v\nserver: %s", err, s.stderr.String())
 	}
-	var st synthesis.SessionStatus
+	var st api.SessionStatus
 	if err := json.NewDecoder(resp.Body).Decode(&st); resp.StatusCode != http.StatusCreated || err != nil {
 		t.Fatalf("silent upload: %s, %v", resp.Status, err)
 	}

@@ -5,17 +5,19 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/moby/sys/mountinfo"
+
 	"github.com/cloudlet/cloudlet/cloudletfs"
 	"github.com/cloudlet/cloudlet/internal/testguest"
 	"github.com/cloudlet/cloudlet/internal/testlibvirt"
-	"github.com/cloudlet/cloudlet/synthesis"
+	"github.com/cloudlet/cloudlet/synthesis/api"
+	"github.com/cloudlet/cloudlet/synthesis/origin"
 )
 
 // TestLibvirtEndToEnd is the operator's path with --driver libvirt against a private daemon:
@@ -57,7 +59,7 @@ func TestLibvirtEndToEnd(t *testing.T) {
 
 	// The server runs the session as a domain.
 	addr, serr := startServe(t, home, append(lv, "--allow-origin", "127.0.0.0/8")...) // the origin is on loopback
-	origin := synthesis.NewShapedServer(mustRead(t, file))
+	origin := origin.NewShapedServer(mustRead(t, file))
 	defer origin.Close()
 	origin.Shape(10*time.Millisecond, 38e6/8)
 	sid := clientSession(t, ctx, home, addr, id, serr, "-u", origin.URL())
@@ -87,11 +89,11 @@ func TestLibvirtEndToEnd(t *testing.T) {
 }
 
 // waitSession polls the server until the session is no longer running.
-func waitSession(t *testing.T, ctx context.Context, home, addr, sid string) synthesis.SessionStatus {
+func waitSession(t *testing.T, ctx context.Context, home, addr, sid string) api.SessionStatus {
 	t.Helper()
 	deadline := time.Now().Add(30 * time.Second)
 	for {
-		var st synthesis.SessionStatus
+		var st api.SessionStatus
 		req, _ := http.NewRequestWithContext(ctx, "GET", "http://"+addr+"/v1/sessions/"+sid, nil)
 		req.Header.Set("Authorization", "Bearer "+serverToken(t, home))
 		resp, err := http.DefaultClient.Do(req)
@@ -112,15 +114,15 @@ func waitSession(t *testing.T, ctx context.Context, home, addr, sid string) synt
 // mountsUnder lists the mount points below dir.
 func mountsUnder(t *testing.T, dir string) []string {
 	t.Helper()
-	b, err := os.ReadFile("/proc/self/mountinfo")
+	mounts, err := mountinfo.GetMounts(func(m *mountinfo.Info) (skip, stop bool) {
+		return !strings.HasPrefix(m.Mountpoint, dir+"/"), false
+	})
 	if err != nil {
 		t.Fatal(err)
 	}
 	var out []string
-	for _, l := range strings.Split(string(b), "\n") {
-		if f := strings.Fields(l); len(f) > 4 && strings.HasPrefix(f[4], dir+"/") {
-			out = append(out, f[4])
-		}
+	for _, m := range mounts {
+		out = append(out, m.Mountpoint)
 	}
 	return out
 }

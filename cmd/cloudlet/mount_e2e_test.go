@@ -13,6 +13,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/moby/sys/mountinfo"
+
 	"github.com/cloudlet/cloudlet/base"
 	"github.com/cloudlet/cloudlet/cloudletfs"
 )
@@ -156,6 +158,6 @@ func testMountUser(t *testing.T, ctx context.Context, home, id string, firstPage
 }
 
 func mounted(dir string) bool {
-	b, _ := os.ReadFile("/proc/self/mountinfo")
-	return strings.Contains(string(b), " "+dir+" ")
+	m, _ := mountinfo.GetMounts(mountinfo.SingleEntryFilter(dir))
+	return len(m) > 0
 }

@@ -19,7 +19,7 @@ import (
 	"github.com/cloudlet/cloudlet/chunk"
 	"github.com/cloudlet/cloudlet/internal/testguest"
 	"github.com/cloudlet/cloudlet/overlay"
-	"github.com/cloudlet/cloudlet/synthesis"
+	"github.com/cloudlet/cloudlet/synthesis/origin"
 )
 
 // testSynthesis synthesises the overlay from loopback HTTP origins that emulate a link and
@@ -39,7 +39,7 @@ func testSynthesis(t *testing.T, ctx context.Context, home, id, file, applied st
 	}
 
 	t.Run("shaped link", func(t *testing.T) {
-		s := synthesis.NewShapedServer(data)
+		s := origin.NewShapedServer(data)
 		defer s.Close()
 		s.Shape(10*time.Millisecond, 38e6/8)
 		cache := t.TempDir()
@@ -58,9 +58,18 @@ func testSynthesis(t *testing.T, ctx context.Context, home, id, file, applied st
 		if again := s.Bytes.Load() - before; again > int64(overlay.DefaultPrefix)+16<<10 {
 			t.Fatalf("re-run on a complete cache fetched %d bytes", again)
 		}
+
+		// A cached chunk damaged behind cloudletfs's back is checked at the next run, named,
+		// and fetched again: the cache ends up right.
+		c := damagePresentChunk(t, cache, "memory")
+		r = synth(s.URL(), cache)
+		if want := fmt.Sprintf("image memory: cached chunk %d", c); r.code != 0 || !strings.Contains(r.stderr, want) {
+			t.Fatalf("re-run on a damaged cache: exit %d, stderr lacks %q:\n%s", r.code, want, r.stderr)
+		}
+		checkCache(t, cache, applied, baseDir)
 	})
 	t.Run("three dropped connections", func(t *testing.T) {
-		s := synthesis.NewShapedServer(data)
+		s := origin.NewShapedServer(data)
 		defer s.Close()
 		s.DropNext(3)
 		cache := t.TempDir()
@@ -70,7 +79,7 @@ func testSynthesis(t *testing.T, ctx context.Context, home, id, file, applied st
 		checkCache(t, cache, applied, baseDir)
 	})
 	t.Run("changed file", func(t *testing.T) {
-		s := synthesis.NewShapedServer(data)
+		s := origin.NewShapedServer(data)
 		defer s.Close()
 		s.ChangeBefore(2) // after the size probe pinned the ETag; the small test overlay needs no other request
 		r := synth(s.URL(), t.TempDir(), "--no-early-start")
@@ -84,7 +93,7 @@ func testSynthesis(t *testing.T, ctx context.Context, home, id, file, applied st
 	t.Run("corrupt blob", func(t *testing.T) {
 		bad := bytes.Clone(data)
 		bad[len(bad)-50] ^= 0x01
-		s := synthesis.NewShapedServer(bad)
+		s := origin.NewShapedServer(bad)
 		defer s.Close()
 		r := synth(s.URL(), t.TempDir())
 		if r.code == 0 || !strings.Contains(r.stderr, "digest") || !strings.Contains(r.stderr, "the VM was") {
@@ -106,7 +115,7 @@ func testSynthesis(t *testing.T, ctx context.Context, home, id, file, applied st
 			t.Fatalf("profiled overlay does not verify: %s", r.stderr)
 		}
 		// The profiled overlay rebuilds the same images.
-		s := synthesis.NewShapedServer(mustRead(t, profiled))
+		s := origin.NewShapedServer(mustRead(t, profiled))
 		defer s.Close()
 		cache := t.TempDir()
 		if r := synth(s.URL(), cache); r.code != 0 {
@@ -178,6 +187,32 @@ func checkCache(t *testing.T, cache, applied, baseDir string) {
 	}
 }
 
+// damagePresentChunk flips a byte of the first chunk of image that the cache holds as the
+// overlay's, and returns the chunk's number.
+func damagePresentChunk(t *testing.T, cache, image string) int {
+	t.Helper()
+	presence := mustRead(t, filepath.Join(cache, image+".presence"))
+	c := bytes.IndexByte(presence, 1)
+	if c < 0 {
+		t.Fatalf("no present chunk in the %s cache", image)
+	}
+	f, err := os.OpenFile(filepath.Join(cache, image+".cache"), os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	b := make([]byte, 1)
+	off := int64(c)*chunk.Size + 100
+	if _, err := f.ReadAt(b, off); err != nil {
+		t.Fatal(err)
+	}
+	b[0] ^= 0xff
+	if _, err := f.WriteAt(b, off); err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
 func mustRead(t *testing.T, path string) []byte {
 	t.Helper()
 	b, err := os.ReadFile(path)
@@ -195,7 +230,7 @@ func testServer(t *testing.T, ctx context.Context, home, id string, data []byte)
 	addr, serr := startServe(t, home, "--max-sessions", "1", "--allow-origin", "127.0.0.0/8")
 	file := filepath.Join(t.TempDir(), "app.overlay")
 	os.WriteFile(file, data, 0o644)
-	origin := synthesis.NewShapedServer(data)
+	origin := origin.NewShapedServer(data)
 	defer origin.Close()
 
 	for _, src := range [][]string{{"-o", file}, {"-u", origin.URL()}} {

@@ -16,6 +16,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/moby/sys/mountinfo"
+
 	"github.com/cloudlet/cloudlet/cloudletfs"
 	"github.com/cloudlet/cloudlet/internal/testguest"
 )
@@ -149,14 +151,12 @@ func shareRunDir(t testing.TB) {
 	if err := os.MkdirAll(dir, 0o711); err != nil {
 		t.Fatal(err)
 	}
-	info, err := os.ReadFile("/proc/self/mountinfo")
+	mounts, err := mountinfo.GetMounts(mountinfo.SingleEntryFilter(dir))
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, l := range strings.Split(string(info), "\n") {
-		if f := strings.Fields(l); len(f) > 6 && f[4] == dir && strings.Contains(strings.Join(f[6:], " "), "shared:") {
-			return
-		}
+	if len(mounts) > 0 && strings.Contains(mounts[0].Optional, "shared:") {
+		return
 	}
 	for _, args := range [][]string{{"--rbind", dir, dir}, {"--make-rshared", dir}} {
 		if out, err := exec.Command("mount", args...).CombinedOutput(); err != nil {

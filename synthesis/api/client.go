@@ -1,4 +1,4 @@
-package synthesis
+package api
 
 import (
 	"bufio"
@@ -12,6 +12,8 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+
+	"github.com/cloudlet/cloudlet/synthesis"
 )
 
 // Client talks to a synthesis server.
@@ -126,7 +128,7 @@ func (s *sentSignal) Close() error {
 }
 
 // Follow reads a session's events until it ends or stop returns true; it returns the state.
-func (c *Client) Follow(ctx context.Context, id string, fn func(Event) (stop bool)) (string, error) {
+func (c *Client) Follow(ctx context.Context, id string, fn func(synthesis.Event) (stop bool)) (string, error) {
 	hr, err := http.NewRequestWithContext(ctx, http.MethodGet, c.Server+"/v1/sessions/"+url.PathEscape(id)+"/events", nil)
 	if err != nil {
 		return "", err
@@ -144,7 +146,7 @@ func (c *Client) Follow(ctx context.Context, id string, fn func(Event) (stop boo
 		case strings.HasPrefix(line, "event: "):
 			kind = strings.TrimPrefix(line, "event: ")
 		case strings.HasPrefix(line, "data: ") && kind == "timeline":
-			var e Event
+			var e synthesis.Event
 			if err := json.Unmarshal([]byte(strings.TrimPrefix(line, "data: ")), &e); err != nil {
 				return "", fmt.Errorf("event stream: %w", err)
 			}

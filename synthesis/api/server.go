@@ -1,4 +1,4 @@
-package synthesis
+package api
 
 import (
 	"context"
@@ -20,6 +20,8 @@ import (
 	"github.com/cloudlet/cloudlet/base"
 	"github.com/cloudlet/cloudlet/internal/netguard"
 	"github.com/cloudlet/cloudlet/probe"
+	"github.com/cloudlet/cloudlet/synthesis"
+	"github.com/cloudlet/cloudlet/synthesis/origin"
 	"github.com/cloudlet/cloudlet/vm"
 )
 
@@ -53,11 +55,11 @@ type ServerOptions struct {
 	// DefaultPruneAfter.
 	PruneAfter time.Duration
 	// HTTP tunes the HTTP origins of URL sessions.
-	HTTP HTTPOptions
+	HTTP origin.HTTPOptions
 
 	// run synthesises one session; nil means the server's own (open the origin, check its
 	// size, Run). Tests put a stand-in here to drive the API without QEMU.
-	run func(context.Context, Options) (Timeline, error)
+	run func(context.Context, synthesis.Options) (synthesis.Timeline, error)
 }
 
 // SessionRequest is the body of POST /v1/sessions (or its query, with an upload).
@@ -82,7 +84,7 @@ type SessionStatus struct {
 	State    string            `json:"state"` // running, failed, stopped
 	Error    string            `json:"error,omitempty"`
 	Forwards map[string]string `json:"forwards"` // guest port -> host address
-	Timeline []Event           `json:"timeline"`
+	Timeline []synthesis.Event `json:"timeline"`
 }
 
 // Server is the HTTP/JSON synthesis API.
@@ -245,9 +247,9 @@ func (s *Server) createSession(w http.ResponseWriter, r *http.Request) {
 		jsonError(w, code, err)
 		return
 	}
-	var up *UploadOrigin
+	var up *origin.Upload
 	if upload {
-		if up, err = NewUploadOrigin(sess.draft.Path("upload.overlay"), r.ContentLength); err != nil {
+		if up, err = origin.NewUpload(sess.draft.Path("upload.overlay"), r.ContentLength); err != nil {
 			s.endSession(sess, err)
 			jsonError(w, http.StatusInternalServerError, err)
 			return
@@ -273,9 +275,9 @@ func (s *Server) createSession(w http.ResponseWriter, r *http.Request) {
 }
 
 // newSession reserves a slot and sets a session up; the slot is given back if that fails.
-func (s *Server) newSession(req SessionRequest, b *base.Base) (*session, Options, error) {
+func (s *Server) newSession(req SessionRequest, b *base.Base) (*session, synthesis.Options, error) {
 	if err := s.reserve(); err != nil {
-		return nil, Options{}, err
+		return nil, synthesis.Options{}, err
 	}
 	added := false
 	defer func() {
@@ -285,7 +287,7 @@ func (s *Server) newSession(req SessionRequest, b *base.Base) (*session, Options
 	}()
 	sess, o, err := s.prepareSession(req, b)
 	if err != nil {
-		return nil, Options{}, err
+		return nil, synthesis.Options{}, err
 	}
 	sess.ctx, sess.cancel = context.WithCancelCause(s.ctx)
 	s.mu.Lock()
@@ -296,10 +298,10 @@ func (s *Server) newSession(req SessionRequest, b *base.Base) (*session, Options
 	return sess, o, nil
 }
 
-func (s *Server) prepareSession(req SessionRequest, b *base.Base) (*session, Options, error) {
+func (s *Server) prepareSession(req SessionRequest, b *base.Base) (*session, synthesis.Options, error) {
 	draft, err := s.opts.Store.NewDraft()
 	if err != nil {
-		return nil, Options{}, err
+		return nil, synthesis.Options{}, err
 	}
 	idb := make([]byte, 8)
 	rand.Read(idb)
@@ -312,18 +314,18 @@ func (s *Server) prepareSession(req SessionRequest, b *base.Base) (*session, Opt
 		hp, err := freePort(s.opts.ForwardHost)
 		if err != nil {
 			draft.Discard()
-			return nil, Options{}, err
+			return nil, synthesis.Options{}, err
 		}
 		vmo.Forwards = append(vmo.Forwards, vm.Forward{Proto: "tcp", HostAddr: s.opts.ForwardHost, HostPort: hp, GuestPort: p})
 		sess.status.Forwards[strconv.Itoa(p)] = net.JoinHostPort(s.opts.ForwardHost, strconv.Itoa(hp))
 	}
-	o := Options{Base: b, Source: req.URL, HTTP: s.opts.HTTP, CacheDir: draft.Path("cache"), MountDir: draft.Path("mnt"), VM: vmo,
-		EarlyStart: !req.NoEarly, Fetch: FetchOptions{BytesPerSecond: req.Bandwidth}, ProbeTimeout: 5 * time.Minute}
+	o := synthesis.Options{Base: b, Source: req.URL, HTTP: s.opts.HTTP, CacheDir: draft.Path("cache"), MountDir: draft.Path("mnt"), VM: vmo,
+		EarlyStart: !req.NoEarly, Fetch: synthesis.FetchOptions{BytesPerSecond: req.Bandwidth}, ProbeTimeout: 5 * time.Minute}
 	if req.ProbePort != 0 {
 		addr, ok := sess.status.Forwards[strconv.Itoa(req.ProbePort)]
 		if !ok {
 			draft.Discard()
-			return nil, Options{}, fmt.Errorf("probe port %d is not among the forwarded ports", req.ProbePort)
+			return nil, synthesis.Options{}, fmt.Errorf("probe port %d is not among the forwarded ports", req.ProbePort)
 		}
 		path := req.ProbePath
 		if !strings.HasPrefix(path, "/") {
@@ -332,7 +334,7 @@ func (s *Server) prepareSession(req SessionRequest, b *base.Base) (*session, Opt
 		pr, err := probe.Parse("http://" + addr + path)
 		if err != nil {
 			draft.Discard()
-			return nil, Options{}, err
+			return nil, synthesis.Options{}, err
 		}
 		o.Probe = &pr
 	}
@@ -349,8 +351,8 @@ func freePort(host string) (int, error) {
 }
 
 // run starts the session's synthesis; it runs until deleted or the server stops.
-func (s *Server) run(sess *session, o Options) {
-	o.OnEvent = func(e Event) {
+func (s *Server) run(sess *session, o synthesis.Options) {
+	o.OnEvent = func(e synthesis.Event) {
 		s.mu.Lock()
 		sess.status.Timeline = append(sess.status.Timeline, e)
 		close(sess.changed)
@@ -386,7 +388,7 @@ func (s *Server) statusOf(sess *session) SessionStatus {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	st := sess.status
-	st.Timeline = append([]Event{}, sess.status.Timeline...)
+	st.Timeline = append([]synthesis.Event{}, sess.status.Timeline...)
 	return st
 }
 
@@ -438,7 +440,7 @@ func (s *Server) sessionEvents(w http.ResponseWriter, r *http.Request) {
 	sent := 0
 	for {
 		s.mu.Lock()
-		events := append([]Event{}, sess.status.Timeline[sent:]...)
+		events := append([]synthesis.Event{}, sess.status.Timeline[sent:]...)
 		state, msg, changed := sess.status.State, sess.status.Error, sess.changed
 		s.mu.Unlock()
 		rc.SetWriteDeadline(time.Now().Add(s.opts.RequestTimeout))

@@ -1,4 +1,4 @@
-package synthesis
+package api
 
 import (
 	"bytes"
@@ -12,6 +12,9 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/cloudlet/cloudlet/synthesis"
+	"github.com/cloudlet/cloudlet/synthesis/origin"
 )
 
 // TestServerSlotsAtomic: concurrent creates against a limit of one get exactly one session;
@@ -133,7 +136,7 @@ func TestServerPrunesEndedSessions(t *testing.T) {
 // TestServerSurvivesPanic: a panic in a session fails that session, with the panic in its
 // error and the stack in the log; the server goes on serving.
 func TestServerSurvivesPanic(t *testing.T) {
-	ts := newTestServer(t, ServerOptions{MaxSessions: 1, run: func(ctx context.Context, o Options) (Timeline, error) {
+	ts := newTestServer(t, ServerOptions{MaxSessions: 1, run: func(ctx context.Context, o synthesis.Options) (synthesis.Timeline, error) {
 		var m map[string]int
 		m["boom"]++ // a nil map write: a runtime panic, as a bug would make
 		return nil, nil
@@ -160,7 +163,7 @@ func TestServerMaxOverlay(t *testing.T) {
 	const claim = 2 << 40
 	var mu sync.Mutex
 	var ranges []string
-	origin := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	upstream := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		mu.Lock()
 		ranges = append(ranges, r.Header.Get("Range"))
 		mu.Unlock()
@@ -168,10 +171,10 @@ func TestServerMaxOverlay(t *testing.T) {
 		w.WriteHeader(http.StatusPartialContent)
 		w.Write([]byte{'C'})
 	}))
-	defer origin.Close()
-	ts := newTestServer(t, ServerOptions{MaxSessions: 2, MaxOverlay: 1 << 20, HTTP: HTTPOptions{RetryFor: time.Second}})
+	defer upstream.Close()
+	ts := newTestServer(t, ServerOptions{MaxSessions: 2, MaxOverlay: 1 << 20, HTTP: origin.HTTPOptions{RetryFor: time.Second}})
 
-	code, st, body := ts.create(t, SessionRequest{URL: origin.URL + "/big.overlay"})
+	code, st, body := ts.create(t, SessionRequest{URL: upstream.URL + "/big.overlay"})
 	if code != 201 {
 		t.Fatalf("create: %d %s", code, body)
 	}

@@ -1,4 +1,4 @@
-package synthesis
+package api
 
 import (
 	"bytes"
@@ -20,6 +20,7 @@ import (
 	"github.com/cloudlet/cloudlet/base"
 	"github.com/cloudlet/cloudlet/chunk"
 	"github.com/cloudlet/cloudlet/overlay"
+	"github.com/cloudlet/cloudlet/synthesis"
 )
 
 // testStore is a store with one small synthetic base (no QEMU needed to make it).
@@ -179,7 +180,7 @@ func (ts *testServer) basesAnswer(t *testing.T) {
 // Stand-ins for Run.
 
 // runUntilStopped is a session that runs until it is stopped.
-func runUntilStopped(ctx context.Context, o Options) (Timeline, error) {
+func runUntilStopped(ctx context.Context, o synthesis.Options) (synthesis.Timeline, error) {
 	if o.Origin != nil {
 		defer o.Origin.Close()
 	}
@@ -188,7 +189,7 @@ func runUntilStopped(ctx context.Context, o Options) (Timeline, error) {
 }
 
 // runFails is a session that fails at once.
-func runFails(ctx context.Context, o Options) (Timeline, error) {
+func runFails(ctx context.Context, o synthesis.Options) (synthesis.Timeline, error) {
 	if o.Origin != nil {
 		o.Origin.Close()
 	}
@@ -196,7 +197,7 @@ func runFails(ctx context.Context, o Options) (Timeline, error) {
 }
 
 // runReadsAll reads the whole overlay from its origin, then runs until stopped.
-func runReadsAll(ctx context.Context, o Options) (Timeline, error) {
+func runReadsAll(ctx context.Context, o synthesis.Options) (synthesis.Timeline, error) {
 	if o.Origin == nil {
 		return nil, fmt.Errorf("no origin")
 	}
@@ -237,4 +238,11 @@ func testOverlay(t *testing.T, b *base.Base, corrupt bool) []byte {
 		file[len(file)-10] ^= 1
 	}
 	return file
+}
+
+// testData is n seeded random bytes: an overlay-sized payload that no codec shrinks.
+func testData(n int) []byte {
+	b := make([]byte, n)
+	mrand.New(mrand.NewSource(1)).Read(b)
+	return b
 }

@@ -1,4 +1,9 @@
-package synthesis
+// Package origin serves an overlay's bytes to a synthesis from where they are: a local file,
+// an HTTP(S) server that answers range requests (behind a guard that keeps strangers' URLs
+// out of the cloudlet's own network, and with errors that quote nothing the upstream sent),
+// or an upload still in progress. ShapedServer is a loopback origin with a link emulator and
+// fault switches, for tests and benchmarks.
+package origin
 
 import (
 	"context"
@@ -31,10 +36,10 @@ type Origin interface {
 // what it prevents.
 var ErrChanged = errors.New("the overlay changed on the server while it was being read")
 
-// OpenOrigin opens a local file, or an http:// or https:// URL.
-func OpenOrigin(ctx context.Context, src string, opts HTTPOptions) (Origin, error) {
+// Open opens a local file, or an http:// or https:// URL.
+func Open(ctx context.Context, src string, opts HTTPOptions) (Origin, error) {
 	if strings.HasPrefix(src, "http://") || strings.HasPrefix(src, "https://") {
-		return NewHTTPOrigin(ctx, src, opts)
+		return NewHTTP(ctx, src, opts)
 	}
 	if strings.Contains(src, "://") {
 		return nil, fmt.Errorf("overlay source %q: want a file or an http(s) URL", src)
@@ -88,9 +93,9 @@ type httpOrigin struct {
 	opts      HTTPOptions
 }
 
-// NewHTTPOrigin asks the server for the overlay's size and validator. It needs a server that
+// NewHTTP asks the server for the overlay's size and validator. It needs a server that
 // answers range requests (any static server, S3 and presigned URLs do).
-func NewHTTPOrigin(ctx context.Context, rawURL string, opts HTTPOptions) (Origin, error) {
+func NewHTTP(ctx context.Context, rawURL string, opts HTTPOptions) (Origin, error) {
 	name := redactURL(rawURL)
 	if _, err := url.ParseRequestURI(rawURL); err != nil {
 		var ue *url.Error
@@ -235,7 +240,9 @@ func totalSize(contentRange string) (int64, error) {
 	return n, nil
 }
 
-// readerAt adapts an Origin to io.ReaderAt for overlay.Open, under one context.
+// ReaderAt adapts o to io.ReaderAt (for overlay.Open), every read under ctx.
+func ReaderAt(ctx context.Context, o Origin) io.ReaderAt { return readerAt{ctx, o} }
+
 type readerAt struct {
 	ctx context.Context
 	o   Origin

@@ -1,7 +1,6 @@
-package synthesis
+package origin
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -9,8 +8,6 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -23,49 +20,6 @@ const (
 	banner = "BANNER-internal-db-7.3"
 	secret = "SECRET-presigned-sig"
 )
-
-// rawServer answers each request (one per connection) with the bytes answer returns for it:
-// a status line, headers and a body that net/http would never write itself.
-type rawServer struct {
-	l        net.Listener
-	wg       sync.WaitGroup
-	requests atomic.Int64
-}
-
-func newRawServer(t *testing.T, host string, answer func(r *http.Request) string) *rawServer {
-	t.Helper()
-	l, err := net.Listen("tcp", net.JoinHostPort(host, "0"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	s := &rawServer{l: l}
-	s.wg.Add(1)
-	go func() {
-		defer s.wg.Done()
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			s.wg.Add(1)
-			go func() {
-				defer s.wg.Done()
-				defer c.Close()
-				c.SetDeadline(time.Now().Add(10 * time.Second))
-				r, err := http.ReadRequest(bufio.NewReader(c))
-				if err != nil {
-					return
-				}
-				s.requests.Add(1)
-				fmt.Fprint(c, answer(r))
-			}()
-		}
-	}()
-	t.Cleanup(func() { l.Close(); s.wg.Wait() })
-	return s
-}
-
-func (s *rawServer) url(path string) string { return "http://" + s.l.Addr().String() + path }
 
 // TestOriginErrorsCarryNoUpstreamBytes: whatever the upstream answers, the error names the URL
 // without its query and the status by its code and Go's text for it, never the upstream's own
@@ -107,16 +61,16 @@ func TestOriginErrorsCarryNoUpstreamBytes(t *testing.T) {
 	ctx := context.Background()
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			s := newRawServer(t, "127.0.0.1", tc.answer)
-			u := s.url("/overlay?X-Amz-Signature=" + secret)
+			s := NewRawServer(t, "127.0.0.1", tc.answer)
+			u := s.URL("/overlay?X-Amz-Signature=" + secret)
 			opts := HTTPOptions{RetryFor: 300 * time.Millisecond, AttemptTimeout: 5 * time.Second}
-			o, err := OpenOrigin(ctx, u, opts)
+			o, err := Open(ctx, u, opts)
 			if tc.read {
 				if err != nil {
 					t.Fatalf("open: %v", err)
 				}
-				if o.String() != s.url("/overlay") {
-					t.Errorf("origin named %q, want %q", o.String(), s.url("/overlay"))
+				if o.String() != s.URL("/overlay") {
+					t.Errorf("origin named %q, want %q", o.String(), s.URL("/overlay"))
 				}
 				err = o.ReadAt(ctx, make([]byte, 10), 5)
 				o.Close()
@@ -128,8 +82,8 @@ func TestOriginErrorsCarryNoUpstreamBytes(t *testing.T) {
 			if strings.Contains(msg, "BANNER") || strings.Contains(msg, secret) || strings.Contains(msg, "?") {
 				t.Errorf("error carries upstream bytes or the query: %s", msg)
 			}
-			if !strings.Contains(msg, tc.want) || !strings.Contains(msg, s.url("/overlay")) {
-				t.Errorf("error %q: want it to name %q and the URL %s", msg, tc.want, s.url("/overlay"))
+			if !strings.Contains(msg, tc.want) || !strings.Contains(msg, s.URL("/overlay")) {
+				t.Errorf("error %q: want it to name %q and the URL %s", msg, tc.want, s.URL("/overlay"))
 			}
 		})
 	}
@@ -142,11 +96,11 @@ func TestOriginGuard(t *testing.T) {
 	origin := NewShapedServer(data)
 	defer origin.Close()
 	// 127.0.0.2 is loopback too; a listener there stands for another internal service.
-	inner := newRawServer(t, "127.0.0.2", func(*http.Request) string { return "HTTP/1.1 500 " + banner + "\r\n\r\n" })
+	inner := NewRawServer(t, "127.0.0.2", func(*http.Request) string { return "HTTP/1.1 500 " + banner + "\r\n\r\n" })
 	redirect := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch {
 		case r.URL.Path == "/to-inner":
-			http.Redirect(w, r, inner.url("/overlay"), http.StatusFound)
+			http.Redirect(w, r, inner.URL("/overlay"), http.StatusFound)
 		case strings.HasPrefix(r.URL.Path, "/hops/"):
 			// /hops/N redirects N times before reaching the origin.
 			var n int
@@ -180,9 +134,9 @@ func TestOriginGuard(t *testing.T) {
 	ctx := context.Background()
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			before := inner.requests.Load()
+			before := inner.Requests.Load()
 			start := time.Now()
-			o, err := OpenOrigin(ctx, tc.url, HTTPOptions{Guard: tc.guard})
+			o, err := Open(ctx, tc.url, HTTPOptions{Guard: tc.guard})
 			if tc.want == nil {
 				if err != nil {
 					t.Fatalf("open: %v", err)
@@ -199,7 +153,7 @@ func TestOriginGuard(t *testing.T) {
 			if d := time.Since(start); d > 5*time.Second {
 				t.Errorf("refused after %v of retries: a refusal is final", d)
 			}
-			if n := inner.requests.Load() - before; n != 0 {
+			if n := inner.Requests.Load() - before; n != 0 {
 				t.Errorf("the refused service got %d requests", n)
 			}
 		})
@@ -209,7 +163,7 @@ func TestOriginGuard(t *testing.T) {
 // TestOriginGuardNeedsOwnClient: a guard cannot be combined with a caller's client, whose
 // dialer it would not see.
 func TestOriginGuardNeedsOwnClient(t *testing.T) {
-	_, err := OpenOrigin(context.Background(), "http://192.0.2.1/overlay", HTTPOptions{Guard: netguard.New(), Client: http.DefaultClient})
+	_, err := Open(context.Background(), "http://192.0.2.1/overlay", HTTPOptions{Guard: netguard.New(), Client: http.DefaultClient})
 	if err == nil || !strings.Contains(err.Error(), "guard") {
 		t.Fatalf("got %v, want an error about the guard", err)
 	}

@@ -1,4 +1,4 @@
-package synthesis
+package api
 
 import (
 	"bufio"
@@ -17,7 +17,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/moby/sys/mountinfo"
+
 	"github.com/cloudlet/cloudlet/internal/testguest"
+	"github.com/cloudlet/cloudlet/synthesis/origin"
 )
 
 // openFiles counts this process's open file descriptors.
@@ -34,10 +37,10 @@ func openFiles(t *testing.T) int {
 // draft behind.
 func TestServerNoLeaks(t *testing.T) {
 	ts := newTestServer(t, ServerOptions{MaxSessions: 2, UploadIdle: 2 * time.Second,
-		HTTP: HTTPOptions{RetryFor: 100 * time.Millisecond, AttemptTimeout: time.Second}})
+		HTTP: origin.HTTPOptions{RetryFor: 100 * time.Millisecond, AttemptTimeout: time.Second}})
 	junk := make([]byte, 64<<10)
 	rand.New(rand.NewSource(1)).Read(junk)
-	corrupt := NewShapedServer(junk)
+	corrupt := origin.NewShapedServer(junk)
 	defer corrupt.Close()
 	noRanges := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.Write([]byte("a server that ignores Range"))
@@ -151,10 +154,10 @@ func (ts *testServer) brokenUpload(t *testing.T) string {
 func TestServerNoLeaksAfterMount(t *testing.T) {
 	testguest.RequireFUSE(t)
 	ts := newTestServer(t, ServerOptions{MaxSessions: 2})
-	origin := NewShapedServer(testOverlay(t, ts.Base, true))
-	defer origin.Close()
+	src := origin.NewShapedServer(testOverlay(t, ts.Base, true))
+	defer src.Close()
 	fail := func() {
-		id := ts.mustCreate(t, SessionRequest{URL: origin.URL(), NoEarly: true})
+		id := ts.mustCreate(t, SessionRequest{URL: src.URL(), NoEarly: true})
 		if st := ts.waitState(t, id, 30*time.Second); st.State != "failed" || !strings.Contains(st.Error, "fetch overlay") || !strings.Contains(st.Error, "digest") {
 			t.Fatalf("got %+v, want a session failed on a blob's digest", st)
 		}
@@ -166,7 +169,7 @@ func TestServerNoLeaksAfterMount(t *testing.T) {
 		fail()
 	}
 	checkBaseline(t, goroutines, files)
-	if mounts, _ := os.ReadFile("/proc/self/mountinfo"); strings.Contains(string(mounts), ts.opts.Store.Home()) {
-		t.Fatalf("a mount is left under the store:\n%s", mounts)
+	if mounts, _ := mountinfo.GetMounts(mountinfo.PrefixFilter(ts.opts.Store.Home())); len(mounts) > 0 {
+		t.Fatalf("a mount is left under the store: %s", mounts[0].Mountpoint)
 	}
 }

@@ -1,4 +1,4 @@
-package synthesis
+package origin
 
 import (
 	"bytes"
@@ -22,7 +22,7 @@ func TestHTTPOriginRanges(t *testing.T) {
 	s := NewShapedServer(data)
 	defer s.Close()
 	ctx := context.Background()
-	o, err := OpenOrigin(ctx, s.URL(), HTTPOptions{})
+	o, err := Open(ctx, s.URL(), HTTPOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -49,7 +49,7 @@ func TestHTTPOriginResumesDrops(t *testing.T) {
 	s := NewShapedServer(data)
 	defer s.Close()
 	ctx := context.Background()
-	o, err := OpenOrigin(ctx, s.URL(), HTTPOptions{})
+	o, err := Open(ctx, s.URL(), HTTPOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -72,7 +72,7 @@ func TestHTTPOriginErrors(t *testing.T) {
 	t.Run("changed file", func(t *testing.T) {
 		s := NewShapedServer(data)
 		defer s.Close()
-		o, err := OpenOrigin(ctx, s.URL(), HTTPOptions{})
+		o, err := Open(ctx, s.URL(), HTTPOptions{})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -85,7 +85,7 @@ func TestHTTPOriginErrors(t *testing.T) {
 	t.Run("not found", func(t *testing.T) {
 		s := NewShapedServer(data)
 		defer s.Close()
-		_, err := OpenOrigin(ctx, s.Server.URL+"/nope", HTTPOptions{})
+		_, err := Open(ctx, s.Server.URL+"/nope", HTTPOptions{})
 		if err == nil || !strings.Contains(err.Error(), "404") {
 			t.Fatalf("404: %v", err)
 		}
@@ -95,14 +95,14 @@ func TestHTTPOriginErrors(t *testing.T) {
 		addr := l.Addr().String()
 		l.Close()
 		start := time.Now()
-		_, err := OpenOrigin(ctx, "http://"+addr+"/x", HTTPOptions{RetryFor: 500 * time.Millisecond})
+		_, err := Open(ctx, "http://"+addr+"/x", HTTPOptions{RetryFor: 500 * time.Millisecond})
 		if err == nil || !strings.Contains(err.Error(), "refused") || time.Since(start) > 5*time.Second {
 			t.Fatalf("dead origin: %v after %v", err, time.Since(start))
 		}
 	})
 	t.Run("bad source", func(t *testing.T) {
 		for _, src := range []string{"ftp://x/y", "/nonexistent/overlay"} {
-			if _, err := OpenOrigin(ctx, src, HTTPOptions{}); err == nil {
+			if _, err := Open(ctx, src, HTTPOptions{}); err == nil {
 				t.Errorf("%s: no error", src)
 			}
 		}
@@ -115,7 +115,7 @@ func TestShapedServerPaces(t *testing.T) {
 	s := NewShapedServer(data)
 	defer s.Close()
 	s.Shape(0, 4<<20)
-	o, err := OpenOrigin(context.Background(), s.URL(), HTTPOptions{})
+	o, err := Open(context.Background(), s.URL(), HTTPOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -140,7 +140,7 @@ func TestShapedServerSharesTheLink(t *testing.T) {
 		name string
 		data []byte
 	}{{"a", a}, {"b", b}} {
-		o, err := OpenOrigin(context.Background(), s.Add(f.name, f.data), HTTPOptions{})
+		o, err := Open(context.Background(), s.Add(f.name, f.data), HTTPOptions{})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -155,24 +155,7 @@ func TestShapedServerSharesTheLink(t *testing.T) {
 	if n := s.Bytes.Load(); n < 1<<20 {
 		t.Fatalf("counted %d bytes, want at least 1 MiB", n)
 	}
-	if _, err := OpenOrigin(context.Background(), s.Server.URL+"/missing", HTTPOptions{}); err == nil {
+	if _, err := Open(context.Background(), s.Server.URL+"/missing", HTTPOptions{}); err == nil {
 		t.Fatal("a file never added was served")
-	}
-}
-
-func TestParseRate(t *testing.T) {
-	tests := []struct {
-		in   string
-		want int64
-		ok   bool
-	}{
-		{"38Mbit", 4750000, true}, {"1Gbit", 125000000, true}, {"5MB", 5000000, true},
-		{"100mbps", 12500000, true}, {"1000", 1000, true}, {"fast", 0, false}, {"-1Mbit", 0, false}, {"", 0, false},
-	}
-	for _, tc := range tests {
-		got, err := ParseRate(tc.in)
-		if (err == nil) != tc.ok || got != tc.want {
-			t.Errorf("ParseRate(%q) = %d, %v; want %d", tc.in, got, err, tc.want)
-		}
 	}
 }

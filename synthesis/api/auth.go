@@ -1,4 +1,4 @@
-package synthesis
+package api
 
 import (
 	"context"
@@ -10,8 +10,9 @@ import (
 	"fmt"
 	"net/http"
 	"os"
-	"path/filepath"
 	"strings"
+
+	"github.com/cloudlet/cloudlet/internal/atomicfile"
 )
 
 // Every request to the API carries a bearer token, whatever the listener: a guest reaches
@@ -121,38 +122,10 @@ func EnsureTokenFile(path string) (created bool, err error) {
 	}
 	raw := make([]byte, 32)
 	rand.Read(raw)
-	if err := writeNew(path, []byte(hex.EncodeToString(raw)+"\n")); errors.Is(err, os.ErrExist) {
+	if err := atomicfile.WriteNew(path, []byte(hex.EncodeToString(raw)+"\n")); errors.Is(err, os.ErrExist) {
 		return false, nil // another server made it first: use that one
 	} else if err != nil {
 		return false, fmt.Errorf("token file: %w", err)
 	}
 	return true, nil
-}
-
-// writeNew writes a 0600 file at path that did not exist: to a temporary file first, fsynced,
-// then linked into place (a link, unlike a rename, never replaces a file another process made
-// meanwhile), and the directory fsynced.
-func writeNew(path string, data []byte) error {
-	dir := filepath.Dir(path)
-	f, err := os.CreateTemp(dir, ".token-*")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(f.Name())
-	_, err = f.Write(data)
-	if err == nil {
-		err = f.Sync()
-	}
-	if err = errors.Join(err, f.Close()); err != nil {
-		return err
-	}
-	if err := os.Link(f.Name(), path); err != nil {
-		return err
-	}
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
 }

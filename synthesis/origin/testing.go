@@ -1,14 +1,17 @@
-package synthesis
+package origin
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"fmt"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"testing"
 	"time"
 
 	"golang.org/x/time/rate"
@@ -170,3 +173,48 @@ func (s *ShapedServer) String() string {
 	defer s.mu.Unlock()
 	return fmt.Sprintf("%s (latency %v, %d B/s)", s.URL(), s.latency, s.bytesPerS)
 }
+
+// RawServer answers each request (one per connection) with the bytes answer returns for it:
+// a status line, headers and a body that net/http would never write itself, as a hostile or
+// internal upstream might. It stops, and waits for its goroutines, when the test ends.
+type RawServer struct {
+	l        net.Listener
+	wg       sync.WaitGroup
+	Requests atomic.Int64
+}
+
+func NewRawServer(t testing.TB, host string, answer func(r *http.Request) string) *RawServer {
+	t.Helper()
+	l, err := net.Listen("tcp", net.JoinHostPort(host, "0"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := &RawServer{l: l}
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			s.wg.Add(1)
+			go func() {
+				defer s.wg.Done()
+				defer c.Close()
+				c.SetDeadline(time.Now().Add(10 * time.Second))
+				r, err := http.ReadRequest(bufio.NewReader(c))
+				if err != nil {
+					return
+				}
+				s.Requests.Add(1)
+				fmt.Fprint(c, answer(r))
+			}()
+		}
+	}()
+	t.Cleanup(func() { l.Close(); s.wg.Wait() })
+	return s
+}
+
+// URL is the address of path on the server.
+func (s *RawServer) URL(path string) string { return "http://" + s.l.Addr().String() + path }

@@ -1,4 +1,4 @@
-package synthesis
+package api
 
 import (
 	"bytes"
@@ -15,6 +15,14 @@ import (
 	"time"
 
 	"github.com/cloudlet/cloudlet/base"
+	"github.com/cloudlet/cloudlet/synthesis/origin"
+)
+
+// banner is what a hostile or internal upstream says about itself; secret is what a presigned
+// URL carries in its query. Neither may reach a client.
+const (
+	banner = "BANNER-internal-db-7.3"
+	secret = "SECRET-presigned-sig"
 )
 
 const (
@@ -187,25 +195,25 @@ func TestServerSessionsPerToken(t *testing.T) {
 // no request made to it, after DNS and after redirects, unless the operator allowed its range.
 func TestServerRefusesPrivateOrigins(t *testing.T) {
 	data := testData(64 << 10)
-	origin := NewShapedServer(data)
-	defer origin.Close()
+	src := origin.NewShapedServer(data)
+	defer src.Close()
 	// inner stands for a service on the host's loopback; 127.0.0.2 is loopback too.
-	inner := newRawServer(t, "127.0.0.2", func(*http.Request) string {
+	inner := origin.NewRawServer(t, "127.0.0.2", func(*http.Request) string {
 		return "HTTP/1.1 200 OK\r\nContent-Length: 6\r\nConnection: close\r\n\r\n" + "secret"
 	})
 	redirect := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		http.Redirect(w, r, inner.url("/admin"), http.StatusFound)
+		http.Redirect(w, r, inner.URL("/admin"), http.StatusFound)
 	}))
 	defer redirect.Close()
 	strict := newAuthServer(t, []string{tokenA})
 	only1 := newAuthServer(t, []string{tokenA}, "127.0.0.1/32")
-	_, port, _ := net.SplitHostPort(origin.Listener.Addr().String())
+	_, port, _ := net.SplitHostPort(src.Listener.Addr().String())
 	tests := []struct {
 		name string
 		srv  *authServer
 		url  string
 	}{
-		{"loopback", strict, origin.URL()},
+		{"loopback", strict, src.URL()},
 		{"a name for loopback", strict, "http://localhost:" + port + "/overlay"},
 		{"IPv6 loopback", strict, "http://[::1]:9/o"},
 		{"IPv4-mapped loopback", strict, "http://[::ffff:127.0.0.1]:" + port + "/overlay"},
@@ -216,7 +224,7 @@ func TestServerRefusesPrivateOrigins(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			before := origin.Requests.Load() + inner.requests.Load()
+			before := src.Requests.Load() + inner.Requests.Load()
 			st := tc.srv.ended(t, tokenA, tc.srv.create(t, tokenA, tc.url))
 			if st.State != "failed" || !strings.Contains(st.Error, "refused") {
 				t.Errorf("got %s %q, want failed as refused", st.State, st.Error)
@@ -224,7 +232,7 @@ func TestServerRefusesPrivateOrigins(t *testing.T) {
 			for _, e := range st.Timeline {
 				t.Errorf("event %s: the session went further than its origin", e.Name)
 			}
-			if n := origin.Requests.Load() + inner.requests.Load() - before; n != 0 {
+			if n := src.Requests.Load() + inner.Requests.Load() - before; n != 0 {
 				t.Errorf("the refused services got %d requests", n)
 			}
 		})
@@ -232,10 +240,10 @@ func TestServerRefusesPrivateOrigins(t *testing.T) {
 	// Allowed by the operator, the loopback origin is read (and the overlay, random bytes,
 	// found corrupt: still no VM).
 	allowed := newAuthServer(t, []string{tokenA}, "127.0.0.0/8")
-	before := origin.Requests.Load()
-	st := allowed.ended(t, tokenA, allowed.create(t, tokenA, origin.URL()))
-	if origin.Requests.Load() == before || strings.Contains(st.Error, "refused") {
-		t.Errorf("an allowed origin: %d requests, %s %q", origin.Requests.Load()-before, st.State, st.Error)
+	before := src.Requests.Load()
+	st := allowed.ended(t, tokenA, allowed.create(t, tokenA, src.URL()))
+	if src.Requests.Load() == before || strings.Contains(st.Error, "refused") {
+		t.Errorf("an allowed origin: %d requests, %s %q", src.Requests.Load()-before, st.State, st.Error)
 	}
 }
 
@@ -243,13 +251,13 @@ func TestServerRefusesPrivateOrigins(t *testing.T) {
 // status line, headers and body, behind a URL with a secret in its query, fails with an error
 // that holds neither, in every answer of the API and in the server's log.
 func TestServerErrorsCarryNoUpstreamBytes(t *testing.T) {
-	upstream := newRawServer(t, "127.0.0.1", func(*http.Request) string {
+	upstream := origin.NewRawServer(t, "127.0.0.1", func(*http.Request) string {
 		return "HTTP/1.1 403 " + banner + "\r\nServer: " + banner + "\r\nContent-Length: 22\r\nConnection: close\r\n\r\n" + banner
 	})
 	a := newAuthServer(t, []string{tokenA}, "127.0.0.0/8")
-	id := a.create(t, tokenA, upstream.url("/app.overlay?X-Amz-Signature="+secret))
+	id := a.create(t, tokenA, upstream.URL("/app.overlay?X-Amz-Signature="+secret))
 	st := a.ended(t, tokenA, id)
-	if st.State != "failed" || !strings.Contains(st.Error, "403 Forbidden") || !strings.Contains(st.Error, upstream.url("/app.overlay")) {
+	if st.State != "failed" || !strings.Contains(st.Error, "403 Forbidden") || !strings.Contains(st.Error, upstream.URL("/app.overlay")) {
 		t.Errorf("session: %s %q, want failed naming 403 Forbidden and the URL without its query", st.State, st.Error)
 	}
 	var seen bytes.Buffer

@@ -1,4 +1,4 @@
-package synthesis
+package origin
 
 import (
 	"context"
@@ -9,11 +9,11 @@ import (
 	"sync"
 )
 
-// UploadOrigin is an overlay that a client is still pushing: the bytes land in a file as they
+// Upload is an overlay that a client is still pushing: the bytes land in a file as they
 // arrive, and a read waits until its range is there. Overlays are written in prefetch order,
 // so the stream brings the index, then the working set, then the rest, just as a synthesiser
 // wants them.
-type UploadOrigin struct {
+type Upload struct {
 	f    *os.File
 	size int64
 
@@ -23,18 +23,18 @@ type UploadOrigin struct {
 	changed chan struct{} // closed and replaced on progress
 }
 
-// NewUploadOrigin stores an upload of size bytes in a new file at path.
-func NewUploadOrigin(path string, size int64) (*UploadOrigin, error) {
+// NewUpload stores an upload of size bytes in a new file at path.
+func NewUpload(path string, size int64) (*Upload, error) {
 	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o600)
 	if err != nil {
 		return nil, err
 	}
-	return &UploadOrigin{f: f, size: size, changed: make(chan struct{})}, nil
+	return &Upload{f: f, size: size, changed: make(chan struct{})}, nil
 }
 
 // Receive copies the upload from r until size bytes arrived; a short or failed stream fails
 // every waiting and future read.
-func (u *UploadOrigin) Receive(r io.Reader) error {
+func (u *Upload) Receive(r io.Reader) error {
 	buf := make([]byte, 256<<10)
 	for {
 		u.mu.Lock()
@@ -65,12 +65,12 @@ func (u *UploadOrigin) Receive(r io.Reader) error {
 	}
 }
 
-func (u *UploadOrigin) fail(err error) error {
+func (u *Upload) fail(err error) error {
 	u.progress(0, err)
 	return err
 }
 
-func (u *UploadOrigin) progress(n int64, err error) {
+func (u *Upload) progress(n int64, err error) {
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	u.written += n
@@ -82,7 +82,7 @@ func (u *UploadOrigin) progress(n int64, err error) {
 }
 
 // ReadAt waits until [off, off+len(p)) has arrived.
-func (u *UploadOrigin) ReadAt(ctx context.Context, p []byte, off int64) error {
+func (u *Upload) ReadAt(ctx context.Context, p []byte, off int64) error {
 	for {
 		u.mu.Lock()
 		have, err, changed := u.written, u.err, u.changed
@@ -102,8 +102,8 @@ func (u *UploadOrigin) ReadAt(ctx context.Context, p []byte, off int64) error {
 	}
 }
 
-func (u *UploadOrigin) Size() int64    { return u.size }
-func (u *UploadOrigin) String() string { return "upload" }
+func (u *Upload) Size() int64    { return u.size }
+func (u *Upload) String() string { return "upload" }
 
 // Close closes the file; the caller removes it.
-func (u *UploadOrigin) Close() error { return u.f.Close() }
+func (u *Upload) Close() error { return u.f.Close() }

@@ -1,0 +1,218 @@
+package synthesis
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/cloudlet/cloudlet/base"
+	"github.com/cloudlet/cloudlet/cloudletfs"
+	"github.com/cloudlet/cloudlet/overlay"
+	"github.com/cloudlet/cloudlet/synthesis/origin"
+	"github.com/cloudlet/cloudlet/vm"
+)
+
+// runner is the run of one synthesis session. Its steps fill its parts in order (origin and
+// overlay, fetcher, cache and mount, VM); each step registers how to undo itself, and close
+// undoes them in reverse order, whichever step failed.
+type runner struct {
+	o     Options // fixed after construction
+	start time.Time
+
+	// Set by the steps, in order; nil until their step has run.
+	origin  origin.Origin
+	reader  *overlay.Reader
+	devPath string
+	fetcher *Fetcher
+	fsys    *cloudletfs.FS
+	mnt     *cloudletfs.Mount
+	vm      *vm.VM
+	undo    []func()
+
+	mu sync.Mutex
+	tl Timeline // guarded by mu
+}
+
+func newRunner(o Options) *runner {
+	return &runner{o: o, start: time.Now(), tl: Timeline{}}
+}
+
+// run takes the session from the overlay's index to a running VM, and runs it until the
+// event loop ends; whatever it set up is undone when it returns.
+func (s *runner) run(ctx context.Context) error {
+	defer s.close()
+	if err := s.openOverlay(ctx); err != nil {
+		return err
+	}
+	if err := s.startFetcher(); err != nil {
+		return err
+	}
+	if err := s.mount(); err != nil {
+		return err
+	}
+	s.fetcher.Start(ctx, s.fsys)
+	s.onClose(s.fetcher.Close)
+	if !s.o.EarlyStart {
+		if err := s.waitComplete(ctx); err != nil {
+			return err
+		}
+	}
+	if err := s.resume(ctx); err != nil {
+		return err
+	}
+	return s.loop(ctx)
+}
+
+// onClose registers an undo step.
+func (s *runner) onClose(f func()) { s.undo = append(s.undo, f) }
+
+// close undoes the steps that ran, last first.
+func (s *runner) close() {
+	for i := len(s.undo) - 1; i >= 0; i-- {
+		s.undo[i]()
+	}
+	s.undo = nil
+}
+
+// timeline is a copy of the events so far.
+func (s *runner) timeline() Timeline {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	tl := make(Timeline, len(s.tl))
+	for k, v := range s.tl {
+		tl[k] = v
+	}
+	return tl
+}
+
+// emit records a timeline event, with what the fetcher and the images report so far.
+func (s *runner) emit(name, detail string) {
+	e := Event{Name: name, Seconds: time.Since(s.start).Seconds(), Detail: detail}
+	if s.fetcher != nil {
+		e.Bytes = s.fetcher.BytesFetched()
+		st := s.fetcher.Stats()
+		e.Fetch = &st
+	}
+	if s.fsys != nil {
+		e.Stall = map[string]float64{}
+		for _, img := range s.fsys.Images() {
+			e.Stall[img.Name()] = img.Stats().StallSeconds
+		}
+	}
+	s.mu.Lock()
+	s.tl[name] = e
+	s.mu.Unlock()
+	if s.o.OnEvent != nil {
+		s.o.OnEvent(e)
+	}
+}
+
+// openOverlay opens the origin (unless the caller gave one) and the overlay's index, checks it
+// against the base, and writes the device state into the cache directory for QEMU.
+func (s *runner) openOverlay(ctx context.Context) error {
+	s.origin = s.o.Origin
+	if s.origin == nil {
+		src, err := origin.Open(ctx, s.o.Source, s.o.HTTP)
+		if err != nil {
+			return err
+		}
+		s.origin = src
+	}
+	s.onClose(func() { s.origin.Close() })
+	r, err := overlay.Open(origin.ReaderAt(ctx, s.origin), s.origin.Size(), ExpectFor(s.o.Base))
+	if err != nil {
+		return fmt.Errorf("%s: %w", s.origin, err)
+	}
+	s.reader = r
+	s.onClose(func() { r.Close() })
+	if err := CheckOverlay(r, s.o.Base); err != nil {
+		return err
+	}
+	dev, err := r.Devstate()
+	if err != nil {
+		return fmt.Errorf("%s: %w", s.origin, err)
+	}
+	if err := os.MkdirAll(s.o.CacheDir, 0o700); err != nil {
+		return err
+	}
+	s.devPath = filepath.Join(s.o.CacheDir, "devstate")
+	return os.WriteFile(s.devPath, dev, 0o600)
+}
+
+// startFetcher makes the fetcher over the overlay and the base's images; it starts fetching
+// once cloudletfs is there to take the chunks.
+func (s *runner) startFetcher() error {
+	baseImgs, closeBase, err := s.o.Base.OpenImages()
+	if err != nil {
+		return err
+	}
+	s.onClose(closeBase)
+	s.fetcher = NewFetcher(s.reader, s.origin, baseImgs, s.o.Fetch)
+	s.emit("index", fmt.Sprintf("overlay %s, %d blobs", s.reader.ID()[:12], len(s.reader.Index.Blobs)))
+	return nil
+}
+
+// cacheConfig is the cloudletfs configuration of this session's cache: the base's images
+// under the overlay's plans, with misses sent to the fetcher.
+func (s *runner) cacheConfig() cloudletfs.Config {
+	b, r := s.o.Base, s.reader
+	plans := Plans(r.Index)
+	cfg := cloudletfs.Config{
+		Dir:             s.o.CacheDir,
+		Identity:        "synthesis " + r.ID(),
+		DiscardModified: true,
+		Demander:        s.fetcher,
+		Images: []cloudletfs.ImageConfig{
+			{Name: "disk", Size: r.Index.Images[0].Size, Base: b.Path(base.DiskFile), Plan: plans[0]},
+			{Name: "memory", Size: r.Index.Images[1].Size, Base: b.Path(base.MemoryFile), Plan: plans[1]},
+		},
+	}
+	// A reused cache's present chunks are checked against the index's digests when it is
+	// opened: a mismatch is fetched again, never served.
+	for i, expected := range ExpectedDigests(r.Index) {
+		cfg.Images[i].Expected = expected
+	}
+	return cfg
+}
+
+// mount opens the cache and mounts it where QEMU (as whichever user it runs) can reach it.
+func (s *runner) mount() error {
+	fsys, err := cloudletfs.Open(s.cacheConfig())
+	if err != nil {
+		return err
+	}
+	s.fsys = fsys
+	s.onClose(func() { fsys.Close() })
+	var user *cloudletfs.User
+	if u := s.o.VM.RunAs; u != nil {
+		user = &cloudletfs.User{UID: uint32(u.UID), GID: uint32(u.GID)}
+	}
+	mountDir, removeMountDir, err := cloudletfs.PrepareMountPoint(s.o.MountDir, cloudletfs.RunDir, user)
+	if err != nil {
+		return err
+	}
+	s.onClose(removeMountDir)
+	mnt, err := fsys.Mount(mountDir, cloudletfs.MountOptions{User: user})
+	if err != nil {
+		return err
+	}
+	s.mnt = mnt
+	s.onClose(func() { mnt.Unmount() })
+	return nil
+}
+
+// waitComplete waits for the whole overlay: the baseline without early start.
+func (s *runner) waitComplete(ctx context.Context) error {
+	select {
+	case <-s.fetcher.Complete():
+		s.emit("complete", "")
+		return nil
+	case <-s.fetcher.Failed():
+		return fmt.Errorf("fetch overlay: %w", s.fetcher.Err())
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
