@@ -201,6 +201,9 @@ func (s *runner) mount() error {
 	}
 	s.mnt = mnt
 	s.onClose(func() { mnt.Unmount() })
+	if s.o.OnMount != nil {
+		return s.o.OnMount(mnt.Dir)
+	}
 	return nil
 }
 

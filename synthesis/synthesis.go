@@ -49,6 +49,9 @@ type Options struct {
 	ExitWhenComplete bool
 	// OnEvent receives each timeline event as it happens.
 	OnEvent func(Event)
+	// OnMount, if set, is told where cloudletfs was mounted, before QEMU starts: whoever
+	// finds the session's process dead can clear the mount it left.
+	OnMount func(dir string) error
 	// OnTrace, if set, receives cloudletfs's access trace ProfileTail after the probe's first
 	// answer (for working-set profiling).
 	OnTrace     func(cloudletfs.Trace)

@@ -26,7 +26,9 @@ func serveCommand() *cli.Command {
 			"'Authorization: Bearer TOKEN', on any listener: the tokens are those of --token-file (one a\n" +
 			"line), or else the one in HOME/token, made on first use; a token's holder sees only its own\n" +
 			"sessions. Overlay URLs on loopback, private, link-local or multicast addresses are refused\n" +
-			"unless --allow-origin allows their range. A session forwards at most 16 ports; an upload\n" +
+			"unless --allow-origin allows their range. Each session runs in a supervisor process of its own:\n" +
+			"stopping the server leaves sessions running (unless --stop-sessions-on-exit), and the next server\n" +
+			"adopts them. A session forwards at most 16 ports; an upload\n" +
 			"that stalls for --upload-idle fails its session; ended sessions are forgotten after 10 minutes.",
 		Flags: append([]cli.Flag{
 			&cli.StringFlag{Name: "listen", Value: "127.0.0.1:8021", Usage: "address to listen on"},
@@ -36,6 +38,7 @@ func serveCommand() *cli.Command {
 			&cli.StringFlag{Name: "max-upload", Value: "8G", Usage: "largest overlay upload"},
 			&cli.StringFlag{Name: "max-overlay", Value: "8G", Usage: "largest overlay, by the size its origin claims, checked before any of it is read"},
 			&cli.DurationFlag{Name: "upload-idle", Value: api.DefaultUploadIdle, Usage: "how long an upload may send nothing before its session fails"},
+			&cli.BoolFlag{Name: "stop-sessions-on-exit", Usage: "stop every session when the server stops (by default they run on, and the next server adopts them)"},
 			&cli.StringFlag{Name: "accel", Value: "auto", Usage: "accelerator for the VMs: auto, kvm or tcg"},
 		}, driverFlags()...),
 		Action: runServe,
@@ -84,7 +87,8 @@ func runServe(c *cli.Context) error {
 	}
 	logger := log.New(stderr, "", log.LstdFlags)
 	srv := api.NewServer(ctx, api.ServerOptions{Store: store, ForwardHost: host, Tokens: tokens, AllowOrigins: allow,
-		MaxSessions: c.Int("max-sessions"), MaxUpload: maxUpload, MaxOverlay: maxOverlay, UploadIdle: c.Duration("upload-idle"), VM: vmo, Log: logger})
+		MaxSessions: c.Int("max-sessions"), MaxUpload: maxUpload, MaxOverlay: maxOverlay, UploadIdle: c.Duration("upload-idle"), VM: vmo, Log: logger,
+		Sessions: sessionsDir(store), StartSupervisor: supervisorStarter(store), StopOnExit: c.Bool("stop-sessions-on-exit")})
 	l, err := net.Listen("tcp", c.String("listen"))
 	if err != nil {
 		return err
@@ -98,7 +102,7 @@ func runServe(c *cli.Context) error {
 		hs.Shutdown(sctx)
 	}()
 	err = hs.Serve(l)
-	srv.Wait() // every session's VM is stopped and its mount gone
+	srv.Wait() // every session is stopped, or left to its supervisor
 	if errors.Is(err, http.ErrServerClosed) {
 		return nil
 	}

@@ -125,6 +125,7 @@ func testSynthesis(t *testing.T, ctx context.Context, home, id, file, applied st
 	})
 	t.Run("server and client", func(t *testing.T) { testServer(t, ctx, home, id, data) })
 	t.Run("guest isolation", func(t *testing.T) { testIsolation(t, ctx, home, id, file) })
+	t.Run("sessions outlive the server", func(t *testing.T) { testSessionsOutliveServer(t, ctx, home, id) })
 	t.Run("detach", func(t *testing.T) {
 		port := testguest.FreePort(t)
 		r := run(t, ctx, home, "synthesis", id, file, "--detach", "--hostfwd", fmt.Sprintf("tcp:127.0.0.1:%d-:8080", port),
@@ -300,13 +301,14 @@ func clientSession(t *testing.T, ctx context.Context, home, addr, id string, ser
 }
 
 // startServe runs 'cloudlet serve' on a free loopback port until the test ends (then SIGTERM,
-// which must end it cleanly), and returns its address and its stderr.
+// which must end it cleanly, and the sessions it runs with it), and returns its address and
+// its stderr.
 func startServe(t *testing.T, home string, args ...string) (string, *bytes.Buffer) {
 	t.Helper()
 	addr := fmt.Sprintf("127.0.0.1:%d", testguest.FreePort(t))
 	// Not bound to ctx: the test's context ends before its cleanups run, and the server must
 	// get its SIGTERM, not a kill.
-	srv := exec.Command(cloudletBin, append([]string{"serve", "--listen", addr}, args...)...)
+	srv := exec.Command(cloudletBin, append([]string{"serve", "--listen", addr, "--stop-sessions-on-exit"}, args...)...)
 	srv.Env = append(os.Environ(), "CLOUDLET_HOME="+home)
 	serr := &bytes.Buffer{}
 	srv.Stderr = serr

@@ -3,6 +3,7 @@ package api
 import (
 	"errors"
 	"fmt"
+	"os"
 	"time"
 )
 
@@ -81,12 +82,12 @@ func (s *Server) unreserve() {
 func (s *Server) pruneLocked(now time.Time) {
 	var oldest *session
 	ended := 0
-	for id, sess := range s.sessions {
+	for _, sess := range s.sessions {
 		if sess.ended.IsZero() {
 			continue
 		}
 		if now.Sub(sess.ended) >= s.opts.PruneAfter {
-			delete(s.sessions, id)
+			s.forgetLocked(sess)
 			continue
 		}
 		ended++
@@ -95,6 +96,14 @@ func (s *Server) pruneLocked(now time.Time) {
 		}
 	}
 	if ended > maxEnded {
-		delete(s.sessions, oldest.status.ID)
+		s.forgetLocked(oldest)
+	}
+}
+
+// forgetLocked drops an ended session, and its directory if it has one.
+func (s *Server) forgetLocked(sess *session) {
+	delete(s.sessions, sess.status.ID)
+	if sess.dir != "" {
+		os.RemoveAll(string(sess.dir))
 	}
 }

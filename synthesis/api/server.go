@@ -12,6 +12,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"os/exec"
 	"strconv"
 	"strings"
 	"sync"
@@ -22,6 +23,7 @@ import (
 	"github.com/cloudlet/cloudlet/probe"
 	"github.com/cloudlet/cloudlet/synthesis"
 	"github.com/cloudlet/cloudlet/synthesis/origin"
+	"github.com/cloudlet/cloudlet/synthesis/supervisor"
 	"github.com/cloudlet/cloudlet/vm"
 )
 
@@ -57,6 +59,14 @@ type ServerOptions struct {
 	// HTTP tunes the HTTP origins of URL sessions.
 	HTTP origin.HTTPOptions
 
+	// Sessions, if set, is the directory of session directories: each session then runs in
+	// a supervisor process of its own, which StartSupervisor starts and which outlives the
+	// server. A new server re-adopts the sessions it finds there. StopOnExit stops them when
+	// the server's context ends; else they keep running.
+	Sessions        string
+	StartSupervisor func(supervisor.Dir) (*exec.Cmd, error)
+	StopOnExit      bool
+
 	// run synthesises one session; nil means the server's own (open the origin, check its
 	// size, Run). Tests put a stand-in here to drive the API without QEMU.
 	run func(context.Context, synthesis.Options) (synthesis.Timeline, error)
@@ -74,7 +84,8 @@ type SessionRequest struct {
 	NoEarly   bool   `json:"no_early_start,omitempty"`
 	Bandwidth int64  `json:"bandwidth,omitempty"`
 
-	owner owner // the token that asks, set by the server (never from the body)
+	owner      owner // the token that asks, set by the server (never from the body)
+	uploadSize int64 // the upload's Content-Length, set by the server
 }
 
 // SessionStatus is what GET /v1/sessions/{id} answers.
@@ -106,8 +117,9 @@ type session struct {
 	done    chan struct{}
 	changed chan struct{} // closed and replaced on each event
 	draft   *base.Draft
-	ended   time.Time // when it failed or stopped; zero while running
-	owner   owner     // whose token made it; fixed after construction
+	ended   time.Time      // when it failed or stopped; zero while running
+	owner   owner          // whose token made it; fixed after construction
+	dir     supervisor.Dir // with supervisors, the session's directory; fixed after construction
 }
 
 // NewServer returns a server whose sessions live until ctx ends.
@@ -138,6 +150,9 @@ func NewServer(ctx context.Context, opts ServerOptions) *Server {
 	s := &Server{opts: opts, ctx: ctx, sessions: map[string]*session{}}
 	if s.opts.run == nil {
 		s.opts.run = s.synthesise
+	}
+	if s.opts.Sessions != "" {
+		s.adopt()
 	}
 	return s
 }
@@ -205,6 +220,7 @@ func (s *Server) createSession(w http.ResponseWriter, r *http.Request) {
 		}
 		req.ProbePort, _ = strconv.Atoi(q.Get("probe_port"))
 		req.NoEarly = q.Get("no_early_start") == "true"
+		req.uploadSize = r.ContentLength
 		if r.ContentLength <= 0 {
 			jsonError(w, http.StatusLengthRequired, errors.New("an upload needs a Content-Length"))
 			return
@@ -249,7 +265,7 @@ func (s *Server) createSession(w http.ResponseWriter, r *http.Request) {
 	}
 	var up *origin.Upload
 	if upload {
-		if up, err = origin.NewUpload(sess.draft.Path("upload.overlay"), r.ContentLength); err != nil {
+		if up, err = origin.NewUpload(s.spoolPath(sess), r.ContentLength); err != nil {
 			s.endSession(sess, err)
 			jsonError(w, http.StatusInternalServerError, err)
 			return
@@ -287,6 +303,10 @@ func (s *Server) newSession(req SessionRequest, b *base.Base) (*session, synthes
 	}()
 	sess, o, err := s.prepareSession(req, b)
 	if err != nil {
+		return nil, synthesis.Options{}, err
+	}
+	if err := s.createDir(sess, req, o); err != nil {
+		sess.draft.Discard()
 		return nil, synthesis.Options{}, err
 	}
 	sess.ctx, sess.cancel = context.WithCancelCause(s.ctx)
@@ -352,21 +372,25 @@ func freePort(host string) (int, error) {
 
 // run starts the session's synthesis; it runs until deleted or the server stops.
 func (s *Server) run(sess *session, o synthesis.Options) {
-	o.OnEvent = func(e synthesis.Event) {
-		s.mu.Lock()
-		sess.status.Timeline = append(sess.status.Timeline, e)
-		close(sess.changed)
-		sess.changed = make(chan struct{})
-		s.mu.Unlock()
-	}
+	o.OnEvent = s.recorder(sess)
 	s.wg.Add(1)
 	go func() {
 		defer s.wg.Done()
+		if sess.dir != "" {
+			s.endSession(sess, s.supervise(sess, o.OnEvent))
+			return
+		}
 		s.endSession(sess, s.runGuarded(sess.ctx, sess.status.ID, o))
 	}()
 }
 
 func (s *Server) endSession(sess *session, err error) {
+	if errors.Is(err, errDetached) { // it runs on, for the next server to adopt
+		sess.cancel(nil)
+		sess.discardDraft()
+		close(sess.done)
+		return
+	}
 	s.mu.Lock()
 	if err != nil {
 		sess.status.State, sess.status.Error = "failed", err.Error()
@@ -380,7 +404,7 @@ func (s *Server) endSession(sess *session, err error) {
 	s.pruneLocked(sess.ended)
 	s.mu.Unlock()
 	sess.cancel(nil) // releases the context
-	sess.draft.Discard()
+	sess.discardDraft()
 	close(sess.done)
 }
 
@@ -459,6 +483,8 @@ func (s *Server) sessionEvents(w http.ResponseWriter, r *http.Request) {
 		select {
 		case <-r.Context().Done():
 			return
+		case <-s.ctx.Done(): // the server exits; the session may run on without it
+			return
 		case <-changed:
 		}
 	}
@@ -478,8 +504,10 @@ func (s *Server) deleteSession(w http.ResponseWriter, r *http.Request) {
 	}
 	// Stopping a VM may take longer than the answer's deadline.
 	http.NewResponseController(w).SetWriteDeadline(time.Now().Add(s.opts.RequestTimeout))
-	s.mu.Lock()
-	delete(s.sessions, sess.status.ID)
-	s.mu.Unlock()
+	if sess.dir == "" { // a supervised session stays, stopped, until pruned with its directory
+		s.mu.Lock()
+		delete(s.sessions, sess.status.ID)
+		s.mu.Unlock()
+	}
 	w.WriteHeader(http.StatusNoContent)
 }

@@ -1,0 +1,163 @@
+package api
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"time"
+
+	"github.com/cloudlet/cloudlet/cloudletfs"
+	"github.com/cloudlet/cloudlet/synthesis"
+	"github.com/cloudlet/cloudlet/synthesis/supervisor"
+)
+
+// errDetached ends a session's follower when the server exits and leaves the session running.
+var errDetached = errors.New("the server left the session running")
+
+// errSupervisorExited is the failure of a session whose supervisor died.
+var errSupervisorExited = errors.New("supervisor exited")
+
+// stopTimeout bounds how long a supervisor gets to stop its session (QEMU, mount).
+const stopTimeout = time.Minute
+
+// spoolPath is where the session's upload is received.
+func (s *Server) spoolPath(sess *session) string {
+	if sess.dir != "" {
+		return sess.dir.Spool()
+	}
+	return sess.draft.Path("upload.overlay")
+}
+
+// createDir, with supervisors, makes the session's directory and writes its request there.
+func (s *Server) createDir(sess *session, req SessionRequest, o synthesis.Options) error {
+	if s.opts.Sessions == "" {
+		return nil
+	}
+	sr := supervisor.Request{Base: o.Base.ID, Owner: string(req.owner), URL: req.URL, UploadSize: req.uploadSize,
+		UploadIdle: s.opts.UploadIdle, Forwards: o.VM.Forwards, Addresses: sess.status.Forwards, EarlyStart: o.EarlyStart,
+		Bandwidth: o.Fetch.BytesPerSecond, MaxOverlay: s.opts.MaxOverlay, AllowOrigins: s.opts.AllowOrigins,
+		VM: supervisor.VMOptions{Accel: o.VM.Accel, Driver: o.VM.Driver, Libvirt: o.VM.Libvirt, Network: o.VM.Network, RunAs: o.VM.RunAs}}
+	if o.Probe != nil {
+		sr.Probe = o.Probe.String()
+	}
+	dir := supervisor.Dir(filepath.Join(s.opts.Sessions, sess.status.ID))
+	if err := supervisor.Create(dir, sr); err != nil {
+		return err
+	}
+	sess.dir = dir
+	return nil
+}
+
+// supervise starts the session's supervisor and follows it until the session ends.
+func (s *Server) supervise(sess *session, onEvent func(synthesis.Event)) error {
+	cmd, err := s.opts.StartSupervisor(sess.dir)
+	if err != nil {
+		return s.bury(sess.dir, fmt.Errorf("session %s: start supervisor: %w", sess.status.ID, err))
+	}
+	c := supervisor.NewClient(sess.dir)
+	defer c.Close()
+	if err := c.WaitAlive(sess.ctx, func() bool { return exited(cmd) }); err != nil {
+		cmd.Process.Kill()
+		cmd.Wait()
+		return s.bury(sess.dir, err)
+	}
+	return s.follow(sess, c, 0, onEvent, cmd)
+}
+
+// exited reports whether the supervisor process is gone (a zombie counts as gone).
+func exited(cmd *exec.Cmd) bool {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(cmd.Process.Pid) + "/stat")
+	if err != nil {
+		return true
+	}
+	i := bytes.LastIndexByte(b, ')')
+	return i < 0 || i+2 >= len(b) || b[i+2] == 'Z'
+}
+
+// followResult is how a supervisor's event stream ended: with the session's end, or broken.
+type followResult struct {
+	st  supervisor.State
+	err error
+}
+
+// follow streams the session's events from the from-th on until it ends. When the session's
+// context ends, the server either stops the session (a DELETE, a failed upload, or
+// StopOnExit) or, when it exits, leaves it running. cmd, if not nil, is the supervisor as this
+// server's child, waited for once it is gone.
+func (s *Server) follow(sess *session, c *supervisor.Client, from int, onEvent func(synthesis.Event), cmd *exec.Cmd) error {
+	// The stream outlives the session's context: the end comes through it.
+	ctx, cancel := context.WithCancel(context.WithoutCancel(sess.ctx))
+	defer cancel()
+	done := make(chan followResult, 1)
+	go func() { // waited for through done, on every path
+		st, err := c.Follow(ctx, from, onEvent)
+		done <- followResult{st, err}
+	}()
+	var r followResult
+	select {
+	case r = <-done:
+	case <-sess.ctx.Done():
+		if s.ctx.Err() != nil && !s.opts.StopOnExit {
+			cancel()
+			<-done
+			if cmd != nil {
+				cmd.Process.Release()
+			}
+			return errDetached
+		}
+		r = s.stop(sess, c, done, cancel)
+	}
+	if cmd != nil {
+		cmd.Wait()
+	}
+	if r.err != nil {
+		return s.bury(sess.dir, fmt.Errorf("session %s: %w", sess.status.ID, errSupervisorExited))
+	}
+	if r.st.State == "failed" {
+		return errors.New(r.st.Error)
+	}
+	return nil
+}
+
+// stop asks the supervisor to stop the session, with the reason its context was cancelled
+// for if any, and waits for the stream's end.
+func (s *Server) stop(sess *session, c *supervisor.Client, done <-chan followResult, cancel context.CancelFunc) followResult {
+	why := ""
+	if cause := context.Cause(sess.ctx); cause != nil && !errors.Is(cause, context.Canceled) {
+		why = cause.Error()
+	}
+	ctx, cancelStop := context.WithTimeout(context.WithoutCancel(sess.ctx), stopTimeout)
+	defer cancelStop()
+	if err := c.Stop(ctx, why); err != nil {
+		s.opts.Log.Printf("session %s: %v", sess.status.ID, err)
+	}
+	select {
+	case r := <-done:
+		return r
+	case <-ctx.Done():
+		cancel()
+		return <-done
+	}
+}
+
+// bury records a session whose supervisor is gone as failed, and clears what it left: a dead
+// FUSE mount. It returns err.
+func (s *Server) bury(dir supervisor.Dir, err error) error {
+	for _, mp := range dir.MountPoints() {
+		if _, cerr := cloudletfs.ClearStale(mp); cerr != nil {
+			s.opts.Log.Printf("session %s: %v", dir.ID(), cerr)
+		}
+		if mp != dir.Mount() {
+			os.Remove(mp) // the empty mount point the supervisor made in the run directory
+		}
+	}
+	if werr := dir.WriteState(supervisor.State{State: "failed", Error: err.Error()}); werr != nil {
+		s.opts.Log.Printf("session %s: %v", dir.ID(), werr)
+	}
+	return err
+}
