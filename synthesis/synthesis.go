@@ -8,7 +8,8 @@
 //
 // Run is one session: a runner opens the origin and the overlay, mounts cloudletfs, starts
 // the fetcher, resumes the VM and runs its event loop. Origins live in synthesis/origin, the
-// HTTP API that runs sessions for clients in synthesis/api.
+// HTTP API that runs sessions for clients in synthesis/api, the process that runs one of them
+// apart from the server (and outlives it) in synthesis/supervisor.
 package synthesis
 
 import (

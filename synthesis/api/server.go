@@ -377,7 +377,7 @@ func (s *Server) run(sess *session, o synthesis.Options) {
 	go func() {
 		defer s.wg.Done()
 		if sess.dir != "" {
-			s.endSession(sess, s.supervise(sess, o.OnEvent))
+			s.endSession(sess, s.supervise(sess, o))
 			return
 		}
 		s.endSession(sess, s.runGuarded(sess.ctx, sess.status.ID, o))

@@ -53,8 +53,12 @@ func (s *Server) createDir(sess *session, req SessionRequest, o synthesis.Option
 	return nil
 }
 
-// supervise starts the session's supervisor and follows it until the session ends.
-func (s *Server) supervise(sess *session, onEvent func(synthesis.Event)) error {
+// supervise starts the session's supervisor and follows it until the session ends. An upload
+// (o.Origin) is received here, into the spool the supervisor reads; it is closed at the end.
+func (s *Server) supervise(sess *session, o synthesis.Options) error {
+	if o.Origin != nil {
+		defer o.Origin.Close()
+	}
 	cmd, err := s.opts.StartSupervisor(sess.dir)
 	if err != nil {
 		return s.bury(sess.dir, fmt.Errorf("session %s: start supervisor: %w", sess.status.ID, err))
@@ -66,7 +70,7 @@ func (s *Server) supervise(sess *session, onEvent func(synthesis.Event)) error {
 		cmd.Wait()
 		return s.bury(sess.dir, err)
 	}
-	return s.follow(sess, c, 0, onEvent, cmd)
+	return s.follow(sess, c, 0, o.OnEvent, cmd)
 }
 
 // exited reports whether the supervisor process is gone (a zombie counts as gone).
