@@ -7,6 +7,7 @@ import (
 	"log"
 	"net/http"
 	"net/http/httptest"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -148,5 +149,50 @@ func waitUntil(t *testing.T, cond func() bool) {
 			t.Fatal("timed out")
 		}
 		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// TestSupervisorEndsBeforeItAnswers: a supervisor may fail its session and exit before the
+// server first reaches its socket; the session then fails with the supervisor's recorded
+// reason and events, and only a supervisor that recorded nothing is "exited at start".
+func TestSupervisorEndsBeforeItAnswers(t *testing.T) {
+	for _, c := range []struct {
+		name   string
+		record bool
+		want   string
+	}{
+		{"recorded its end", true, "not an overlay"},
+		{"recorded nothing", false, "supervisor exited at start"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			store, b := testStore(t)
+			logs := &syncBuffer{}
+			ctx, cancel := context.WithCancel(context.Background())
+			srv := NewServer(ctx, ServerOptions{Store: store, ForwardHost: "127.0.0.1", Tokens: []string{testToken},
+				Log: log.New(logs, "", 0), Sessions: filepath.Join(t.TempDir(), "sessions"),
+				StartSupervisor: func(d supervisor.Dir) (*exec.Cmd, error) {
+					if c.record {
+						supervisor.AppendEvent(d, synthesis.Event{Name: "index"})
+						d.WriteState(supervisor.State{State: "failed", Error: "not an overlay"})
+					}
+					cmd := exec.Command("true")
+					return cmd, cmd.Start()
+				}})
+			hs := httptest.NewServer(srv.Handler())
+			defer func() {
+				cancel()
+				hs.Close()
+				srv.Wait()
+			}()
+			ts := &testServer{Server: srv, URL: hs.URL, Log: logs}
+			code, st, msg := ts.create(t, SessionRequest{Base: b.ID, URL: "http://127.0.0.1:1/x"})
+			if code != http.StatusCreated {
+				t.Fatalf("create: %d %s", code, msg)
+			}
+			st = ts.waitState(t, st.ID, 5*time.Second)
+			if st.State != "failed" || !strings.Contains(st.Error, c.want) || c.record && len(st.Timeline) != 1 {
+				t.Fatalf("got %+v, want failed with %q", st, c.want)
+			}
+		})
 	}
 }

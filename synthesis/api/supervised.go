@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"syscall"
 	"time"
 
 	"github.com/cloudlet/cloudlet/cloudletfs"
@@ -66,8 +67,12 @@ func (s *Server) supervise(sess *session, o synthesis.Options) error {
 	c := supervisor.NewClient(sess.dir)
 	defer c.Close()
 	if err := c.WaitAlive(sess.ctx, func() bool { return exited(cmd) }); err != nil {
-		cmd.Process.Kill()
+		cmd.Process.Signal(syscall.SIGTERM) // if it still runs: it stops its session
 		cmd.Wait()
+		if st, ok := recordedEnd(sess.dir, 0, o.OnEvent); ok { // it ran, and ended before it answered
+			return stateErr(st)
+		}
+		s.opts.Log.Printf("%v: its log is %s", err, sess.dir.Log())
 		return s.bury(sess.dir, err)
 	}
 	return s.follow(sess, c, 0, o.OnEvent, cmd)
@@ -98,8 +103,12 @@ func (s *Server) follow(sess *session, c *supervisor.Client, from int, onEvent f
 	ctx, cancel := context.WithCancel(context.WithoutCancel(sess.ctx))
 	defer cancel()
 	done := make(chan followResult, 1)
+	seen := from
 	go func() { // waited for through done, on every path
-		st, err := c.Follow(ctx, from, onEvent)
+		st, err := c.Follow(ctx, from, func(e synthesis.Event) {
+			seen++
+			onEvent(e)
+		})
 		done <- followResult{st, err}
 	}()
 	var r followResult
@@ -119,11 +128,34 @@ func (s *Server) follow(sess *session, c *supervisor.Client, from int, onEvent f
 	if cmd != nil {
 		cmd.Wait()
 	}
-	if r.err != nil {
-		return s.bury(sess.dir, fmt.Errorf("session %s: %w", sess.status.ID, errSupervisorExited))
+	if r.err == nil {
+		return stateErr(r.st)
 	}
-	if r.st.State == "failed" {
-		return errors.New(r.st.Error)
+	if st, ok := recordedEnd(sess.dir, seen, onEvent); ok { // it ended between two answers
+		return stateErr(st)
+	}
+	return s.bury(sess.dir, fmt.Errorf("session %s: %w", sess.status.ID, errSupervisorExited))
+}
+
+// recordedEnd is the end a gone supervisor recorded, if it did, after the events from the
+// seen-th on that it recorded too.
+func recordedEnd(dir supervisor.Dir, seen int, onEvent func(synthesis.Event)) (supervisor.State, bool) {
+	st, _, ok, err := dir.ReadState()
+	if err != nil || !ok {
+		return st, false
+	}
+	if timeline, err := dir.ReadTimeline(); err == nil && seen < len(timeline) {
+		for _, e := range timeline[seen:] {
+			onEvent(e)
+		}
+	}
+	return st, true
+}
+
+// stateErr is a session's end as an error: nil if it stopped.
+func stateErr(st supervisor.State) error {
+	if st.State == "failed" {
+		return errors.New(st.Error)
 	}
 	return nil
 }

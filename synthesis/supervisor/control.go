@@ -114,7 +114,7 @@ func (c *Client) WaitAlive(ctx context.Context, exited func() bool) error {
 		case <-time.After(20 * time.Millisecond):
 		}
 		if exited() {
-			return fmt.Errorf("session %s: supervisor exited at start (see %s)", c.dir.ID(), c.dir.Log())
+			return fmt.Errorf("session %s: supervisor exited at start", c.dir.ID())
 		}
 	}
 	return nil

@@ -57,3 +57,6 @@ func (f *Fake) Close() {
 	f.wg.Wait()
 	f.s.cancel(nil)
 }
+
+// AppendEvent adds an event to the session's timeline file, as a supervisor does.
+func AppendEvent(d Dir, e synthesis.Event) error { return d.appendEvent(e) }
