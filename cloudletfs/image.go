@@ -342,9 +342,10 @@ func (img *Image) writeChunk(ctx context.Context, c int64, data []byte, within i
 // writeCache puts the VM's write to chunk c, whose state was was, into the cache file.
 func (img *Image) writeCache(c int64, was State, data []byte, within int64, full bool) error {
 	cOff, cLen := img.chunkSpan(c)
-	if was == StatePresent {
+	if was.cached() {
 		// Once the VM's bytes are in the cache, no durable record may call them the
-		// overlay's: only the first write to a present chunk pays for this fdatasync.
+		// overlay's: only the first write to a present chunk pays for this fdatasync (a
+		// modified chunk whose downgrade failed before is tried again; otherwise it is free).
 		if err := img.presence.downgrade(c); err != nil {
 			return err
 		}

@@ -120,11 +120,12 @@ func (p *presenceMap) downgrade(c int64) error {
 	if _, err := p.f.WriteAt([]byte{presenceModified}, c); err != nil {
 		return fmt.Errorf("%s: chunk %d: %w", p.path, c, err)
 	}
-	p.b[c] = presenceModified
 	// fdatasync: the map's size never changes, so its data is all that must reach the disk.
 	if err := unix.Fdatasync(int(p.f.Fd())); err != nil {
 		return fmt.Errorf("%s: fdatasync: %w", p.path, err)
 	}
+	// Only now: a failed downgrade stays "present" here, so the next write tries it again.
+	p.b[c] = presenceModified
 	return nil
 }
 

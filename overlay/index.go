@@ -354,6 +354,13 @@ func (ix *Index) validateChunks() error {
 			if int(c.Self) >= len(ix.Chunks) || ix.Chunks[c.Self].Kind != KindBlob {
 				return fmt.Errorf("chunk entry %d: self reference %d is not a stored chunk", i, c.Self)
 			}
+			// The target may come later, unchecked yet: its place first, then its length,
+			// which must be this chunk's (a short last chunk cannot take a whole one's bytes).
+			t := ix.Chunks[c.Self]
+			if int(t.Image) >= len(ix.Images) || t.Index >= chunk.Count(ix.Images[t.Image].Size) ||
+				ix.chunkLen(t.Image, t.Index) != ix.chunkLen(c.Image, c.Index) {
+				return fmt.Errorf("chunk entry %d: self reference %d has another length", i, c.Self)
+			}
 		case KindBlob:
 			if int(c.Blob) >= len(ix.Blobs) || c.Offset%ix.chunkBytes() != 0 ||
 				c.Offset+ix.chunkLen(c.Image, c.Index) > ix.Blobs[c.Blob].Raw {

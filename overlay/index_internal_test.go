@@ -88,6 +88,11 @@ func TestIndexValidation(t *testing.T) {
 		{"out of order", func(ix *Index) { ix.Chunks[0], ix.Chunks[1] = ix.Chunks[1], ix.Chunks[0] }, "not in order"},
 		{"chunk beyond the image", func(ix *Index) { ix.Chunks[4].Index = 8 }, "beyond memory"},
 		{"self reference to a non-stored chunk", func(ix *Index) { ix.Chunks[3].Self = 0 }, "self reference"},
+		{"self reference from a short last chunk", func(ix *Index) {
+			ix.Images[1].Size = 5*chunk.Size + 100 // chunk 5 of memory has 100 bytes
+			ix.Chunks, ix.Prefetch, ix.Blobs[0].Raw = ix.Chunks[:4], []uint32{1}, chunk.Size
+		}, "self reference 1 has another length"},
+		{"self reference to a later chunk of no image", func(ix *Index) { ix.Chunks[3].Self = 4; ix.Chunks[4].Image = 9 }, "self reference 4"},
 		{"blob offset out of range", func(ix *Index) { ix.Chunks[4].Offset = 2 * chunk.Size }, "out of range"},
 		{"prefetch of a zero chunk", func(ix *Index) { ix.Prefetch[0] = 0 }, "prefetch entry"},
 		{"gap between blobs", func(ix *Index) { ix.Blobs[0].Offset = 11 }, "does not follow"},

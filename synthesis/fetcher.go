@@ -73,9 +73,13 @@ type Fetcher struct {
 	left     int      // guarded by mu: blobs not done
 	baseDone bool     // guarded by mu: base references delivered
 	wake     chan struct{}
-	err      error
 	complete chan struct{}
-	failed   chan struct{}
+
+	// errMu, not mu, guards the failure: a panic recovered in a goroutine that held mu (see
+	// goSafe) must still be able to fail the fetch.
+	errMu  sync.Mutex
+	err    error         // guarded by errMu
+	failed chan struct{} // closed once err is set
 
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
@@ -193,8 +197,8 @@ func (f *Fetcher) Failed() <-chan struct{} { return f.failed }
 
 // Err is why the fetcher failed.
 func (f *Fetcher) Err() error {
-	f.mu.Lock()
-	defer f.mu.Unlock()
+	f.errMu.Lock()
+	defer f.errMu.Unlock()
 	return f.err
 }
 
@@ -458,8 +462,8 @@ func (f *Fetcher) finishIfDone() {
 }
 
 func (f *Fetcher) fail(err error) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
+	f.errMu.Lock()
+	defer f.errMu.Unlock()
 	if f.err == nil {
 		f.err = err
 		close(f.failed)

@@ -69,12 +69,7 @@ func confine(opts Options, runDir string) (Options, *confinement, error) {
 // kernel and initrd in it, for either driver.
 func giveRunDir(opts Options, runDir string) (Options, error) {
 	u := opts.RunAs
-	if err := os.Chown(runDir, u.UID, u.GID); err != nil {
-		return opts, fmt.Errorf("vm run directory: %w", err)
-	}
-	if err := os.Chmod(runDir, 0o700); err != nil {
-		return opts, fmt.Errorf("vm run directory: %w", err)
-	}
+	// The copies first, the directory's owner last: until then the user has no hold on it.
 	var err error
 	for _, f := range []struct {
 		path *string
@@ -86,6 +81,12 @@ func giveRunDir(opts Options, runDir string) (Options, error) {
 		if *f.path, err = copyFor(u, *f.path, filepath.Join(runDir, f.name)); err != nil {
 			return opts, err
 		}
+	}
+	if err := os.Chmod(runDir, 0o700); err != nil {
+		return opts, fmt.Errorf("vm run directory: %w", err)
+	}
+	if err := os.Chown(runDir, u.UID, u.GID); err != nil {
+		return opts, fmt.Errorf("vm run directory: %w", err)
 	}
 	return opts, nil
 }

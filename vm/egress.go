@@ -71,7 +71,9 @@ func startEgress(ctx context.Context, pid int, runDir string, forwards []Forward
 		return nil, err
 	}
 	api := filepath.Join(runDir, "slirp4netns.sock")
-	cmd := exec.Command(bin, "--configure", "--mtu=65520", "--disable-host-loopback",
+	// slirp4netns runs as root and parses what the guest, and a QEMU it may have taken over,
+	// send: its own sandbox and seccomp filter bound what a bug there would yield.
+	cmd := exec.Command(bin, "--configure", "--mtu=65520", "--disable-host-loopback", "--enable-sandbox", "--enable-seccomp",
 		"--ready-fd=3", "--exit-fd=4", "--api-socket", api, strconv.Itoa(pid), "tap0")
 	cmd.ExtraFiles = []*os.File{readyW, exitR}
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}

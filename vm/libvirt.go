@@ -385,11 +385,11 @@ func writeLauncher(qemu string) (string, error) {
 	if b, err := os.ReadFile(path); err == nil && string(b) == script && ownFile(path) {
 		return path, nil
 	}
-	tmp := path + ".tmp" + sum[16:24]
-	if err := os.WriteFile(tmp, []byte(script), 0o755); err != nil {
-		return "", fmt.Errorf("qemu launcher: %w", err)
-	}
-	if err := os.Rename(tmp, path); err != nil {
+	err = installExecutable(path, func(out *os.File) error {
+		_, err := out.WriteString(script)
+		return err
+	})
+	if err != nil {
 		return "", fmt.Errorf("qemu launcher: %w", err)
 	}
 	return path, nil

@@ -54,27 +54,39 @@ func launcherBinary(self string) (string, error) {
 	if othersCanRun(path) && ownFile(path) {
 		return path, nil
 	}
-	tmp := path + ".tmp" + sum[16:24]
-	out, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o755)
+	err = installExecutable(path, func(out *os.File) error {
+		if _, err := in.Seek(0, io.SeekStart); err != nil {
+			return err
+		}
+		_, err := io.Copy(out, in)
+		return err
+	})
 	if err != nil {
-		return "", fmt.Errorf("qemu launcher: %w", err)
-	}
-	defer os.Remove(tmp)
-	if _, err := in.Seek(0, io.SeekStart); err != nil {
-		out.Close()
-		return "", fmt.Errorf("qemu launcher: %w", err)
-	}
-	if _, err := io.Copy(out, in); err != nil {
-		out.Close()
 		return "", fmt.Errorf("qemu launcher: copy %s: %w", self, err)
-	}
-	if err := out.Close(); err != nil {
-		return "", fmt.Errorf("qemu launcher: copy %s: %w", self, err)
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		return "", fmt.Errorf("qemu launcher: %w", err)
 	}
 	return path, nil
+}
+
+// installExecutable writes an executable file at path: through a temporary file of its own
+// (two cloudlets installing at once must not share one), mode 0755 whatever the umask (QEMU's
+// user runs it), renamed into place once complete.
+func installExecutable(path string, fill func(*os.File) error) error {
+	out, err := os.CreateTemp(filepath.Dir(path), ".install-*")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(out.Name())
+	err = out.Chmod(0o755)
+	if err == nil {
+		err = fill(out)
+	}
+	if cerr := out.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return err
+	}
+	return os.Rename(out.Name(), path)
 }
 
 // launcherDir holds the emulator scripts and launcher copies that libvirt runs. Not a shared
@@ -89,6 +101,9 @@ func launcherDir() (string, error) {
 		dir = filepath.Join(cache, "cloudlet", "launchers")
 	}
 	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return "", fmt.Errorf("qemu launcher: %w", err)
+	}
+	if err := os.Chmod(dir, 0o755); err != nil { // whatever the umask made of it
 		return "", fmt.Errorf("qemu launcher: %w", err)
 	}
 	if !ownFile(dir) {

@@ -14,16 +14,48 @@ import (
 // serial sockets, and its copies of the kernel and initrd.
 const runDirPrefix = "cloudlet-vm-"
 
+// rootRunDirs holds the run directories when we run as root. Not the shared temporary
+// directory: a run directory is handed to QEMU's user, and in a sticky world-writable parent
+// that user could rename it and put a symlink in its place, through which root would then
+// create and chown files. Here only root may add or rename entries; QEMU's user may pass.
+const rootRunDirs = "/run/cloudlet-vm"
+
 // makeRunDir makes a VM's private directory. Its name carries our PID, so that a later start
 // can remove the directories of processes that died without cleaning up (a SIGKILL, a crash):
 // each holds a copy of a kernel and initrd.
 func makeRunDir() (string, error) {
-	sweepRunDirs(os.TempDir())
-	dir, err := os.MkdirTemp("", fmt.Sprintf("%s%d-", runDirPrefix, os.Getpid()))
+	parent, err := runDirParent()
+	if err != nil {
+		return "", err
+	}
+	sweepRunDirs(parent)
+	dir, err := os.MkdirTemp(parent, fmt.Sprintf("%s%d-", runDirPrefix, os.Getpid()))
 	if err != nil {
 		return "", fmt.Errorf("vm run directory: %w", err)
 	}
 	return dir, nil
+}
+
+// runDirParent is where run directories go: rootRunDirs as root, the temporary directory
+// otherwise (QEMU then runs as our own user: there is nobody to hand a directory to).
+func runDirParent() (string, error) {
+	if os.Geteuid() != 0 {
+		return os.TempDir(), nil
+	}
+	if err := os.MkdirAll(rootRunDirs, 0o711); err != nil {
+		return "", fmt.Errorf("vm run directory: %w", err)
+	}
+	if err := os.Chmod(rootRunDirs, 0o711); err != nil {
+		return "", fmt.Errorf("vm run directory: %w", err)
+	}
+	st, err := os.Lstat(rootRunDirs)
+	if err != nil {
+		return "", fmt.Errorf("vm run directory: %w", err)
+	}
+	if sys, ok := st.Sys().(*syscall.Stat_t); !ok || !st.IsDir() || sys.Uid != 0 {
+		return "", fmt.Errorf("vm run directory: %s is not a directory of root's", rootRunDirs)
+	}
+	return rootRunDirs, nil
 }
 
 // sweepRunDirs removes the run directories in dir whose process is gone. Directories of live

@@ -183,3 +183,17 @@ func TestRedactURL(t *testing.T) {
 		}
 	}
 }
+
+// TestBadURLCarriesNoSecret: a URL that fails to parse is named without its query, whichever
+// parser refuses it.
+func TestBadURLCarriesNoSecret(t *testing.T) {
+	for _, u := range []string{
+		"http://h/p?X-Amz-Signature=SECRET#%zz", // url.Parse refuses it, ParseRequestURI does not
+		"http://h/p%zz?X-Amz-Signature=SECRET",  // both refuse it
+	} {
+		_, err := NewHTTP(context.Background(), u, HTTPOptions{})
+		if err == nil || strings.Contains(err.Error(), "SECRET") {
+			t.Errorf("%s: error %v, want one without the query", u, err)
+		}
+	}
+}

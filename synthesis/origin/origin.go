@@ -93,15 +93,26 @@ type httpOrigin struct {
 	opts      HTTPOptions
 }
 
+// checkURL parses rawURL as a request URI and as requests will (url.Parse, which refuses a bad
+// escape in a fragment that the other lets through). A parse error's own message quotes the
+// whole URL, secrets in its query included: only its reason is kept.
+func checkURL(rawURL string) error {
+	_, err := url.ParseRequestURI(rawURL)
+	if err == nil {
+		_, err = url.Parse(rawURL)
+	}
+	var ue *url.Error
+	if errors.As(err, &ue) {
+		err = ue.Err
+	}
+	return err
+}
+
 // NewHTTP asks the server for the overlay's size and validator. It needs a server that
 // answers range requests (any static server, S3 and presigned URLs do).
 func NewHTTP(ctx context.Context, rawURL string, opts HTTPOptions) (Origin, error) {
 	name := redactURL(rawURL)
-	if _, err := url.ParseRequestURI(rawURL); err != nil {
-		var ue *url.Error
-		if errors.As(err, &ue) {
-			err = ue.Err // its message holds the whole URL
-		}
+	if err := checkURL(rawURL); err != nil {
 		return nil, fmt.Errorf("overlay URL %s: %w", name, err)
 	}
 	if opts.Client != nil && opts.Guard != nil {
