@@ -76,9 +76,10 @@ func (s *Server) addEnded(sess *session, st supervisor.State, ended time.Time) {
 	sess.cancel(nil)
 	close(sess.done)
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	s.sessions[sess.status.ID] = sess
-	s.pruneLocked(time.Now())
+	dirs := s.pruneLocked(time.Now())
+	s.mu.Unlock()
+	removeDirs(dirs)
 }
 
 // recorder adds the session's events to its status, and wakes its event streams.

@@ -78,8 +78,9 @@ func (s *Server) unreserve() {
 }
 
 // pruneLocked forgets ended sessions after PruneAfter, and the oldest ended ones beyond
-// maxEnded.
-func (s *Server) pruneLocked(now time.Time) {
+// maxEnded. It returns their directories, for removeDirs once s.mu is released: a session's
+// directory may hold gigabytes of cache, and every request would wait for its removal.
+func (s *Server) pruneLocked(now time.Time) (dirs []string) {
 	var oldest *session
 	ended := 0
 	for _, sess := range s.sessions {
@@ -87,7 +88,7 @@ func (s *Server) pruneLocked(now time.Time) {
 			continue
 		}
 		if now.Sub(sess.ended) >= s.opts.PruneAfter {
-			s.forgetLocked(sess)
+			dirs = s.forgetLocked(sess, dirs)
 			continue
 		}
 		ended++
@@ -96,14 +97,23 @@ func (s *Server) pruneLocked(now time.Time) {
 		}
 	}
 	if ended > maxEnded {
-		s.forgetLocked(oldest)
+		dirs = s.forgetLocked(oldest, dirs)
 	}
+	return dirs
 }
 
-// forgetLocked drops an ended session, and its directory if it has one.
-func (s *Server) forgetLocked(sess *session) {
+// forgetLocked drops an ended session, adding its directory, if it has one, to dirs.
+func (s *Server) forgetLocked(sess *session, dirs []string) []string {
 	delete(s.sessions, sess.status.ID)
 	if sess.dir != "" {
-		os.RemoveAll(string(sess.dir))
+		dirs = append(dirs, string(sess.dir))
+	}
+	return dirs
+}
+
+// removeDirs removes forgotten sessions' directories.
+func removeDirs(dirs []string) {
+	for _, d := range dirs {
+		os.RemoveAll(d)
 	}
 }

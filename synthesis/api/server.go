@@ -401,8 +401,9 @@ func (s *Server) endSession(sess *session, err error) {
 	sess.ended = time.Now()
 	close(sess.changed)
 	sess.changed = make(chan struct{})
-	s.pruneLocked(sess.ended)
+	dirs := s.pruneLocked(sess.ended)
 	s.mu.Unlock()
+	removeDirs(dirs)
 	sess.cancel(nil) // releases the context
 	sess.discardDraft()
 	close(sess.done)

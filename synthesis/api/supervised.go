@@ -68,7 +68,7 @@ func (s *Server) supervise(sess *session, o synthesis.Options) error {
 	defer c.Close()
 	if err := c.WaitAlive(sess.ctx, func() bool { return exited(cmd) }); err != nil {
 		cmd.Process.Signal(syscall.SIGTERM) // if it still runs: it stops its session
-		cmd.Wait()
+		waitSupervisor(cmd)
 		if st, ok := recordedEnd(sess.dir, 0, o.OnEvent); ok { // it ran, and ended before it answered
 			return stateErr(st)
 		}
@@ -76,6 +76,27 @@ func (s *Server) supervise(sess *session, o synthesis.Options) error {
 		return s.bury(sess.dir, err)
 	}
 	return s.follow(sess, c, 0, o.OnEvent, cmd)
+}
+
+// supervisorExitGrace is how long a supervisor of ours gets to exit once its session ended or
+// it was told to stop (it answers its last streams for a few seconds first).
+const supervisorExitGrace = 30 * time.Second
+
+// waitSupervisor waits for a supervisor that this server started. One still there after
+// supervisorExitGrace is killed with its process group, QEMU included: a hung supervisor must
+// not hold its session's slot for ever.
+func waitSupervisor(cmd *exec.Cmd) {
+	done := make(chan struct{})
+	go func() { // waited for below, on every path
+		cmd.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-time.After(supervisorExitGrace):
+		syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) // it leads its own process group (setsid)
+		<-done
+	}
 }
 
 // exited reports whether the supervisor process is gone (a zombie counts as gone).
@@ -126,7 +147,7 @@ func (s *Server) follow(sess *session, c *supervisor.Client, from int, onEvent f
 		r = s.stop(sess, c, done, cancel)
 	}
 	if cmd != nil {
-		cmd.Wait()
+		waitSupervisor(cmd)
 	}
 	if r.err == nil {
 		return stateErr(r.st)

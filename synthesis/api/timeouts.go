@@ -28,8 +28,9 @@ func (s *Server) HTTPServer() *http.Server {
 		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			// Ended sessions are forgotten as requests come: no timer, no goroutine.
 			s.mu.Lock()
-			s.pruneLocked(time.Now())
+			dirs := s.pruneLocked(time.Now())
 			s.mu.Unlock()
+			removeDirs(dirs)
 			rc := http.NewResponseController(w)
 			rc.SetReadDeadline(time.Now().Add(s.opts.RequestTimeout))
 			rc.SetWriteDeadline(time.Now().Add(s.opts.RequestTimeout))
