@@ -54,7 +54,9 @@ test: deps guest vet
 	@# cloudletfs: its core and FUSE tests under -race, the one that boots QEMU without.
 	$(GO) test -count=1 -race -timeout 20m ./cloudletfs -skip '^TestQEMU'
 	$(GO) test -count=1 -timeout 20m ./cloudletfs -run '^TestQEMU'
-	$(GO) test -count=1 -timeout 20m $(GUEST_PKGS)
+	@# One package at a time: the QEMU packages each start a private libvirtd and mount FUSE
+	@# filesystems in shared directories, and under TCG two at once also slow each other's guests.
+	$(GO) test -count=1 -p 1 -timeout 20m $(GUEST_PKGS)
 	@# The overlay parsers face files from anywhere: fuzz them for a bounded effort on every run.
 	@# Counts, not durations: Go 1.26's fuzz coordinator can fail a clean run when a duration
 	@# ends mid-input (golang/go#75804, fixed in Go 1.27).

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/moby/sys/mountinfo"
+	"golang.org/x/sys/unix"
 
 	"github.com/cloudlet/cloudlet/cloudletfs"
 	"github.com/cloudlet/cloudlet/internal/testguest"
@@ -149,6 +150,18 @@ func shareRunDir(t testing.TB) {
 	t.Helper()
 	dir := cloudletfs.RunDir
 	if err := os.MkdirAll(dir, 0o711); err != nil {
+		t.Fatal(err)
+	}
+	// Test binaries of two packages may get here at once: both would see the directory
+	// unshared and bind it twice, and a daemon started on the lower bind never sees the
+	// mounts made on the upper one (QEMU then finds the bare mount point: "Permission
+	// denied"). So one at a time, by a lock outside the directory.
+	lock, err := os.OpenFile(dir+".share.lock", os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lock.Close() // and with it the lock
+	if err := unix.Flock(int(lock.Fd()), unix.LOCK_EX); err != nil {
 		t.Fatal(err)
 	}
 	mounts, err := mountinfo.GetMounts(mountinfo.SingleEntryFilter(dir))
