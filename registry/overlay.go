@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -31,6 +32,9 @@ const (
 	AnnotationBaseID     = "cloudlet.base.id"
 	AnnotationWorkingSet = "cloudlet.overlay.working-set-bytes"
 )
+
+// ErrBadArtifact is wrapped by the errors for a manifest that is not the artifact wanted.
+var ErrBadArtifact = errors.New("not a valid cloudlet artifact")
 
 // maxManifestBytes bounds an artifact manifest read from a registry (they are about 1 KiB).
 const maxManifestBytes = 4 << 20
@@ -155,10 +159,10 @@ func fetchManifest(ctx context.Context, repo *remote.Repository, ref Ref, artifa
 		return desc, m, fmt.Errorf("%s: manifest: %w", ref, err)
 	}
 	if err := json.Unmarshal(raw, &m); err != nil {
-		return desc, m, fmt.Errorf("%s: manifest: %w", ref, err)
+		return desc, m, fmt.Errorf("%s: manifest: %w: %w", ref, ErrBadArtifact, err)
 	}
 	if m.MediaType != ocispec.MediaTypeImageManifest || m.ArtifactType != artifactType {
-		return desc, m, fmt.Errorf("%s: got an artifact of type %q (%s), want %s", ref, m.ArtifactType, m.MediaType, artifactType)
+		return desc, m, fmt.Errorf("%s: %w: got an artifact of type %q (%s), want %s", ref, ErrBadArtifact, m.ArtifactType, m.MediaType, artifactType)
 	}
 	return desc, m, nil
 }
@@ -189,17 +193,17 @@ func ResolveOverlay(ctx context.Context, ref Ref, o Options, checkRedirect func(
 		return nil, err
 	}
 	if len(m.Layers) != 1 || m.Layers[0].MediaType != MediaTypeOverlay {
-		return nil, fmt.Errorf("%s: want one blob of type %s, got %d blobs", ref, MediaTypeOverlay, len(m.Layers))
+		return nil, fmt.Errorf("%s: %w: want one blob of type %s, got %d blobs", ref, ErrBadArtifact, MediaTypeOverlay, len(m.Layers))
 	}
 	blob := m.Layers[0]
 	if err := blob.Digest.Validate(); err != nil || blob.Digest.Algorithm() != digest.SHA256 || blob.Size <= 0 {
-		return nil, fmt.Errorf("%s: overlay blob %q of %d bytes: want a sha256 digest and a positive size", ref, blob.Digest, blob.Size)
+		return nil, fmt.Errorf("%s: %w: overlay blob %q of %d bytes: want a sha256 digest and a positive size", ref, ErrBadArtifact, blob.Digest, blob.Size)
 	}
 	ov := &Overlay{Ref: ref, Manifest: desc, Blob: blob, Subject: m.Subject,
 		OverlayID: m.Annotations[AnnotationOverlayID], BaseID: m.Annotations[AnnotationBaseID]}
 	for what, id := range map[string]string{"overlay ID": ov.OverlayID, "base ID": ov.BaseID} {
 		if b, err := hex.DecodeString(id); err != nil || len(b) != 32 {
-			return nil, fmt.Errorf("%s: annotation %s %q: want 64 hex digits", ref, what, id)
+			return nil, fmt.Errorf("%s: %w: annotation %s %q: want 64 hex digits", ref, ErrBadArtifact, what, id)
 		}
 	}
 	ov.URL = BlobURL(ref, o, blob.Digest.String())

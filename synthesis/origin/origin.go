@@ -20,6 +20,7 @@ import (
 	"github.com/cenkalti/backoff/v4"
 
 	"github.com/cloudlet/cloudlet/internal/netguard"
+	"github.com/cloudlet/cloudlet/registry"
 )
 
 // Origin is where an overlay's bytes come from: a local file or an HTTP(S) server that
@@ -36,13 +37,19 @@ type Origin interface {
 // what it prevents.
 var ErrChanged = errors.New("the overlay changed on the server while it was being read")
 
-// Open opens a local file, or an http:// or https:// URL.
+// ErrNoRanges means the server answered a range request with the whole file.
+var ErrNoRanges = errors.New("no range support")
+
+// Open opens a local file, an http:// or https:// URL, or an oci:// artifact reference.
 func Open(ctx context.Context, src string, opts HTTPOptions) (Origin, error) {
+	if strings.HasPrefix(src, registry.Scheme) {
+		return openOCI(ctx, src, opts)
+	}
 	if strings.HasPrefix(src, "http://") || strings.HasPrefix(src, "https://") {
 		return NewHTTP(ctx, src, opts)
 	}
 	if strings.Contains(src, "://") {
-		return nil, fmt.Errorf("overlay source %q: want a file or an http(s) URL", src)
+		return nil, fmt.Errorf("overlay source %q: want a file, an http(s) URL or an oci:// reference", src)
 	}
 	f, err := os.Open(src)
 	if err != nil {
@@ -81,6 +88,12 @@ type HTTPOptions struct {
 	// Guard, if set, refuses origins whose address (after DNS, after each redirect) it does
 	// not allow. The server sets it for URLs its clients give; it needs the default Client.
 	Guard *netguard.Guard
+	// OCI says how oci:// sources reach their registry.
+	OCI OCIOptions
+
+	// retryDenied retries 401, 403, 404 and 410 answered after a redirect: an expired
+	// presigned URL of a registry's blob storage (each attempt starts at the registry).
+	retryDenied bool
 }
 
 type httpOrigin struct {
@@ -141,11 +154,11 @@ func NewHTTP(ctx context.Context, rawURL string, opts HTTPOptions) (Origin, erro
 		}
 		defer resp.Body.Close()
 		io.Copy(io.Discard, io.LimitReader(resp.Body, 1<<10))
-		if err := statusError(resp); err != nil {
+		if err := o.statusError(resp); err != nil {
 			return err
 		}
 		if resp.StatusCode != http.StatusPartialContent {
-			return backoff.Permanent(fmt.Errorf("no range support: got %s, want 206 Partial Content", statusText(resp.StatusCode)))
+			return backoff.Permanent(fmt.Errorf("%w: got %s, want 206 Partial Content", ErrNoRanges, statusText(resp.StatusCode)))
 		}
 		size, err := totalSize(resp.Header.Get("Content-Range"))
 		if err != nil {
@@ -194,7 +207,7 @@ func (o *httpOrigin) ReadAt(ctx context.Context, p []byte, off int64) error {
 		if resp.StatusCode == http.StatusPreconditionFailed {
 			return backoff.Permanent(ErrChanged)
 		}
-		if err := statusError(resp); err != nil {
+		if err := o.statusError(resp); err != nil {
 			return err
 		}
 		if resp.StatusCode != http.StatusPartialContent {
