@@ -141,4 +141,3 @@ func TestOverlay(t testing.TB, b *base.Base, n int64, seed int64) string {
 	}
 	return path
 }
-

@@ -1,6 +1,7 @@
 package origin
 
 import (
+	"cmp"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -9,6 +10,7 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"time"
 
 	"oras.land/oras-go/v2/errdef"
 	"oras.land/oras-go/v2/registry/remote/auth"
@@ -33,6 +35,9 @@ type OCIOptions struct {
 	MaxSize int64
 }
 
+// resolveTimeout bounds the resolution of a reference (a manifest, perhaps a token first).
+const resolveTimeout = 60 * time.Second
+
 // openOCI resolves an overlay artifact and reads its blob by range requests through an HTTP
 // origin that starts every request at the registry's blob URL, with the registry's auth. The
 // blob is pinned by digest: the overlay's header must carry the ID the manifest's annotation
@@ -51,7 +56,9 @@ func openOCI(ctx context.Context, src string, opts HTTPOptions) (Origin, error) 
 		// With a guard, every connection (registry, token realm, blob storage) is checked.
 		ropts.Transport = newHTTPClient(opts.Guard).Transport
 	}
-	ov, err := registry.ResolveOverlay(ctx, ref, ropts, checkRedirect)
+	rctx, cancel := context.WithTimeout(ctx, cmp.Or(opts.AttemptTimeout, resolveTimeout))
+	ov, err := registry.ResolveOverlay(rctx, ref, ropts, checkRedirect)
+	cancel()
 	if err != nil {
 		return nil, fmt.Errorf("overlay %s: %w", name, registryError(err, opts.Guard != nil))
 	}
