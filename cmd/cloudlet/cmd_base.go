@@ -23,6 +23,8 @@ func baseCommand() *cli.Command {
 		Subcommands: []*cli.Command{
 			baseCreateCommand(),
 			baseResumeCommand(),
+			basePushCommand(),
+			basePullCommand(),
 			{Name: "list", Usage: "list the bases", Action: func(c *cli.Context) error {
 				return runBaseList(globalsOf(c), c.App.Writer, c.App.ErrWriter)
 			}},
