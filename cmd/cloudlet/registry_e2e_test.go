@@ -1,0 +1,144 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"math"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/cloudlet/cloudlet/internal/testguest"
+	"github.com/cloudlet/cloudlet/registry"
+	"github.com/cloudlet/cloudlet/synthesis"
+	"github.com/cloudlet/cloudlet/synthesis/origin"
+)
+
+// TestRegistryEndToEnd publishes a base and an app's overlay to a real registry on loopback,
+// pulls the base on another cloudlet (a second home), and synthesises the app there by
+// reference, with early start: the app answers, having fetched about as much before its first
+// answer as a synthesis of the same overlay from a plain HTTP server.
+func TestRegistryEndToEnd(t *testing.T) {
+	g := testguest.Get(t)
+	testguest.RequireFUSE(t)
+	reg := registry.StartRegistry(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	home, home2, home3 := t.TempDir(), t.TempDir(), t.TempDir()
+	t.Cleanup(func() { noQEMULeft(t, home); noQEMULeft(t, home2); noQEMULeft(t, home3) })
+
+	port := testguest.FreePort(t)
+	r := run(t, ctx, home, "base", "create", "--disk", g.RootFS, "--kernel", g.Kernel, "--initrd", g.Initrd,
+		"--memory", "128M", "--name", "registry-e2e",
+		"--ready", fmt.Sprintf("http://127.0.0.1:%d/", port), "--hostfwd", fmt.Sprintf("tcp:127.0.0.1:%d-:80", port))
+	if r.code != 0 {
+		t.Fatalf("base create: exit %d\n%s", r.code, r.stderr)
+	}
+	id := lastLine(r.stdout)
+	file := t.TempDir() + "/app.overlay"
+	p8080 := testguest.FreePort(t)
+	r = run(t, ctx, home, "overlay", "create", id,
+		"--exec", "mkdir -p /www2 && echo custom-app > /www2/index.html",
+		"--exec", "httpd -p 8080 -h /www2",
+		"--hostfwd", fmt.Sprintf("tcp:127.0.0.1:%d-:8080", p8080), "--ready", fmt.Sprintf("http://127.0.0.1:%d/", p8080),
+		"-o", file)
+	if r.code != 0 {
+		t.Fatalf("overlay create: exit %d\n%s", r.code, r.stderr)
+	}
+
+	creds := []string{"--plain-http", "--registry-user", reg.Username, "--registry-password", reg.Password}
+	repo := reg.Host + "/apps/demo"
+	if r := run(t, ctx, home, append([]string{"base", "push", id, repo + ":base"}, creds...)...); r.code != 0 {
+		t.Fatalf("base push: exit %d\n%s", r.code, r.stderr)
+	}
+	r = run(t, ctx, home, append([]string{"overlay", "push", file, repo + ":v1"}, creds...)...)
+	if r.code != 0 || !regexp.MustCompile(`@sha256:[0-9a-f]{64}$`).MatchString(lastLine(r.stdout)) {
+		t.Fatalf("overlay push: exit %d\n%s\n%s", r.code, r.stdout, r.stderr)
+	}
+	byDigest := registry.Scheme + lastLine(r.stdout)
+
+	// The base, pulled on another cloudlet, is the same base.
+	if r := run(t, ctx, home2, append([]string{"base", "pull", repo + ":base"}, creds...)...); r.code != 0 || lastLine(r.stdout) != id {
+		t.Fatalf("base pull: exit %d, stdout %q\n%s", r.code, r.stdout, r.stderr)
+	}
+	if r := run(t, ctx, home2, "base", "verify", id); r.code != 0 {
+		t.Fatalf("pulled base does not verify: %s", r.stderr)
+	}
+
+	synth := func(home, src string, extra ...string) synthesis.Timeline {
+		t.Helper()
+		port := testguest.FreePort(t)
+		args := append([]string{"--json", "synthesis", id, src, "--bandwidth", "38Mbit",
+			"--hostfwd", fmt.Sprintf("tcp:127.0.0.1:%d-:8080", port), "--probe", fmt.Sprintf("http://127.0.0.1:%d/", port),
+			"--probe-timeout", "2m", "--exit-when-complete"}, extra...)
+		r := run(t, ctx, home, args...)
+		tl := timeline(t, r.stdout)
+		if r.code != 0 || tl["first_answer"].Name == "" || tl["complete"].Name == "" {
+			t.Fatalf("synthesis from %s: exit %d\n%s\n%s", src, r.code, r.stdout, r.stderr)
+		}
+		if !strings.Contains(tl["first_answer"].Detail, "custom-app") && tl["first_answer"].Detail != "" {
+			t.Logf("first answer: %s", tl["first_answer"].Detail)
+		}
+		return tl
+	}
+	data := mustRead(t, file)
+	s := origin.NewShapedServer(data)
+	defer s.Close()
+	plain := synth(home2, s.URL())["first_answer"].Bytes
+	oci := synth(home2, registry.Scheme+repo+":v1", creds...)["first_answer"].Bytes
+	t.Logf("bytes fetched before the first answer: %d from plain HTTP, %d from the registry (overlay %d)", plain, oci, len(data))
+	if math.Abs(float64(oci-plain)) > 0.1*float64(plain) {
+		t.Errorf("from the registry %d bytes before the first answer, from plain HTTP %d: want within 10 %%", oci, plain)
+	}
+
+	// A cloudlet without the base pulls it from the overlay's subject first.
+	r = run(t, ctx, home3, append([]string{"synthesis", id, byDigest, "--pull-base", "--exit-when-complete"}, creds...)...)
+	if r.code != 0 || !strings.Contains(r.stderr, "pulled base "+id) || !strings.Contains(r.stdout, "complete") {
+		t.Fatalf("synthesis --pull-base: exit %d\n%s\n%s", r.code, r.stdout, r.stderr)
+	}
+
+	// Mistakes are named before any VM starts.
+	wrong := []string{"--plain-http", "--registry-user", reg.Username, "--registry-password", "wrong"}
+	for _, c := range []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"missing tag", append([]string{"synthesis", id, registry.Scheme + repo + ":v9"}, creds...), "not found"},
+		{"wrong digest", append([]string{"synthesis", id, registry.Scheme + repo + "@sha256:" + strings.Repeat("0", 64)}, creds...), "not found"},
+		{"wrong credentials", append([]string{"synthesis", id, registry.Scheme + repo + ":v1"}, wrong...), "refused the credentials"},
+		{"HTTPS to a plain registry", []string{"synthesis", id, registry.Scheme + repo + ":v1", "--retry-for", "1s"}, "http"},
+		{"pull a missing base", append([]string{"base", "pull", repo + ":nothing"}, creds...), "not found"},
+		{"push to a digest", append([]string{"overlay", "push", file, repo + "@sha256:" + strings.Repeat("0", 64)}, creds...), "want a tag"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			h := t.TempDir()
+			if c.args[0] == "synthesis" {
+				h = home2 // which has the base
+			}
+			r := run(t, ctx, h, c.args...)
+			if r.code == 0 || !strings.Contains(r.stderr, c.want) || strings.Contains(r.stdout, "resumed") {
+				t.Fatalf("exit %d, stderr %q; want a failure saying %q before any VM", r.code, r.stderr, c.want)
+			}
+		})
+	}
+}
+
+func lastLine(s string) string {
+	lines := strings.Split(strings.TrimSpace(s), "\n")
+	return strings.TrimSpace(lines[len(lines)-1])
+}
+
+// timeline reads the JSON events a synthesis printed.
+func timeline(t *testing.T, stdout string) synthesis.Timeline {
+	tl := synthesis.Timeline{}
+	for _, line := range strings.Split(stdout, "\n") {
+		var e synthesis.Event
+		if json.Unmarshal([]byte(line), &e) == nil && e.Name != "" {
+			tl[e.Name] = e
+		}
+	}
+	return tl
+}
