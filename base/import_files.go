@@ -10,6 +10,12 @@ import (
 // size within the limits), returning it with the base ID it names.
 func ParseManifest(raw []byte) (*Manifest, string, error) { return parseManifest(raw) }
 
+// CheckRoom refuses a base whose files, as manifest m sizes them, do not fit in the free space
+// of the store's filesystem (less a reserve for running VMs).
+func (s *Store) CheckRoom(m *Manifest) error {
+	return checkRoom(m, func() (int64, error) { return freeBytes(s.home) })
+}
+
 // ImportFiles adds the base whose manifest is raw, reading each of its files from open(name):
 // for bases that travel as separate files (a registry's blobs) rather than as one export
 // archive. Like Import, it checks the free space before anything is written and every file
@@ -24,7 +30,7 @@ func (s *Store) ImportFiles(ctx context.Context, raw []byte, open func(name stri
 	if b, err := s.Get(id); err == nil {
 		return b, false, nil
 	}
-	if err := checkRoom(m, func() (int64, error) { return freeBytes(s.home) }); err != nil {
+	if err := s.CheckRoom(m); err != nil {
 		return nil, false, err
 	}
 	d, err := s.NewDraft()

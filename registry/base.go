@@ -1,6 +1,7 @@
 package registry
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -17,6 +18,7 @@ import (
 	"oras.land/oras-go/v2/registry/remote"
 
 	"github.com/cloudlet/cloudlet/base"
+	"github.com/cloudlet/cloudlet/chunk"
 )
 
 // The types of a base artifact: its config blob is the base's manifest.json, byte for byte,
@@ -128,6 +130,11 @@ func PullBase(ctx context.Context, store *base.Store, ref Ref, o Options, p base
 	if b, err := store.Get(id); err == nil && b.ID == id {
 		return b, false, nil
 	}
+	// The files are downloaded, then copied into the store: room for them is checked before
+	// the download (their holes included), and again before the copy.
+	if err := store.CheckRoom(bm); err != nil {
+		return nil, false, fmt.Errorf("pull %s: %w", ref, err)
+	}
 	dir := filepath.Join(store.Home(), "pulls", id)
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, false, fmt.Errorf("pull %s: %w", ref, err)
@@ -230,7 +237,7 @@ func fetchRest(ctx context.Context, repo *remote.Repository, desc ocispec.Descri
 	p.Begin("pull "+desc.Annotations[ocispec.AnnotationTitle], desc.Size)
 	defer p.End()
 	p.Add(have)
-	w := io.NewOffsetWriter(f, have)
+	w := &sparseWriter{f: f, off: have}
 	n, err := io.Copy(io.MultiWriter(w, h), &progressReader{ctx: ctx, r: io.LimitReader(rc, desc.Size-have), p: p})
 	have += n
 	if err != nil {
@@ -239,8 +246,33 @@ func fetchRest(ctx context.Context, repo *remote.Repository, desc ocispec.Descri
 	if have < desc.Size {
 		return have, fmt.Errorf("blob %s: the registry sent %d of %d bytes", desc.Digest, have, desc.Size)
 	}
-	return have, nil
+	// The zero chunks at the end were not written.
+	return have, f.Truncate(have)
 }
+
+// sparseWriter writes at off and on, leaving all-zero runs of chunk.Size as holes: images are
+// mostly zeros. A file cut short ends at its last non-zero chunk, and holes read as the zeros
+// they stand for, so its size is still where a resumed download picks up.
+type sparseWriter struct {
+	f   *os.File
+	off int64
+}
+
+func (w *sparseWriter) Write(p []byte) (int, error) {
+	for i := 0; i < len(p); i += chunk.Size {
+		c := p[i:min(i+chunk.Size, len(p))]
+		if bytes.Equal(c, zeros[:len(c)]) {
+			continue
+		}
+		if _, err := w.f.WriteAt(c, w.off+int64(i)); err != nil {
+			return i, err
+		}
+	}
+	w.off += int64(len(p))
+	return len(p), nil
+}
+
+var zeros = make([]byte, chunk.Size)
 
 type noProgress struct{}
 

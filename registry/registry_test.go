@@ -2,9 +2,12 @@ package registry_test
 
 import (
 	"context"
+	"io"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -96,30 +99,41 @@ func TestPullResume(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	var total int64
+	for _, f := range b.Manifest.Files {
+		total += f.Size
+	}
 	for _, c := range []struct {
-		name    string
-		partial []byte
-		wantErr string
+		name     string
+		partial  []byte
+		wantErr  string
+		maxBytes int64 // what the pull may fetch in all
 	}{
-		{"half of the right bytes", mem[:len(mem)/2], ""},
-		{"wrong bytes", append([]byte("not the memory image"), mem[:4096]...), "digest mismatch"},
+		{"half of the right bytes", mem[:len(mem)/2], "", total - int64(len(mem)/2) + 64<<10},
+		{"wrong bytes", append([]byte("not the memory image"), mem[:4096]...), "digest mismatch", 3 * total},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			dst := newStore(t)
+			counter := &countingTransport{rt: http.DefaultTransport}
+			opts := reg.Options()
+			opts.Transport = counter
 			dir := filepath.Join(dst.Home(), "pulls", b.ID)
 			os.MkdirAll(dir, 0o700)
 			if err := os.WriteFile(filepath.Join(dir, base.MemoryFile), c.partial, 0o600); err != nil {
 				t.Fatal(err)
 			}
-			_, _, err := registry.PullBase(ctx, dst, ref, reg.Options(), nil)
+			_, _, err := registry.PullBase(ctx, dst, ref, opts, nil)
 			if c.wantErr != "" {
 				if err == nil || !strings.Contains(err.Error(), c.wantErr) || !strings.Contains(err.Error(), base.MemoryFile) {
 					t.Fatalf("pull over %s: %v, want an error naming %s and %q", c.name, err, base.MemoryFile, c.wantErr)
 				}
-				_, _, err = registry.PullBase(ctx, dst, ref, reg.Options(), nil)
+				_, _, err = registry.PullBase(ctx, dst, ref, opts, nil)
 			}
 			if err != nil {
 				t.Fatal(err)
+			}
+			if n := counter.n.Load(); n > c.maxBytes {
+				t.Fatalf("the pull fetched %d bytes, want at most %d (the base has %d)", n, c.maxBytes, total)
 			}
 			if _, err := dst.Get(b.ID); err != nil {
 				t.Fatal(err)
@@ -189,4 +203,29 @@ func TestParseRef(t *testing.T) {
 			t.Errorf("ParseRef(%q) = %v, %v; want %q, ok %v", c.in, r, err, c.want, c.ok)
 		}
 	}
+}
+
+// countingTransport counts the body bytes of every answer.
+type countingTransport struct {
+	rt http.RoundTripper
+	n  atomic.Int64
+}
+
+func (c *countingTransport) RoundTrip(req *http.Request) (*http.Response, error) {
+	resp, err := c.rt.RoundTrip(req)
+	if err == nil {
+		resp.Body = &countingBody{ReadCloser: resp.Body, n: &c.n}
+	}
+	return resp, err
+}
+
+type countingBody struct {
+	io.ReadCloser
+	n *atomic.Int64
+}
+
+func (b *countingBody) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	b.n.Add(int64(n))
+	return n, err
 }
