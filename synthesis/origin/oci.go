@@ -10,6 +10,7 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"sync/atomic"
 	"time"
 
 	"oras.land/oras-go/v2/errdef"
@@ -155,57 +156,115 @@ func registryError(err error, stranger bool) error {
 	return transportError(err)
 }
 
-// downloadBlob fetches the whole blob into a spool file, checking its size and digest, for a
-// registry that does not answer range requests.
+// downloadBlob fetches the whole blob into a spool file in the background, for a registry
+// that does not answer range requests. Reads wait for the download to pass their range; the
+// blobs are in prefetch order, so the working set comes first and early start still pays.
+// The blob's size and digest are checked at its end, before a read of its last byte returns.
 func downloadBlob(ctx context.Context, ov *registry.Overlay, name, dir string) (Origin, error) {
 	f, err := os.CreateTemp(dir, "overlay-*.spool")
 	if err != nil {
 		return nil, fmt.Errorf("overlay %s: %w", name, err)
 	}
-	if err := fetchWhole(ctx, ov, f); err != nil {
-		f.Close()
-		os.Remove(f.Name())
-		return nil, fmt.Errorf("overlay %s: full download: %w", name, err)
-	}
-	return &spooledBlob{fileOrigin: fileOrigin{f: f, size: ov.Blob.Size}, name: name}, nil
-}
-
-func fetchWhole(ctx context.Context, ov *registry.Overlay, f *os.File) error {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, ov.URL, nil)
-	if err != nil {
-		return err
+	if err == nil {
+		var resp *http.Response
+		if resp, err = ov.Client.Do(req); err != nil {
+			err = transportError(err)
+		} else if err = statusError(resp); err != nil {
+			resp.Body.Close()
+		} else {
+			dctx, cancel := context.WithCancel(ctx)
+			b := &streamedBlob{f: f, size: ov.Blob.Size, digest: ov.Blob.Digest.Encoded(), name: name, cancel: cancel, done: make(chan struct{})}
+			go b.fetch(dctx, resp.Body)
+			return b, nil
+		}
 	}
-	resp, err := ov.Client.Do(req)
-	if err != nil {
-		return transportError(err)
-	}
-	defer resp.Body.Close()
-	if err := statusError(resp); err != nil {
-		return err
-	}
+	f.Close()
+	os.Remove(f.Name())
+	return nil, fmt.Errorf("overlay %s: full download: %w", name, err)
+}
+
+// streamedBlob is a blob being downloaded whole into a spool file, removed when closed.
+type streamedBlob struct {
+	f      *os.File
+	size   int64
+	digest string
+	name   string
+	cancel context.CancelFunc
+	done   chan struct{} // closed when fetch has ended; err is set then
+	have   atomic.Int64  // bytes in the file
+	err    error
+}
+
+func (b *streamedBlob) fetch(ctx context.Context, body io.ReadCloser) {
+	defer close(b.done)
+	defer body.Close()
+	stop := context.AfterFunc(ctx, func() { body.Close() })
+	defer stop()
 	h := sha256.New()
-	n, err := io.Copy(io.MultiWriter(f, h), io.LimitReader(resp.Body, ov.Blob.Size+1))
-	if err != nil {
-		return transportError(err)
+	buf := make([]byte, 256<<10)
+	r := io.LimitReader(body, b.size+1)
+	for {
+		n, err := r.Read(buf)
+		if n > 0 {
+			h.Write(buf[:n])
+			if _, werr := b.f.WriteAt(buf[:n], b.have.Load()); werr != nil {
+				b.err = werr
+				return
+			}
+			b.have.Add(int64(n))
+		}
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			b.err = transportError(err)
+			return
+		}
 	}
-	if n != ov.Blob.Size {
-		return fmt.Errorf("got %d bytes, want %d", n, ov.Blob.Size)
+	if got := b.have.Load(); got != b.size {
+		b.err = fmt.Errorf("the registry sent %d bytes, the manifest says %d", got, b.size)
+	} else if got := hex.EncodeToString(h.Sum(nil)); got != b.digest {
+		b.err = fmt.Errorf("got sha256 %s, want %s", got, b.digest)
 	}
-	if got := hex.EncodeToString(h.Sum(nil)); got != ov.Blob.Digest.Encoded() {
-		return fmt.Errorf("blob %s: got sha256 %s", ov.Blob.Digest, got)
-	}
-	return nil
 }
 
-// spooledBlob is a fully downloaded blob, removed when closed.
-type spooledBlob struct {
-	fileOrigin
-	name string
+// ReadAt waits until the download has passed [off, off+len(p)), or for its end when that
+// range ends the blob.
+func (b *streamedBlob) ReadAt(ctx context.Context, p []byte, off int64) error {
+	want := off + int64(len(p))
+	if off < 0 || want > b.size {
+		return fmt.Errorf("%s: bytes %d+%d beyond its %d", b.name, off, len(p), b.size)
+	}
+	for {
+		select {
+		case <-b.done:
+			if b.err != nil {
+				return fmt.Errorf("%s: full download: %w", b.name, b.err)
+			}
+		default:
+			if b.have.Load() < want || want == b.size {
+				select {
+				case <-ctx.Done():
+					return fmt.Errorf("%s: waiting for bytes %d+%d: %w", b.name, off, len(p), ctx.Err())
+				case <-b.done:
+				case <-time.After(spoolPoll):
+				}
+				continue
+			}
+		}
+		_, err := b.f.ReadAt(p, off)
+		return err
+	}
 }
 
-func (s *spooledBlob) String() string { return s.name }
-func (s *spooledBlob) Close() error {
-	err := s.f.Close()
-	os.Remove(s.f.Name())
+func (b *streamedBlob) Size() int64    { return b.size }
+func (b *streamedBlob) String() string { return b.name }
+
+func (b *streamedBlob) Close() error {
+	b.cancel()
+	<-b.done
+	err := b.f.Close()
+	os.Remove(b.f.Name())
 	return err
 }

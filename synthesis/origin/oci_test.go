@@ -37,6 +37,7 @@ type registryProxy struct {
 	reg         *registry.TestRegistry
 	stripRanges bool
 	redirect    bool
+	corruptAt   int64 // if positive, the byte of every whole blob answer at this offset is flipped
 
 	mu        sync.Mutex
 	token     int
@@ -57,6 +58,17 @@ func newRegistryProxy(t *testing.T, reg *registry.TestRegistry, stripRanges, red
 	rp.ModifyResponse = func(r *http.Response) error {
 		if p.stripRanges {
 			r.Header.Del("Accept-Ranges")
+		}
+		if p.corruptAt > 0 && r.StatusCode == http.StatusOK && strings.Contains(r.Request.URL.Path, "/blobs/") {
+			body, err := io.ReadAll(r.Body)
+			r.Body.Close()
+			if err != nil {
+				return err
+			}
+			if int64(len(body)) > p.corruptAt {
+				body[p.corruptAt] ^= 1
+			}
+			r.Body = io.NopCloser(bytes.NewReader(body))
 		}
 		return nil
 	}
@@ -192,6 +204,20 @@ func TestOCIOrigin(t *testing.T) {
 		_, err := Open(ctx, registry.Scheme+p.host()+"/apps/test:v1", withOpts(none))
 		if err == nil || !strings.Contains(err.Error(), "does not answer range requests") || !strings.Contains(err.Error(), "--oci-full-download") {
 			t.Fatalf("open through a registry without ranges: %v", err)
+		}
+	})
+	t.Run("no range support, full download of a corrupt blob", func(t *testing.T) {
+		p := newRegistryProxy(t, reg, true, false)
+		p.corruptAt = int64(len(data) / 2)
+		o, err := Open(ctx, registry.Scheme+p.host()+"/apps/test:v1", withOpts(func(o *HTTPOptions) {
+			o.OCI.FullDownload, o.OCI.SpoolDir = true, t.TempDir()
+		}))
+		if err == nil { // the header may be read before the download ends, or after
+			defer o.Close()
+			_, err = readAll(ctx, o)
+		}
+		if err == nil || !strings.Contains(err.Error(), "got sha256") {
+			t.Fatalf("full download of a corrupt blob read to its end: %v", err)
 		}
 	})
 	t.Run("no range support, full download", func(t *testing.T) {
