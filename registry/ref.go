@@ -175,6 +175,8 @@ func explain(err error) error {
 	switch {
 	case errors.Is(err, errdef.ErrNotFound) || status == http.StatusNotFound:
 		return fmt.Errorf("not found in the registry: %w", err)
+	case strings.Contains(err.Error(), "server gave HTTP response to HTTPS client"): // net/http has no type for it
+		return fmt.Errorf("the registry speaks plain HTTP (if it is on a network you trust, give --plain-http): %w", err)
 	case errors.Is(err, auth.ErrBasicCredentialNotFound):
 		return fmt.Errorf("the registry wants credentials and none were found (give --registry-user and --registry-password, or log in with docker or oras): %w", err)
 	case status == http.StatusUnauthorized:

@@ -166,7 +166,7 @@ func TestRegistryErrors(t *testing.T) {
 		{"unknown digest", reg.Ref(t, "apps/x@sha256:"+strings.Repeat("ab", 32)), reg.Options(), "not found"},
 		{"wrong credentials", good, wrongPass, "refused the credentials"},
 		{"no credentials", good, registry.Options{PlainHTTP: true, DockerConfig: filepath.Join(t.TempDir(), "none.json")}, "wants credentials"},
-		{"HTTPS to a plain-HTTP registry", good, registry.Options{Username: reg.Username, Password: reg.Password}, "http"},
+		{"HTTPS to a plain-HTTP registry", good, registry.Options{Username: reg.Username, Password: reg.Password}, "give --plain-http"},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			_, err := registry.ResolveOverlay(ctx, c.ref, c.opts, nil)

@@ -44,11 +44,17 @@ func TestRegistryEndToEnd(t *testing.T) {
 		"--exec", "mkdir -p /www2 && echo custom-app > /www2/index.html",
 		"--exec", "httpd -p 8080 -h /www2",
 		// Bytes the app does not need before it answers: what early start does not wait for.
-		"--exec", "head -c 8000000 /dev/urandom > /www2/big.bin",
+		"--exec", "head -c 8000000 /dev/urandom > /www2/big.bin && sync && echo 3 > /proc/sys/vm/drop_caches",
 		"--hostfwd", fmt.Sprintf("tcp:127.0.0.1:%d-:8080", p8080), "--ready", fmt.Sprintf("http://127.0.0.1:%d/", p8080),
-		"-o", file)
+		"-o", file+".raw")
 	if r.code != 0 {
 		t.Fatalf("overlay create: exit %d\n%s", r.code, r.stderr)
+	}
+	// The recorded working set goes first: big.bin, which the app does not read, last.
+	r = run(t, ctx, home, "overlay", "profile", file+".raw", "--base", id, "-o", file,
+		"--hostfwd", fmt.Sprintf("tcp:127.0.0.1:%d-:8080", p8080), "--probe", fmt.Sprintf("http://127.0.0.1:%d/", p8080), "--tail", "200ms")
+	if r.code != 0 {
+		t.Fatalf("overlay profile: exit %d\n%s", r.code, r.stderr)
 	}
 
 	creds := []string{"--plain-http", "--registry-user", reg.Username, "--registry-password", reg.Password}
@@ -112,7 +118,7 @@ func TestRegistryEndToEnd(t *testing.T) {
 		{"missing tag", append([]string{"synthesis", id, registry.Scheme + repo + ":v9"}, creds...), "not found"},
 		{"wrong digest", append([]string{"synthesis", id, registry.Scheme + repo + "@sha256:" + strings.Repeat("0", 64)}, creds...), "not found"},
 		{"wrong credentials", append([]string{"synthesis", id, registry.Scheme + repo + ":v1"}, wrong...), "refused the credentials"},
-		{"HTTPS to a plain registry", []string{"synthesis", id, registry.Scheme + repo + ":v1", "--retry-for", "1s"}, "http"},
+		{"HTTPS to a plain registry", []string{"synthesis", id, registry.Scheme + repo + ":v1", "--retry-for", "1s"}, "give --plain-http"},
 		{"pull a missing base", append([]string{"base", "pull", repo + ":nothing"}, creds...), "not found"},
 		{"push to a digest", append([]string{"overlay", "push", file, repo + "@sha256:" + strings.Repeat("0", 64)}, creds...), "want a tag"},
 	} {
