@@ -175,6 +175,8 @@ type Overlay struct {
 	Subject   *ocispec.Descriptor // the base's artifact, if the overlay names it
 	OverlayID string
 	BaseID    string
+	// WorkingSetBytes is what the annotation says (0 if it says nothing usable).
+	WorkingSetBytes int64
 	// URL is the blob's URL at the registry, read with Client: every request starts there,
 	// so a redirect to blob storage is fresh each time.
 	URL    string
@@ -206,6 +208,7 @@ func ResolveOverlay(ctx context.Context, ref Ref, o Options, checkRedirect func(
 			return nil, fmt.Errorf("%s: %w: annotation %s %q: want 64 hex digits", ref, ErrBadArtifact, what, id)
 		}
 	}
+	ov.WorkingSetBytes, _ = strconv.ParseInt(m.Annotations[AnnotationWorkingSet], 10, 64)
 	ov.URL = BlobURL(ref, o, blob.Digest.String())
 	if ov.Client, err = BlobClient(ref, o, checkRedirect); err != nil {
 		return nil, err
