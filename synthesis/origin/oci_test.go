@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/http/httputil"
@@ -83,7 +84,9 @@ func newRegistryProxy(t *testing.T, reg *registry.TestRegistry, stripRanges, red
 		}
 		rp.ServeHTTP(w, r)
 	}))
-	p.storage = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	// Blob storage is at another address (127.0.0.2, loopback too), as it is in real life: a
+	// guard can tell it from the registry.
+	p.storage = httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		p.StorageGets.Add(1)
 		var token int
 		var path string
@@ -99,6 +102,13 @@ func newRegistryProxy(t *testing.T, reg *registry.TestRegistry, stripRanges, red
 		rec := &etagWriter{ResponseWriter: w, etag: fmt.Sprintf(`"%d-%d"`, token, p.StorageGets.Load())}
 		rp.ServeHTTP(rec, r)
 	}))
+	l, err := net.Listen("tcp", "127.0.0.2:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.storage.Listener.Close()
+	p.storage.Listener = l
+	p.storage.Start()
 	t.Cleanup(func() { p.Server.Close(); p.storage.Close() })
 	return p
 }
@@ -247,6 +257,8 @@ func TestOCIOrigin(t *testing.T) {
 		{"wrong credentials", direct, withOpts(func(o *HTTPOptions) { o.OCI.Registry.Password = "wrong" }), "refused the credentials"},
 		{"guarded: loopback registry", direct, withOpts(func(o *HTTPOptions) { o.Guard = netguard.New() }), "is loopback: refused"},
 		{"guarded: wrong credentials", direct, withOpts(func(o *HTTPOptions) { o.Guard, o.OCI.Registry.Password = loopback, "wrong" }), "the registry answered 401 Unauthorized"},
+		{"guarded: redirect to blob storage on a refused address", registry.Scheme + newRegistryProxy(t, reg, false, true).host() + "/apps/test:v1",
+			withOpts(func(o *HTTPOptions) { o.Guard = netguard.New(netip.MustParsePrefix("127.0.0.1/32")) }), "address 127.0.0.2 is loopback: refused"},
 		{"guarded: missing tag", registry.Scheme + reg.Host + "/apps/test:v9", withOpts(func(o *HTTPOptions) { o.Guard = loopback }), "not found in the registry"},
 		{"not a reference", "oci://" + reg.Host + "/apps/test", withOpts(none), "want REGISTRY/REPOSITORY:TAG"},
 	} {
