@@ -37,6 +37,16 @@ func TestPushPull(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// A second push (as after an interrupted one) uploads no blob the registry has.
+	counter := &countingTransport{rt: http.DefaultTransport}
+	opts := reg.Options()
+	opts.Transport = counter
+	if _, err := registry.PushBase(ctx, b, reg.Ref(t, "apps/tiny:base-again"), opts, nil); err != nil {
+		t.Fatal(err)
+	}
+	if n := counter.uploads.Load(); n != 0 {
+		t.Fatalf("a second push of the base started %d blob uploads, want none", n)
+	}
 	file := registry.TestOverlay(t, b, 8, 1)
 	ovRef := reg.Ref(t, "apps/tiny:v1")
 	if _, err := registry.PushOverlay(ctx, file, ovRef, reg.Options(), nil); err != nil {
@@ -205,13 +215,17 @@ func TestParseRef(t *testing.T) {
 	}
 }
 
-// countingTransport counts the body bytes of every answer.
+// countingTransport counts the body bytes of every answer, and the blob uploads started.
 type countingTransport struct {
-	rt http.RoundTripper
-	n  atomic.Int64
+	rt      http.RoundTripper
+	n       atomic.Int64
+	uploads atomic.Int64 // blob uploads started
 }
 
 func (c *countingTransport) RoundTrip(req *http.Request) (*http.Response, error) {
+	if req.Method == http.MethodPost && strings.HasSuffix(req.URL.Path, "/blobs/uploads/") {
+		c.uploads.Add(1)
+	}
 	resp, err := c.rt.RoundTrip(req)
 	if err == nil {
 		resp.Body = &countingBody{ReadCloser: resp.Body, n: &c.n}
