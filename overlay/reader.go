@@ -34,11 +34,19 @@ type Reader struct {
 const blobCacheBytes = 64 << 20
 
 // Prefetcher is an io.ReaderAt that can stream a range ahead of the reads that need it. Open
-// tells it, as soon as the header is in, the range a resume needs (the rest of the index, the
-// device state and the working set), so that the reads that follow, Open's own and the
-// fetcher's, are served from one request as its bytes arrive.
+// tells it, as soon as the header is in, where the index and what a resume needs (the device
+// state and the working set) end, so that the reads that follow, Open's own and the fetcher's,
+// can be served from one request as its bytes arrive.
 type Prefetcher interface {
-	Prefetch(off, end int64)
+	Prefetch(Plan)
+}
+
+// Plan is what an overlay's header says about the reads ahead of a resume.
+type Plan struct {
+	ID        string // the overlay's ID, as the header claims it (checked once the index is in)
+	First     int64  // bytes read already
+	IndexEnd  int64  // where the index ends
+	ResumeEnd int64  // where the device state and the working set end
 }
 
 // Open reads and checks the header and index. It reads FirstRead bytes first; then, if ra is a
@@ -62,10 +70,10 @@ func Open(ra io.ReaderAt, size int64, want Expect) (*Reader, error) {
 	if limit := want.indexRawLimit(); h.indexRaw > limit {
 		return nil, corrupt("header", "index of %d bytes, but images %s need at most %d", h.indexRaw, imageList(want.Images), limit)
 	}
-	if p, ok := ra.(Prefetcher); ok && h.resumeEnd > int64(len(first)) {
-		p.Prefetch(int64(len(first)), h.resumeEnd)
-	}
 	end := HeaderSize + h.indexLen
+	if p, ok := ra.(Prefetcher); ok && h.resumeEnd > int64(len(first)) {
+		p.Prefetch(Plan{ID: id, First: int64(len(first)), IndexEnd: end, ResumeEnd: h.resumeEnd})
+	}
 	zIndex := io.MultiReader(bytes.NewReader(first[HeaderSize:min(end, int64(len(first)))]),
 		runReader(ra, int64(len(first)), max(0, end-int64(len(first)))))
 	rawIndex, err := decompressIndex(zIndex, h.indexRaw)

@@ -24,6 +24,7 @@ type runner struct {
 
 	// Set by the steps, in order; nil until their step has run.
 	origin  origin.Origin
+	window  *window // the origin, streaming what a resume needs ahead of the reads
 	reader  *overlay.Reader
 	devPath string
 	fetcher *Fetcher
@@ -92,7 +93,7 @@ func (s *runner) timeline() Timeline {
 func (s *runner) emit(name, detail string) {
 	e := Event{Name: name, Seconds: time.Since(s.start).Seconds(), Detail: detail}
 	if s.fetcher != nil {
-		e.Bytes = s.fetcher.BytesFetched()
+		e.Bytes = s.window.BytesRead()
 		st := s.fetcher.Stats()
 		e.Fetch = &st
 	}
@@ -121,8 +122,10 @@ func (s *runner) openOverlay(ctx context.Context) error {
 		}
 		s.origin = src
 	}
-	s.onClose(func() { s.origin.Close() })
-	r, err := overlay.Open(origin.ReaderAt(ctx, s.origin), s.origin.Size(), ExpectFor(s.o.Base))
+	w := newWindow(ctx, s.origin, s.prefetchUntil)
+	s.origin, s.window = w, w
+	s.onClose(func() { w.Close() })
+	r, err := overlay.Open(w.readerAt(), s.origin.Size(), ExpectFor(s.o.Base))
 	if err != nil {
 		return fmt.Errorf("%s: %w", s.origin, err)
 	}
@@ -142,6 +145,16 @@ func (s *runner) openOverlay(ctx context.Context) error {
 	return os.WriteFile(s.devPath, dev, 0o600)
 }
 
+// prefetchUntil is how far the second request reads ahead once the header is in: through the
+// working set, unless a kept cache may already hold it (then only the index: the fetcher asks
+// for what is missing once it knows).
+func (s *runner) prefetchUntil(p overlay.Plan) int64 {
+	if cloudletfs.Kept(s.o.CacheDir) {
+		return p.IndexEnd
+	}
+	return p.ResumeEnd
+}
+
 // startFetcher makes the fetcher over the overlay and the base's images; it starts fetching
 // once cloudletfs is there to take the chunks.
 func (s *runner) startFetcher() error {
@@ -150,7 +163,9 @@ func (s *runner) startFetcher() error {
 		return err
 	}
 	s.onClose(closeBase)
-	s.fetcher = NewFetcher(s.reader, s.origin, baseImgs, s.o.Fetch)
+	opts := s.o.Fetch
+	opts.Bulk = opts.Bulk || !s.o.EarlyStart // no VM to serve first: stream it all
+	s.fetcher = NewFetcher(s.reader, s.origin, baseImgs, opts)
 	s.emit("index", fmt.Sprintf("overlay %s, %d blobs", s.reader.ID()[:12], len(s.reader.Index.Blobs)))
 	return nil
 }

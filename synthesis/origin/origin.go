@@ -94,8 +94,13 @@ type httpOrigin struct {
 	size      int64
 	validator string // the ETag, or else Last-Modified, pinned at open
 	byETag    bool
+	head      []byte // the file's first bytes, which came with the probe
 	opts      HTTPOptions
 }
+
+// headBytes is what the probe asks for: a reader's first read (the header, and a small
+// overlay's index) comes with the answer that tells the size, in the same round trip.
+const headBytes = 16 << 10
 
 // checkURL parses rawURL as a request URI and as requests will (url.Parse, which refuses a bad
 // escape in a fragment that the other lets through). A parse error's own message quotes the
@@ -135,19 +140,18 @@ func NewHTTP(ctx context.Context, rawURL string, opts HTTPOptions) (Origin, erro
 		opts.RetryFor = 2 * time.Minute
 	}
 	o := &httpOrigin{url: rawURL, name: name, client: opts.Client, opts: opts}
-	// A one-byte range request tells size, validator and range support in one round trip.
+	// One range request tells size, validator and range support, and brings the first bytes.
 	err := o.retry(ctx, "probe", noProgress, func(actx context.Context, w *watchdog) error {
 		req, err := http.NewRequestWithContext(actx, http.MethodGet, rawURL, nil)
 		if err != nil {
 			return backoff.Permanent(err)
 		}
-		req.Header.Set("Range", "bytes=0-0")
+		req.Header.Set("Range", fmt.Sprintf("bytes=0-%d", headBytes-1))
 		resp, err := o.client.Do(req)
 		if err != nil {
 			return w.explain(transportError(err))
 		}
 		defer resp.Body.Close()
-		io.Copy(io.Discard, io.LimitReader(resp.Body, 1<<10))
 		if err := statusError(resp); err != nil {
 			return err
 		}
@@ -159,6 +163,11 @@ func NewHTTP(ctx context.Context, rawURL string, opts HTTPOptions) (Origin, erro
 			return backoff.Permanent(err)
 		}
 		o.size = size
+		w.arm(o.opts.IdleTimeout, "no data")
+		// A shorter answer is a shorter head, not an error: later reads ask for the rest.
+		head := make([]byte, min(size, headBytes))
+		n, _ := io.ReadFull(resp.Body, head)
+		o.head = head[:n]
 		if et := resp.Header.Get("ETag"); et != "" && !strings.HasPrefix(et, "W/") {
 			o.validator, o.byETag = et, true
 		} else {

@@ -46,6 +46,11 @@ func (o *httpOrigin) ReadAt(ctx context.Context, p []byte, off int64) error {
 // arrive. A dropped or stalled connection resumes from the last byte received; server errors
 // and timeouts are retried with backoff for as long as attempts make progress.
 func (o *httpOrigin) ReadAtProgress(ctx context.Context, p []byte, off int64, progress func(n int)) error {
+	if off+int64(len(p)) <= int64(len(o.head)) {
+		copy(p, o.head[off:])
+		progress(len(p))
+		return nil
+	}
 	done := 0
 	return o.retry(ctx, fmt.Sprintf("range %d+%d", off, len(p)), func() int { return done }, func(actx context.Context, w *watchdog) error {
 		resp, err := o.rangeRequest(actx, off+int64(done), off+int64(len(p)))

@@ -110,7 +110,7 @@ func (s *ShapedServer) serve(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	probe := r.Header.Get("Range") == "bytes=0-0"
+	probe := r.Header.Get("Range") == fmt.Sprintf("bytes=0-%d", headBytes-1)
 	drop, stall := s.drops > 0 && !probe, s.stalls > 0 && !probe
 	if drop {
 		s.drops--
