@@ -18,7 +18,6 @@ import (
 	"github.com/cloudlet/cloudlet/base"
 	"github.com/cloudlet/cloudlet/chunk"
 	"github.com/cloudlet/cloudlet/internal/testguest"
-	"github.com/cloudlet/cloudlet/overlay"
 	"github.com/cloudlet/cloudlet/synthesis/origin"
 )
 
