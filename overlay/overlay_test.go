@@ -2,8 +2,8 @@ package overlay_test
 
 import (
 	"bytes"
-	"encoding/binary"
 	"context"
+	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"io"

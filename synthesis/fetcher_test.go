@@ -82,7 +82,7 @@ func TestWorkingSetStreams(t *testing.T) {
 		t.Fatal(err)
 	}
 	b := base.CommitTiny(t, store, "tiny")
-	const ws = 1024 // 4 MiB in 4 blobs
+	const ws = 1024                   // 4 MiB in 4 blobs
 	path := testOverlay(t, b, ws, ws) // all of it the working set: no background request
 	s := origin.NewShapedServer(mustRead(t, path))
 	defer s.Close()
