@@ -52,9 +52,11 @@ const (
 	blobDone
 )
 
-// Fetcher moves an overlay's chunks into cloudletfs: the working set first (one range
-// request), then the rest in prefetch order, with demand misses jumping the queue. Every blob
-// and chunk is verified before it is delivered. It is cloudletfs's Demander.
+// Fetcher moves an overlay's chunks into cloudletfs: the working set first (a stream of
+// ranges), then the rest in prefetch order, with demand misses jumping the queue; once the VM
+// is seen pulling most of the overlay anyway, or for download-first, the rest streams in bulk.
+// Each blob is delivered as soon as its bytes are in, and every blob and chunk is verified
+// before it is delivered. It is cloudletfs's Demander.
 type Fetcher struct {
 	// Fixed after construction.
 	r      *overlay.Reader
@@ -105,10 +107,7 @@ func NewFetcher(r *overlay.Reader, src origin.Origin, base []io.ReaderAt, opts F
 	ix := r.Index
 	f := &Fetcher{r: r, origin: src, base: base, opts: opts, place: map[[2]int64]int{},
 		users: make([][]int, len(ix.Blobs)), state: make([]uint8, len(ix.Blobs)), left: len(ix.Blobs),
-		wake: make(chan struct{}, 1), complete: make(chan struct{}), failed: make(chan struct{}),
-		// With no recorded working set, nothing says which blobs the VM needs first: the
-		// stream in prefetch order is the best guess, and demand misses jump it.
-		bulk: opts.Bulk || r.Index.WorkingSetBlobs == 0}
+		wake: make(chan struct{}, 1), complete: make(chan struct{}), failed: make(chan struct{}), bulk: opts.Bulk}
 	for e, c := range ix.Chunks {
 		f.place[[2]int64{int64(c.Image), c.Index}] = e
 		switch c.Kind {
@@ -279,6 +278,7 @@ func (f *Fetcher) pickLocked() (first, end int, background, ok bool) {
 		}
 	}
 	if f.bgRuns > 1 || f.bgRuns == 1 && !f.bgTail || f.demands > 0 && !f.bulk {
+		// bgTail is set only by runs that stream (see worker): others run one at a time.
 		return 0, 0, false, false
 	}
 	for f.next < len(f.state) && f.state[f.next] != blobWaiting {
@@ -317,6 +317,10 @@ func (f *Fetcher) worker(ctx context.Context) {
 	for {
 		f.mu.Lock()
 		first, end, background, ok := f.pickLocked()
+		// The working set and the bulk stream chain their ranges without a gap; while the VM
+		// is served blob by blob, a background run waits for the last to end, so that a demand
+		// miss shares the link with one background run at most.
+		stream := background && (first < int(f.r.Index.WorkingSetBlobs) || f.bulk)
 		if ok {
 			for b := first; b < end; b++ {
 				f.state[b] = blobInFlight
@@ -344,7 +348,7 @@ func (f *Fetcher) worker(ctx context.Context) {
 			}
 		}
 		tail := func() {}
-		if background {
+		if stream {
 			tail = f.tailOfRun
 		}
 		err := f.fetchRun(ctx, first, end, tail)
