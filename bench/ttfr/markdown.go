@@ -39,6 +39,7 @@ func markdown(o options, rs []row, lt limitTerms) string {
 	intro(&md, o, lt)
 	mainTable(&md, o, rs)
 	checksTable(&md, o, rs)
+	overallHits(&md, rs)
 	sweepTable(&md, o, rs)
 	breakdownTable(&md, o, rs)
 	return md.String()
@@ -112,6 +113,11 @@ func mark(v float64, ok bool) string {
 	return fmt.Sprintf("%.2f ✗", v)
 }
 
+// percentMark renders a share of chunks local when touched, with whether it meets its goal.
+func percentMark(hit float64) string {
+	return strings.Replace(mark(100*hit, hit >= goalLocal), " ", " % ", 1)
+}
+
 func checksTable(md *strings.Builder, o options, rs []row) {
 	fmt.Fprintf(md, "\nThe checks (medians; ✓ goal met, ✗ missed):\n\n")
 	fmt.Fprintf(md, "| link | profiled ÷ limit (goal ≤ %.2f) | unprofiled ÷ download-first (goal ≤ %.2f) | profiled ÷ download-first "+
@@ -147,9 +153,26 @@ func checksTable(md *strings.Builder, o options, rs []row) {
 			hit := p.hitRate()
 			fmt.Fprintf(md, "| %s | %s | %s | %s | %s | %s | %s | %s |\n", label(o, bits, rtt),
 				mark(p.TTFR.Median/p.Limit, p.TTFR.Median/p.Limit <= goalLimit), unprofiled, over(p, df, hasDF, goalEager),
-				over(df, p, hasDF, 0), peer, misses(p), strings.Replace(mark(100*hit, hit >= goalLocal), " ", " % ", 1))
+				over(df, p, hasDF, 0), peer, misses(p), percentMark(hit))
 		}
 	}
+}
+
+// overallHits says, over every profiled run of the report, how many of the overlay chunks
+// touched before the first answer were local when first touched.
+func overallHits(md *strings.Builder, rs []row) {
+	all := row{}
+	for _, r := range rs {
+		if r.Mode == "profiled" {
+			all.Touched, all.Missed = append(all.Touched, r.Touched...), append(all.Missed, r.Missed...)
+		}
+	}
+	if len(all.Touched) == 0 {
+		return
+	}
+	hit := all.hitRate()
+	fmt.Fprintf(md, "\nOver all %d profiled syntheses, %s of the overlay chunks touched before the first answer were "+
+		"local when first touched (goal ≥ %.0f %%).\n", len(all.Touched), percentMark(hit), 100*goalLocal)
 }
 
 func sweepTable(md *strings.Builder, o options, rs []row) {

@@ -117,6 +117,9 @@ func readTimeline(out io.Reader, s *sample, servedSince func() int64) []string {
 			s.Complete = e.Seconds
 		}
 	}
+	// A line the scanner cannot take ends the loop: drain the rest, or the process would
+	// block on its output and never exit.
+	io.Copy(io.Discard, out)
 	return lines
 }
 
