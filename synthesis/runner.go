@@ -98,9 +98,11 @@ func (s *runner) emit(name, detail string) {
 		e.Fetch = &st
 	}
 	if s.fsys != nil {
-		e.Stall = map[string]float64{}
+		e.Stall, e.Touched, e.Missed = map[string]float64{}, map[string]int64{}, map[string]int64{}
 		for _, img := range s.fsys.Images() {
-			e.Stall[img.Name()] = img.Stats().StallSeconds
+			st := img.Stats()
+			e.Stall[img.Name()] = st.StallSeconds
+			e.Touched[img.Name()], e.Missed[img.Name()] = st.OverlayTouched, st.OverlayMissed
 		}
 	}
 	s.mu.Lock()
