@@ -37,6 +37,10 @@ type runner struct {
 }
 
 func newRunner(o Options) *runner {
+	if o.VM.Host == nil {
+		// One probe of QEMU serves the check below and the resume's own.
+		o.VM.Host = vm.NewHost(o.VM.QEMU)
+	}
 	return &runner{o: o, start: time.Now(), tl: Timeline{}}
 }
 
@@ -44,6 +48,9 @@ func newRunner(o Options) *runner {
 // event loop ends; whatever it set up is undone when it returns.
 func (s *runner) run(ctx context.Context) error {
 	defer s.close()
+	if err := s.checkHost(ctx); err != nil {
+		return err
+	}
 	if err := s.openOverlay(ctx); err != nil {
 		return err
 	}
@@ -64,6 +71,18 @@ func (s *runner) run(ctx context.Context) error {
 		return err
 	}
 	return s.loop(ctx)
+}
+
+// checkHost refuses a base this host cannot resume (its CPU model or features, machine type,
+// QEMU version or devices) before anything is fetched or mounted. The resume checks again and
+// logs what cannot be known.
+func (s *runner) checkHost(ctx context.Context) error {
+	opts := s.o.VM
+	opts.Config = s.o.Base.Manifest.VM
+	if _, err := vm.CheckResume(ctx, opts); err != nil {
+		return vm.Refusal("base "+s.o.Base.ID, err)
+	}
+	return nil
 }
 
 // onClose registers an undo step.

@@ -1,0 +1,205 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/hex"
+	"encoding/json"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/cloudlet/cloudlet/base"
+	"github.com/cloudlet/cloudlet/internal/testguest"
+	"github.com/cloudlet/cloudlet/overlay"
+	"github.com/cloudlet/cloudlet/vm"
+)
+
+// tcgHost is what this host's QEMU reports under TCG, the accelerator these tests resume with.
+func tcgHost(t *testing.T) *vm.HostInfo {
+	t.Helper()
+	testguest.Require(t, "qemu-system-x86_64")
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	info, err := vm.NewHost("").Info(ctx, vm.AccelTCG)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return info
+}
+
+// travellingBases puts into home one tiny base per way a base meets a host: made by an older
+// cloudlet (no record), recorded and resumable here, and three this host cannot resume.
+func travellingBases(t *testing.T, home string, info *vm.HostInfo) map[string]*base.Base {
+	t.Helper()
+	s := mustStore(t, home)
+	machine, _ := info.Machine("q35")
+	record := func(cpu string, features ...string) func(*vm.Config) {
+		return func(c *vm.Config) {
+			c.Machine, c.CPU = machine, cpu
+			c.Platform = &vm.Platform{QEMU: info.QEMU, Accel: "tcg", CPUFeatures: features}
+		}
+	}
+	return map[string]*base.Base{
+		"old":     base.CommitTiny(t, s, "old"),
+		"here":    base.CommitTinyConfig(t, s, "here", record("max", "lm", "sse2", "sse4.2")),
+		"model":   base.CommitTinyConfig(t, s, "model", record("Frobnitz-v9", "lm")),
+		"haswell": base.CommitTinyConfig(t, s, "haswell", func(c *vm.Config) { c.CPU = "Haswell" }),
+		"machine": base.CommitTinyConfig(t, s, "machine", func(c *vm.Config) { record("max", "lm")(c); c.Machine = "pc-q35-99.0" }),
+	}
+}
+
+// TestBaseShowPlatform: 'base show' says what a base needs, which hosts can resume it, and
+// whether this one can, with the reason when it cannot.
+func TestBaseShowPlatform(t *testing.T) {
+	info := tcgHost(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	home := t.TempDir()
+	bases := travellingBases(t, home, info)
+	machine, _ := info.Machine("q35")
+	tests := []struct {
+		base string
+		want []string
+	}{
+		{"old", []string{
+			"Resumes:  on unknown: the base does not record its QEMU version and CPU features",
+			"Here:     yes, this host can resume it (QEMU " + info.QEMU + " under tcg)",
+			"warning: the snapshot's machine type q35 is an alias (here of " + machine + ")"}},
+		{"here", []string{
+			"Made on:  QEMU " + info.QEMU + " under tcg; CPU max with 3 features: lm sse2 sse4.2",
+			"Resumes:  on any x86-64 host whose QEMU ≥ " + majorMinorOf(info.QEMU) + " knows machine " + machine +
+				" and CPU model max and gives it all 3 features it had under TCG",
+			"Here:     yes, this host can resume it"}},
+		{"model", []string{
+			"Here:     no, this host (QEMU " + info.QEMU + " under tcg) cannot resume it:",
+			"  - it needs CPU model Frobnitz-v9, which this host's QEMU " + info.QEMU + " does not have"}},
+		{"haswell", []string{
+			"  - it needs CPU model Haswell, which this host's QEMU " + info.QEMU + " under TCG cannot provide: missing features ",
+			"warning: the snapshot does not record the QEMU version and CPU features"}},
+		{"machine", []string{"  - it needs machine type pc-q35-99.0, which this host's QEMU " + info.QEMU + " does not know"}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.base, func(t *testing.T) {
+			r := run(t, ctx, home, "base", "show", "--accel", "tcg", bases[tc.base].ID)
+			if r.code != 0 {
+				t.Fatalf("base show: exit %d\n%s", r.code, r.stderr)
+			}
+			for _, want := range tc.want {
+				if !strings.Contains(r.stdout, want) {
+					t.Errorf("output lacks %q:\n%s", want, r.stdout)
+				}
+			}
+		})
+	}
+	t.Run("json", func(t *testing.T) {
+		for name, can := range map[string]bool{"here": true, "haswell": false} {
+			r := run(t, ctx, home, "--json", "base", "show", "--accel", "tcg", bases[name].ID)
+			var got struct {
+				Here struct {
+					CanResume bool     `json:"can_resume"`
+					Reasons   []string `json:"reasons"`
+				} `json:"this_host"`
+			}
+			if err := json.Unmarshal([]byte(r.stdout), &got); err != nil || got.Here.CanResume != can || can == (len(got.Here.Reasons) > 0) {
+				t.Errorf("base %s: got %+v (%v) from %s, want can_resume %v with reasons if not", name, got.Here, err, r.stdout, can)
+			}
+		}
+	})
+}
+
+func majorMinorOf(v string) string {
+	p := strings.SplitN(v, ".", 3)
+	return p[0] + "." + p[1]
+}
+
+// qemuOnPath puts a QEMU first on PATH that logs each command line and runs the real one, for
+// the cloudlet commands this test runs: a probe (-machine none) is told from a VM (-incoming).
+func qemuOnPath(t *testing.T) (calls func() []string) {
+	t.Helper()
+	real, err := exec.LookPath("qemu-system-x86_64")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	log := filepath.Join(dir, "calls.log")
+	script := "#!/bin/sh\necho \"$*\" >> " + log + "\nexec " + real + " \"$@\"\n"
+	if err := os.WriteFile(filepath.Join(dir, "qemu-system-x86_64"), []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("PATH", dir+string(os.PathListSeparator)+os.Getenv("PATH"))
+	return func() []string {
+		b, _ := os.ReadFile(log)
+		if len(bytes.TrimSpace(b)) == 0 {
+			return nil
+		}
+		return strings.Split(strings.TrimSpace(string(b)), "\n")
+	}
+}
+
+// emptyOverlay is a valid overlay for b that changes nothing: a synthesis of it gets as far as
+// the resume.
+func emptyOverlay(t *testing.T, b *base.Base) string {
+	t.Helper()
+	var id [32]byte
+	if _, err := hex.Decode(id[:], []byte(b.ID)); err != nil {
+		t.Fatal(err)
+	}
+	cfg, _ := json.Marshal(b.Manifest.VM)
+	m := overlay.Meta{BaseID: id, Codec: overlay.CodecXZ, Config: cfg, Images: []overlay.Image{
+		{Name: "disk", Size: b.Manifest.Files[base.DiskFile].Size},
+		{Name: "memory", Size: b.Manifest.Files[base.MemoryFile].Size}}}
+	var buf bytes.Buffer
+	if _, err := overlay.Write(context.Background(), &buf, t.TempDir(), m, []byte("devstate"), nil, nil, nil); err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(t.TempDir(), "app.overlay")
+	if err := os.WriteFile(path, buf.Bytes(), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+// TestResumeRefusedBeforeQEMUStarts: 'base resume' and 'synthesis' of a base whose CPU model,
+// CPU features or machine type this host cannot provide fail with that reason, and no QEMU
+// ever runs a VM for them: the only QEMU started is the one probe per command.
+func TestResumeRefusedBeforeQEMUStarts(t *testing.T) {
+	info := tcgHost(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	home := t.TempDir()
+	t.Cleanup(func() { noQEMULeft(t, home) })
+	bases := travellingBases(t, home, info)
+	calls := qemuOnPath(t)
+	tests := []struct {
+		base string
+		want string
+	}{
+		{"model", "needs CPU model Frobnitz-v9, which this host's QEMU " + info.QEMU + " does not have"},
+		{"haswell", "needs CPU model Haswell, which this host's QEMU " + info.QEMU + " under TCG cannot provide: missing features "},
+		{"machine", "needs machine type pc-q35-99.0, which this host's QEMU " + info.QEMU + " does not know"},
+	}
+	for _, tc := range tests {
+		b := bases[tc.base]
+		commands := map[string][]string{
+			"base resume": {"base", "resume", "--accel", "tcg", b.ID},
+			"synthesis":   {"synthesis", "--accel", "tcg", b.ID, emptyOverlay(t, b)},
+		}
+		for name, args := range commands {
+			t.Run(tc.base+"/"+name, func(t *testing.T) {
+				before := len(calls())
+				r := run(t, ctx, home, args...)
+				if r.code == 0 || !strings.Contains(r.stderr, "base "+b.ID+" "+tc.want) {
+					t.Fatalf("exit %d, stderr:\n%s\nwant a failure with %q", r.code, r.stderr, "base "+b.ID+" "+tc.want)
+				}
+				after := calls()
+				if len(after) != before+1 || !strings.Contains(after[len(after)-1], "-machine none") {
+					t.Fatalf("QEMU ran as %q: want one probe (-machine none) and no VM", after[before:])
+				}
+			})
+		}
+	}
+}
