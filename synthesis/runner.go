@@ -48,9 +48,11 @@ func newRunner(o Options) *runner {
 // event loop ends; whatever it set up is undone when it returns.
 func (s *runner) run(ctx context.Context) error {
 	defer s.close()
-	if err := s.checkHost(ctx); err != nil {
-		return err
-	}
+	// The host check's QEMU probe (a few tenths of a second) runs beside the index's fetch and
+	// the mount, so that it does not delay the first answer; no blob is fetched, and QEMU is
+	// not started, before it has passed.
+	check := s.startHostCheck(ctx)
+	defer check.wait()
 	if err := s.openOverlay(ctx); err != nil {
 		return err
 	}
@@ -58,6 +60,9 @@ func (s *runner) run(ctx context.Context) error {
 		return err
 	}
 	if err := s.mount(); err != nil {
+		return err
+	}
+	if err := check.wait(); err != nil {
 		return err
 	}
 	s.fetcher.Start(ctx, s.fsys)
@@ -73,16 +78,32 @@ func (s *runner) run(ctx context.Context) error {
 	return s.loop(ctx)
 }
 
-// checkHost refuses a base this host cannot resume (its CPU model or features, machine type,
-// QEMU version or devices) before anything is fetched or mounted. The resume checks again and
-// logs what cannot be known.
-func (s *runner) checkHost(ctx context.Context) error {
+// hostCheck is the check, running in the background, that this host can resume the base: its
+// CPU model and features, machine type, QEMU version and devices. The resume checks again
+// (from the same kept answer) and logs what cannot be known.
+type hostCheck struct {
+	done chan struct{}
+	err  error // set before done is closed
+}
+
+func (s *runner) startHostCheck(ctx context.Context) *hostCheck {
+	c := &hostCheck{done: make(chan struct{})}
 	opts := s.o.VM
 	opts.Config = s.o.Base.Manifest.VM
-	if _, err := vm.CheckResume(ctx, opts); err != nil {
-		return vm.Refusal("base "+s.o.Base.ID, err)
-	}
-	return nil
+	id := s.o.Base.ID
+	go func() {
+		defer close(c.done)
+		if _, err := vm.CheckResume(ctx, opts); err != nil {
+			c.err = vm.Refusal("base "+id, err)
+		}
+	}()
+	return c
+}
+
+// wait returns the check's verdict once it has one.
+func (c *hostCheck) wait() error {
+	<-c.done
+	return c.err
 }
 
 // onClose registers an undo step.
