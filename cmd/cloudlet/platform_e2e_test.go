@@ -5,10 +5,12 @@ import (
 	"context"
 	"encoding/hex"
 	"encoding/json"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -202,4 +204,52 @@ func TestResumeRefusedBeforeQEMUStarts(t *testing.T) {
 			})
 		}
 	}
+}
+
+// TestBaseCreateRecordsPlatform: a real 'base create' records the versioned machine type it
+// ran on, the CPU model with its features, and the QEMU version; 'base show' finds that this
+// host can resume it with nothing unknown; and the base resumes and answers on the recorded
+// (versioned) machine type.
+func TestBaseCreateRecordsPlatform(t *testing.T) {
+	g := testguest.Get(t)
+	info := tcgHost(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 6*time.Minute)
+	defer cancel()
+	home := t.TempDir()
+	t.Cleanup(func() { noQEMULeft(t, home) })
+	port := testguest.FreePort(t)
+	r := run(t, ctx, home, "base", "create", "--disk", g.RootFS, "--kernel", g.Kernel, "--initrd", g.Initrd,
+		"--memory", "128M", "--accel", "tcg", "--ready", fmt.Sprintf("http://127.0.0.1:%d/", port),
+		"--hostfwd", fmt.Sprintf("tcp:127.0.0.1:%d-:80", port))
+	if r.code != 0 {
+		t.Fatalf("base create: exit %d\n%s", r.code, r.stderr)
+	}
+	id := strings.TrimSpace(r.stdout)
+	r = run(t, ctx, home, "--json", "base", "show", "--accel", "tcg", id)
+	var shown struct {
+		Manifest base.Manifest `json:"manifest"`
+		Hosts    string        `json:"hosts"`
+		Here     hostVerdict   `json:"this_host"`
+	}
+	if err := json.Unmarshal([]byte(r.stdout), &shown); err != nil {
+		t.Fatalf("base show: %v\n%s%s", err, r.stdout, r.stderr)
+	}
+	c := shown.Manifest.VM
+	machine, _ := info.Machine("q35")
+	if c.Machine != machine || c.CPU != "max" || c.Platform == nil {
+		t.Fatalf("recorded machine %q, CPU %q, platform %+v: want %s, max and a platform", c.Machine, c.CPU, c.Platform, machine)
+	}
+	p := c.Platform
+	has := map[string]bool{}
+	for _, f := range p.CPUFeatures {
+		has[f] = true
+	}
+	if p.QEMU != info.QEMU || p.Accel != "tcg" || p.CPUMigrationSafe || !has["lm"] || !has["sse2"] || len(p.CPUFeatures) < 20 {
+		t.Fatalf("recorded platform %+v: want QEMU %s, tcg, not migration-safe, and max's features (lm, sse2, ...)", p, info.QEMU)
+	}
+	t.Logf("recorded: machine %s, CPU %s with %d features, QEMU %s", c.Machine, c.CPU, len(p.CPUFeatures), p.QEMU)
+	if !shown.Here.CanResume || len(shown.Here.Warnings) > 0 || !strings.Contains(shown.Hosts, "QEMU ≥ "+majorMinorOf(info.QEMU)+" knows machine "+machine) {
+		t.Fatalf("base show: this host %+v, hosts %q: want resumable with no warnings", shown.Here, shown.Hosts)
+	}
+	resumeAndGet(t, ctx, home, id, syscall.SIGINT)
 }
