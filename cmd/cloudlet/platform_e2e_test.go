@@ -204,6 +204,23 @@ func TestResumeRefusedBeforeQEMUStarts(t *testing.T) {
 			})
 		}
 	}
+	// The server's sessions run in supervisors of their own, which check the same way. (A
+	// model QEMU lacks is refused under any accelerator, so this holds where serve picks KVM.)
+	t.Run("server", func(t *testing.T) {
+		addr, _ := startServe(t, home)
+		b := bases["model"]
+		r := run(t, ctx, home, "client", "-s", addr, "--base", b.ID, "-o", emptyOverlay(t, b))
+		want := "base " + b.ID + " needs CPU model Frobnitz-v9, which this host's QEMU " + info.QEMU + " does not have"
+		t.Logf("client: %s%s", r.stdout, r.stderr)
+		if r.code == 0 || !strings.Contains(r.stdout+r.stderr, want) {
+			t.Fatalf("client: exit %d\n%s%s\nwant a failure with %q", r.code, r.stdout, r.stderr, want)
+		}
+	})
+	for _, c := range calls() {
+		if !strings.Contains(c, "-machine none") {
+			t.Errorf("QEMU ran as %q: want probes only", c)
+		}
+	}
 }
 
 // TestBaseCreateRecordsPlatform: a real 'base create' records the versioned machine type it
