@@ -137,15 +137,19 @@ func TestResumeRefusedBeforeQEMU(t *testing.T) {
 	cfg.MemoryBytes, cfg.CPU = 16<<20, "Haswell"
 	opts := vm.Options{Config: cfg, QEMU: bin, Host: host, Accel: vm.AccelTCG,
 		Disk: vm.Disk{Path: filepath.Join(dir, "disk.img")}, Memory: vm.Memory{Path: filepath.Join(dir, "mem.img")}}
-	for i := 0; i < 2; i++ {
+	// Both drivers, the second time from the kept answer; libvirt is never asked (no daemon
+	// listens at its URI).
+	for _, d := range []vm.Driver{vm.DriverQEMU, vm.DriverLibvirt} {
+		opts.Driver = d
+		opts.Libvirt.URI = "qemu+unix:///system?socket=" + filepath.Join(dir, "none.sock")
 		v, err := vm.Resume(ctx, opts, filepath.Join(dir, "devstate"))
 		if err == nil {
 			v.Kill()
-			t.Fatal("resume of a Haswell snapshot under TCG succeeded")
+			t.Fatalf("%s: resume of a Haswell snapshot under TCG succeeded", d)
 		}
 		var mm *vm.MismatchError
 		if !errors.As(err, &mm) || !strings.Contains(err.Error(), "needs CPU model Haswell") || !strings.Contains(err.Error(), "missing features") {
-			t.Fatalf("got %v, want a refusal naming CPU model Haswell and its missing features", err)
+			t.Fatalf("%s: got %v, want a refusal naming CPU model Haswell and its missing features", d, err)
 		}
 	}
 	calls, err := os.ReadFile(log)

@@ -189,6 +189,9 @@ func TestResumeRefusedBeforeQEMUStarts(t *testing.T) {
 		commands := map[string][]string{
 			"base resume": {"base", "resume", "--accel", "tcg", b.ID},
 			"synthesis":   {"synthesis", "--accel", "tcg", b.ID, emptyOverlay(t, b)},
+			// Refused before libvirt is asked: no daemon listens at this URI.
+			"base resume, libvirt": {"base", "resume", "--accel", "tcg", "--driver", "libvirt",
+				"--libvirt-uri", "qemu+unix:///system?socket=" + filepath.Join(t.TempDir(), "none.sock"), b.ID},
 		}
 		for name, args := range commands {
 			t.Run(tc.base+"/"+name, func(t *testing.T) {
