@@ -273,3 +273,42 @@ func TestBaseCreateRecordsPlatform(t *testing.T) {
 	}
 	resumeAndGet(t, ctx, home, id, syscall.SIGINT)
 }
+
+// TestBaseCreateRefusesWhatQEMUWouldDrop: 'base create' with a CPU model or machine type this
+// host cannot fully provide is refused before anything boots (QEMU would boot it, dropping
+// the features it lacks with a warning, and the base would record a CPU its guest never saw).
+func TestBaseCreateRefusesWhatQEMUWouldDrop(t *testing.T) {
+	info := tcgHost(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	disk := filepath.Join(t.TempDir(), "disk.img")
+	if err := os.WriteFile(disk, make([]byte, 1<<20), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	calls := qemuOnPath(t)
+	tests := []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"model with features TCG lacks", []string{"--cpu", "Haswell"},
+			"cannot make the base: it needs CPU model Haswell, which this host's QEMU " + info.QEMU + " under TCG cannot provide: missing features "},
+		{"unknown model", []string{"--cpu", "Frobnitz-v9"}, "needs CPU model Frobnitz-v9, which this host's QEMU " + info.QEMU + " does not have"},
+		{"unknown machine", []string{"--machine", "pc-q35-99.0"}, "needs machine type pc-q35-99.0"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			home := t.TempDir()
+			args := append([]string{"base", "create", "--disk", disk, "--accel", "tcg", "--ready", "serial:never"}, tc.args...)
+			r := run(t, ctx, home, args...)
+			if r.code == 0 || !strings.Contains(r.stderr, tc.want) {
+				t.Fatalf("exit %d, stderr:\n%s\nwant a failure with %q", r.code, r.stderr, tc.want)
+			}
+		})
+	}
+	for _, c := range calls() {
+		if !strings.Contains(c, "-machine none") {
+			t.Errorf("QEMU ran as %q: want probes only", c)
+		}
+	}
+}
