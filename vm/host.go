@@ -19,20 +19,20 @@ const probeTimeout = 20 * time.Second
 
 // Host is what this host's QEMU can run, asked of QEMU once per accelerator and kept, so that
 // checking a resume costs one short QEMU run per process. Whoever resumes VMs owns one and
-// passes it in Options.Host; it is safe for concurrent use.
+// passes it in Options.Host; it is safe for concurrent use, and its zero value asks the
+// qemu-system-x86_64 on PATH.
 type Host struct {
 	qemu string // binary, as Options.QEMU; fixed after construction
 
-	sem   chan struct{} // one probe at a time: a second caller waits for the first's answer
+	// mu is held for a whole Info call: a second caller waits for the first's answer (at most
+	// probeTimeout) instead of starting QEMU again.
 	mu    sync.Mutex
 	known map[Accel]*HostInfo // guarded by mu
 }
 
 // NewHost returns a Host for the QEMU binary qemu ("" means qemu-system-x86_64 from PATH).
 // It probes nothing until asked.
-func NewHost(qemu string) *Host {
-	return &Host{qemu: qemu, sem: make(chan struct{}, 1), known: map[Accel]*HostInfo{}}
-}
+func NewHost(qemu string) *Host { return &Host{qemu: qemu} }
 
 // HostInfo is what QEMU reported under one accelerator.
 type HostInfo struct {
@@ -58,25 +58,19 @@ type cpuDefinition struct {
 // Info returns what QEMU can do under accel (kvm or tcg), asking it the first time. A failed
 // probe is not kept: the next call asks again.
 func (h *Host) Info(ctx context.Context, accel Accel) (*HostInfo, error) {
-	select {
-	case h.sem <- struct{}{}:
-	case <-ctx.Done():
-		return nil, fmt.Errorf("probe qemu: %w", ctx.Err())
-	}
-	defer func() { <-h.sem }()
 	h.mu.Lock()
-	info := h.known[accel]
-	h.mu.Unlock()
-	if info != nil {
+	defer h.mu.Unlock()
+	if info := h.known[accel]; info != nil {
 		return info, nil
 	}
 	info, err := probeHost(ctx, h.qemu, accel)
 	if err != nil {
 		return nil, err
 	}
-	h.mu.Lock()
+	if h.known == nil {
+		h.known = map[Accel]*HostInfo{}
+	}
 	h.known[accel] = info
-	h.mu.Unlock()
 	return info, nil
 }
 

@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -197,5 +198,35 @@ func TestPlatformValidate(t *testing.T) {
 				t.Fatalf("got %v, want %q", err, tc.want)
 			}
 		})
+	}
+}
+
+// TestHostProbesOnce: callers at the same time share one probe of QEMU, per accelerator.
+func TestHostProbesOnce(t *testing.T) {
+	testguest.Require(t, "qemu-system-x86_64")
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	bin, log := fakeQEMU(t)
+	h := vm.NewHost(bin)
+	var wg sync.WaitGroup
+	errs := make(chan error, 8)
+	for i := 0; i < 8; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_, err := h.Info(ctx, vm.AccelTCG)
+			errs <- err
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	calls, _ := os.ReadFile(log)
+	if n := strings.Count(string(calls), "\n"); n != 1 {
+		t.Fatalf("QEMU ran %d times for 8 callers: want once\n%s", n, calls)
 	}
 }
