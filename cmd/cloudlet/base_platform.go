@@ -57,6 +57,8 @@ func showPlatform(w io.Writer, c vm.Config, here hostVerdict) {
 	switch {
 	case here.ProbeError != "":
 		fmt.Fprintf(w, "Here:     unknown: %s\n", here.ProbeError)
+	case here.CanResume && len(here.Warnings) > 0:
+		fmt.Fprintf(w, "Here:     yes, as far as can be told: this host (QEMU %s under %s) has what the base records\n", here.QEMU, here.Accel)
 	case here.CanResume:
 		fmt.Fprintf(w, "Here:     yes, this host can resume it (QEMU %s under %s)\n", here.QEMU, here.Accel)
 	default:

@@ -69,7 +69,7 @@ func TestBaseShowPlatform(t *testing.T) {
 	}{
 		{"old", []string{
 			"Resumes:  on unknown: the base does not record its QEMU version and CPU features",
-			"Here:     yes, this host can resume it (QEMU " + info.QEMU + " under tcg)",
+			"Here:     yes, as far as can be told: this host (QEMU " + info.QEMU + " under tcg) has what the base records",
 			"warning: the snapshot's machine type q35 is an alias (here of " + machine + ")"}},
 		{"here", []string{
 			"Made on:  QEMU " + info.QEMU + " under tcg; CPU max with 3 features: lm sse2 sse4.2",
