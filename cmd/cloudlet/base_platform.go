@@ -71,3 +71,14 @@ func showPlatform(w io.Writer, c vm.Config, here hostVerdict) {
 		fmt.Fprintf(w, "  warning: %s\n", wn)
 	}
 }
+
+// warnIfNotHere tells, after a base arrives from elsewhere, whether this host could not
+// resume it: better now than when a synthesis is asked of it.
+func warnIfNotHere(ctx context.Context, b *base.Base, stderr io.Writer) {
+	here := checkHere(ctx, b, vm.AccelAuto)
+	if here.ProbeError != "" || here.CanResume {
+		return
+	}
+	fmt.Fprintf(stderr, "warning: this host (QEMU %s under %s) cannot resume base %s: it %s\n",
+		here.QEMU, here.Accel, b.ID, strings.Join(here.Reasons, "; it "))
+}

@@ -221,6 +221,7 @@ func runBaseImport(ctx context.Context, g globals, file string, stdout, stderr i
 	} else {
 		fmt.Fprintf(stderr, "base %s is already here\n", b.ID)
 	}
+	warnIfNotHere(ctx, b, stderr)
 	fmt.Fprintln(stdout, b.ID)
 	return nil
 }

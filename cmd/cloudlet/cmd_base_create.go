@@ -183,6 +183,8 @@ func runBaseCreate(ctx context.Context, o baseCreateOptions, stdin io.Reader, st
 	if err != nil {
 		return err
 	}
+	fmt.Fprintf(stderr, "recorded for resumes elsewhere: machine %s, CPU %s with %d features under %s, QEMU %s\n",
+		cfg.Machine, cfg.CPU, len(cfg.Platform.CPUFeatures), cfg.Platform.Accel, cfg.Platform.QEMU)
 	if err := v.Snapshot(ctx, draft.Path(base.DevstateFile)); err != nil {
 		return err
 	}

@@ -97,6 +97,21 @@ func TestBaseShowPlatform(t *testing.T) {
 			}
 		})
 	}
+	// A base that arrives from elsewhere is imported, with a warning if this host cannot
+	// resume it (a model QEMU lacks, under any accelerator).
+	t.Run("import", func(t *testing.T) {
+		for name, warned := range map[string]bool{"model": true, "here": false} {
+			export := filepath.Join(t.TempDir(), name+".base")
+			if r := run(t, ctx, home, "base", "export", bases[name].ID, "-o", export); r.code != 0 {
+				t.Fatalf("export: %s", r.stderr)
+			}
+			r := run(t, ctx, t.TempDir(), "base", "import", export)
+			want := "cannot resume base " + bases[name].ID + ": it needs CPU model Frobnitz-v9"
+			if r.code != 0 || strings.Contains(r.stderr, want) != warned || strings.Contains(r.stderr, "warning") != warned {
+				t.Errorf("import of base %s: exit %d, stderr:\n%s\nwant a warning %v", name, r.code, r.stderr, warned)
+			}
+		}
+	})
 	t.Run("json", func(t *testing.T) {
 		for name, can := range map[string]bool{"here": true, "haswell": false} {
 			r := run(t, ctx, home, "--json", "base", "show", "--accel", "tcg", bases[name].ID)
