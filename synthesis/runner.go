@@ -38,6 +38,10 @@ type runner struct {
 }
 
 func newRunner(o Options) *runner {
+	if o.VM.Host == nil {
+		// One probe of QEMU serves the check below and the resume's own.
+		o.VM.Host = vm.NewHost(o.VM.QEMU)
+	}
 	return &runner{o: o, start: time.Now(), tl: Timeline{}}
 }
 
@@ -45,6 +49,11 @@ func newRunner(o Options) *runner {
 // event loop ends; whatever it set up is undone when it returns.
 func (s *runner) run(ctx context.Context) error {
 	defer s.close()
+	// The host check's QEMU probe (a few tenths of a second) runs beside the index's fetch and
+	// the mount, so that it does not delay the first answer; no blob is fetched, and QEMU is
+	// not started, before it has passed.
+	check := s.startHostCheck(ctx)
+	defer check.wait()
 	if err := s.openOverlay(ctx); err != nil {
 		return err
 	}
@@ -52,6 +61,9 @@ func (s *runner) run(ctx context.Context) error {
 		return err
 	}
 	if err := s.mount(); err != nil {
+		return err
+	}
+	if err := check.wait(); err != nil {
 		return err
 	}
 	s.fetcher.Start(ctx, s.fsys)
@@ -65,6 +77,34 @@ func (s *runner) run(ctx context.Context) error {
 		return err
 	}
 	return s.loop(ctx)
+}
+
+// hostCheck is the check, running in the background, that this host can resume the base: its
+// CPU model and features, machine type, QEMU version and devices. The resume checks again
+// (from the same kept answer) and logs what cannot be known.
+type hostCheck struct {
+	done chan struct{}
+	err  error // set before done is closed
+}
+
+func (s *runner) startHostCheck(ctx context.Context) *hostCheck {
+	c := &hostCheck{done: make(chan struct{})}
+	opts := s.o.VM
+	opts.Config = s.o.Base.Manifest.VM
+	id := s.o.Base.ID
+	go func() {
+		defer close(c.done)
+		if _, err := vm.CheckResume(ctx, opts); err != nil {
+			c.err = vm.Refusal("base "+id, err)
+		}
+	}()
+	return c
+}
+
+// wait returns the check's verdict once it has one.
+func (c *hostCheck) wait() error {
+	<-c.done
+	return c.err
 }
 
 // onClose registers an undo step.
