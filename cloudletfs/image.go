@@ -46,6 +46,7 @@ type Image struct {
 	modified []uint64                // guarded by mu: bitset, for first-modification events
 	dirty    []dirtyChunk            // guarded by mu: cached but not yet durable in presence
 	closed   bool                    // guarded by mu
+	failed   error                   // guarded by mu: set by Fail; pending chunks never come
 }
 
 // dirtyChunk is a chunk whose bytes reached the cache file with the given state, not yet
@@ -103,6 +104,10 @@ func (img *Image) waitReadable(ctx context.Context, first, last int64) error {
 			s := img.state[c]
 			if s != StatePending && s != stateBusy {
 				continue
+			}
+			if err := img.failedLocked(c); err != nil {
+				img.mu.Unlock()
+				return err
 			}
 			ch, ok := img.waiters[c]
 			if !ok {
