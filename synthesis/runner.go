@@ -8,7 +8,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/cloudlet/cloudlet/base"
 	"github.com/cloudlet/cloudlet/cloudletfs"
 	"github.com/cloudlet/cloudlet/overlay"
 	"github.com/cloudlet/cloudlet/synthesis/origin"
@@ -122,15 +121,12 @@ func (s *runner) openOverlay(ctx context.Context) error {
 		s.origin = src
 	}
 	s.onClose(func() { s.origin.Close() })
-	r, err := overlay.Open(origin.ReaderAt(ctx, s.origin), s.origin.Size(), ExpectFor(s.o.Base))
+	r, err := OpenOverlay(ctx, s.origin, s.o.Base)
 	if err != nil {
-		return fmt.Errorf("%s: %w", s.origin, err)
+		return err
 	}
 	s.reader = r
 	s.onClose(func() { r.Close() })
-	if err := CheckOverlay(r, s.o.Base); err != nil {
-		return err
-	}
 	dev, err := r.Devstate()
 	if err != nil {
 		return fmt.Errorf("%s: %w", s.origin, err)
@@ -158,23 +154,9 @@ func (s *runner) startFetcher() error {
 // cacheConfig is the cloudletfs configuration of this session's cache: the base's images
 // under the overlay's plans, with misses sent to the fetcher.
 func (s *runner) cacheConfig() cloudletfs.Config {
-	b, r := s.o.Base, s.reader
-	plans := Plans(r.Index)
-	cfg := cloudletfs.Config{
-		Dir:             s.o.CacheDir,
-		Identity:        "synthesis " + r.ID(),
-		DiscardModified: true,
-		Demander:        s.fetcher,
-		Images: []cloudletfs.ImageConfig{
-			{Name: "disk", Size: r.Index.Images[0].Size, Base: b.Path(base.DiskFile), Plan: plans[0]},
-			{Name: "memory", Size: r.Index.Images[1].Size, Base: b.Path(base.MemoryFile), Plan: plans[1]},
-		},
-	}
-	// A reused cache's present chunks are checked against the index's digests when it is
-	// opened: a mismatch is fetched again, never served.
-	for i, expected := range ExpectedDigests(r.Index) {
-		cfg.Images[i].Expected = expected
-	}
+	cfg := CacheConfig(s.o.Base, s.reader, s.o.CacheDir, s.fetcher)
+	cfg.Identity = "synthesis " + s.reader.ID()
+	cfg.DiscardModified = true
 	return cfg
 }
 
