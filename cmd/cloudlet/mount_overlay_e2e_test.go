@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -174,45 +175,27 @@ func (m *overlayMount) stop(t *testing.T) {
 
 // testStockQEMU: qemu-system-x86_64, started here from qemu.args with the mount's device state
 // and monitor commands, resumes the custom VM; the app answers before the overlay is complete;
-// once complete, the images equal 'overlay apply's.
+// once complete, the images equal 'overlay apply's; a remount of the cache fetches no blob
+// again and keeps the VM's writes. The same resume with QEMU's hugepage advice dropped (through
+// cloudlet's launcher) shows what keeping it costs.
 func testStockQEMU(t *testing.T, ctx context.Context, home, id string, data []byte, applied string) {
-	s := origin.NewShapedServer(data)
-	defer s.Close()
-	defer s.CloseClientConnections()
-	s.Shape(5*time.Millisecond, 1<<20) // 8 Mbit/s: the overlay takes many seconds
-	mp, cache := t.TempDir(), t.TempDir()
-	port := testguest.FreePort(t)
-	m := startOverlayMount(t, ctx, home, id, mp, "--overlay", s.URL(), "--cache", cache,
-		"--hostfwd", fmt.Sprintf("tcp:127.0.0.1:%d-:8080", port))
-	for _, name := range []string{"devstate", "vm.json", "kernel", "initrd", "qemu.args", "resume.qmp", "resume.sh"} {
-		if st, err := os.Stat(filepath.Join(mp, name)); err != nil || st.Size() == 0 {
-			t.Fatalf("%s in the mount: %v", name, err)
-		}
-	}
-	start := time.Now()
-	stopQEMU := startStockQEMU(t, ctx, mp)
-	defer stopQEMU()
-	body := waitBody(t, ctx, fmt.Sprintf("http://127.0.0.1:%d/", port))
-	answered, fetched := time.Since(start), s.Bytes.Load()
-	if !strings.Contains(body, "custom-app") {
-		t.Fatalf("the app answered %q", body)
-	}
-	if m.said("complete") || fetched >= int64(len(data)) {
-		t.Fatalf("the overlay was complete before the app answered (%d of %d bytes fetched)", fetched, len(data))
-	}
-	t.Logf("stock QEMU: the app answered after %v, with %d of %d overlay bytes fetched", answered, fetched, len(data))
-	for line := m.next(t, 5*time.Minute); line != "complete"; line = m.next(t, 5*time.Minute) {
+	r := resumeFromMount(t, ctx, home, id, data, false)
+	defer r.s.Close()
+	defer r.s.CloseClientConnections()
+	defer r.stopQEMU()
+	for line := r.m.next(t, 5*time.Minute); line != "complete"; line = r.m.next(t, 5*time.Minute) {
 		if strings.HasPrefix(line, "failed") {
-			t.Fatalf("mount: %s\n%s", line, m.stderr)
+			t.Fatalf("mount: %s\n%s", line, r.m.stderr)
 		}
 	}
-	t.Logf("complete after %v", time.Since(start))
-	stopQEMU()
+	t.Logf("complete after %v", time.Since(r.start))
+	r.stopQEMU()
 	time.Sleep(300 * time.Millisecond) // the cache's presence map is flushed every 100 ms
+	var disk []byte
 	for _, im := range []struct{ name, file string }{{"disk", base.DiskFile}, {"memory", base.MemoryFile}} {
-		got := mustRead(t, filepath.Join(mp, im.name, "image"))
+		got := mustRead(t, filepath.Join(r.mp, im.name, "image"))
 		want := mustRead(t, filepath.Join(applied, im.file))
-		presence := mustRead(t, filepath.Join(cache, im.name+".presence"))
+		presence := mustRead(t, filepath.Join(r.cache, im.name+".presence"))
 		if len(got) != len(want) {
 			t.Fatalf("%s/image: %d bytes, want %d", im.name, len(got), len(want))
 		}
@@ -230,14 +213,81 @@ func testStockQEMU(t *testing.T, ctx context.Context, home, id string, data []by
 		if im.name == "memory" && written > 0 {
 			t.Fatalf("memory/image: %d chunks written by a resume that maps it privately", written)
 		}
+		if im.name == "disk" {
+			disk = got
+		}
 		t.Logf("%s/image equals overlay apply's output (%d chunks written by the VM skipped)", im.name, written)
 	}
+
+	r.m.stop(t)
+	before := r.s.Bytes.Load()
+	m := startOverlayMount(t, ctx, home, id, r.mp, "--overlay", r.s.URL(), "--cache", r.cache)
+	if line := m.next(t, time.Minute); line != "complete" {
+		t.Fatalf("remount of a complete cache: %q, want complete\n%s", line, m.stderr)
+	}
+	// The index again, and the blobs of chunks the VM wrote (the fetcher counts a blob as
+	// done only when all its chunks hold the overlay's bytes), not the rest.
+	again := r.s.Bytes.Load() - before
+	if again > int64(len(data))/4 {
+		t.Fatalf("remount of a complete cache fetched %d of %d bytes", again, len(data))
+	}
+	t.Logf("remount of the complete cache: complete at once, %d bytes fetched (index and blobs of chunks the VM wrote)", again)
+	if !bytes.Equal(mustRead(t, filepath.Join(r.mp, "disk", "image")), disk) {
+		t.Fatal("the remount lost what the VM wrote to its disk")
+	}
+
+	t.Run("hugepage advice dropped", func(t *testing.T) {
+		r := resumeFromMount(t, ctx, home, id, data, true)
+		defer r.s.Close()
+		defer r.s.CloseClientConnections()
+		r.stopQEMU()
+	})
+}
+
+// stockRun is a stock QEMU resumed from a mount of the overlay.
+type stockRun struct {
+	s         *origin.ShapedServer
+	m         *overlayMount
+	mp, cache string
+	start     time.Time
+	stopQEMU  func()
+}
+
+// resumeFromMount mounts the overlay from a shaped origin, starts QEMU from the mount's files
+// (through cloudlet's launcher, which drops the hugepage advice, with launcher), and waits for
+// the app's answer, which must come before the overlay is complete.
+func resumeFromMount(t *testing.T, ctx context.Context, home, id string, data []byte, launcher bool) *stockRun {
+	t.Helper()
+	r := &stockRun{s: origin.NewShapedServer(data), mp: t.TempDir(), cache: t.TempDir()}
+	r.s.Shape(5*time.Millisecond, 1<<20) // 8 Mbit/s: the overlay takes many seconds
+	port := testguest.FreePort(t)
+	r.m = startOverlayMount(t, ctx, home, id, r.mp, "--overlay", r.s.URL(), "--cache", r.cache,
+		"--hostfwd", fmt.Sprintf("tcp:127.0.0.1:%d-:8080", port))
+	for _, name := range []string{"devstate", "vm.json", "kernel", "initrd", "qemu.args", "resume.qmp", "resume.sh"} {
+		if st, err := os.Stat(filepath.Join(r.mp, name)); err != nil || st.Size() == 0 {
+			t.Fatalf("%s in the mount: %v", name, err)
+		}
+	}
+	r.start = time.Now()
+	r.stopQEMU = startStockQEMU(t, ctx, r.mp, launcher)
+	body := waitBody(t, ctx, fmt.Sprintf("http://127.0.0.1:%d/", port))
+	answered, fetched := time.Since(r.start), r.s.Bytes.Load()
+	if !strings.Contains(body, "custom-app") {
+		t.Fatalf("the app answered %q", body)
+	}
+	if r.m.said("complete") || fetched >= int64(len(data)) {
+		t.Fatalf("the overlay was complete before the app answered (%d of %d bytes fetched)", fetched, len(data))
+	}
+	stats := strings.ReplaceAll(string(mustRead(t, filepath.Join(r.mp, "stats", "memory"))), "\n", " ")
+	t.Logf("QEMU (launcher %v): the app answered after %v, with %d of %d overlay bytes fetched; stats/memory: %s",
+		launcher, answered.Round(time.Millisecond), fetched, len(data), stats)
+	return r
 }
 
 // startStockQEMU runs qemu-system-x86_64 with the arguments in MP/qemu.args, the device state
 // on fd 3 and MP/resume.qmp on its monitor (stdin), and sends cont once the MIGRATION event says
 // the state is loaded: what resume.sh does, with nothing of cloudlet in the loop.
-func startStockQEMU(t *testing.T, ctx context.Context, mp string) (stop func()) {
+func startStockQEMU(t *testing.T, ctx context.Context, mp string, launcher bool) (stop func()) {
 	t.Helper()
 	args := strings.Split(strings.TrimSuffix(string(mustRead(t, filepath.Join(mp, "qemu.args"))), "\n"), "\n")
 	dev, err := os.Open(filepath.Join(mp, "devstate"))
@@ -246,6 +296,20 @@ func startStockQEMU(t *testing.T, ctx context.Context, mp string) (stop func()) 
 	}
 	defer dev.Close()
 	q := exec.Command("qemu-system-x86_64", args...)
+	if launcher {
+		// What cloudlet's driver does: its own binary as a launcher drops the advice (see
+		// vm.LauncherMain), then execs QEMU.
+		var info vmJSON
+		if err := json.Unmarshal(mustRead(t, filepath.Join(mp, "vm.json")), &info); err != nil {
+			t.Fatal(err)
+		}
+		path, err := exec.LookPath("qemu-system-x86_64")
+		if err != nil {
+			t.Fatal(err)
+		}
+		q = exec.Command(cloudletBin, append([]string{path}, args...)...)
+		q.Env = append(os.Environ(), fmt.Sprintf("CLOUDLET_QEMU_LAUNCHER_RAM_BYTES=%d", info.Config.MemoryBytes))
+	}
 	q.ExtraFiles = []*os.File{dev}
 	q.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	var qerr lockedBuffer

@@ -98,8 +98,9 @@ func resumeFiles(b *base.Base, overlayID string, dev []byte, dir string, forward
 	info := vmJSON{Base: b.ID, Overlay: overlayID, Config: opts.Config,
 		Disk: "disk/image", Memory: "memory/image", Devstate: devstateName,
 		QEMUArgs: argsName, ResumeQMP: qmpName, DevstateFD: vm.DevstateFD, Cont: vm.ContCommand, ResumeScript: scriptName,
-		Accel:          string(s.Accel),
-		HugepageAdvice: "kept: a stock QEMU advises MADV_HUGEPAGE on guest RAM, so each first touch of memory/image reads up to 2-4 MiB ahead; cloudlet's own driver drops the advice"}
+		Accel: string(s.Accel),
+		HugepageAdvice: "kept: a stock QEMU advises MADV_HUGEPAGE on guest RAM, so each first touch of memory/image reads up to 2-4 MiB ahead; " +
+			"cloudlet's driver drops the advice by starting QEMU through the cloudlet binary with CLOUDLET_QEMU_LAUNCHER_RAM_BYTES set to config.memory_bytes (see the README)"}
 	if opts.Kernel != "" {
 		info.Kernel = kernelName
 	}
