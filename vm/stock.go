@@ -70,19 +70,19 @@ const ContCommand = `{"execute":"cont"}`
 // stdout, read for the MIGRATION event and then drained so that QEMU never blocks on it.
 const stockScript = `#!/bin/sh
 # Resumes the VM whose files are beside this script with a stock QEMU:
-#   sh resume.sh [QEMU-BINARY]      (default: qemu-system-x86_64)
-# QEMU's arguments are one a line in qemu.args. Its monitor reads resume.qmp on stdin (the
-# snapshot's capabilities, then the device state from fd 3), and gets "cont" once the state is
-# loaded. The guest's serial console is a pty, which QEMU names on stderr. Ends with QEMU.
+#   sh resume.sh [PROGRAM [ARGS...]]      (default: qemu-system-x86_64)
+# runs PROGRAM ARGS... followed by QEMU's arguments, one a line in qemu.args. Its monitor reads
+# resume.qmp on stdin (the snapshot's capabilities, then the device state from fd 3), and gets
+# "cont" once the state is loaded. The guest's serial console is a pty, which QEMU names on
+# stderr. Ends with QEMU.
 set -eu
 dir=$(cd "$(dirname "$0")" && pwd)
-qemu=${1:-qemu-system-x86_64}
-set --
+[ $# -gt 0 ] || set -- qemu-system-x86_64
 while IFS= read -r a; do set -- "$@" "$a"; done <"$dir/qemu.args"
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 mkfifo "$tmp/in" "$tmp/out"
-"$qemu" "$@" <"$tmp/in" >"$tmp/out" 3<"$dir/devstate" &
+"$@" <"$tmp/in" >"$tmp/out" 3<"$dir/devstate" &
 pid=$!
 exec 4>"$tmp/in" 5<"$tmp/out"
 cat "$dir/resume.qmp" >&4

@@ -17,9 +17,32 @@ import (
 
 // stockResume runs a StockResume's script with sh, as a user would, from its files in a
 // directory of their own: stock QEMU resumes, the guest answers, and the memory file is not
-// written.
+// written. QEMU keeps its hugepage advice on RAM, unless the script runs it through our
+// launcher (here, this test binary).
 func stockResume(t *testing.T, ctx context.Context, opts vm.Options, devstate string, port int) {
 	t.Helper()
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	qemu, err := exec.LookPath("qemu-system-x86_64")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name    string
+		program []string
+		env     string
+		advice  bool
+	}{
+		{"stock", nil, "", true},
+		{"through the launcher", []string{self, qemu}, fmt.Sprintf("CLOUDLET_QEMU_LAUNCHER_RAM_BYTES=%d", opts.Config.MemoryBytes), false},
+	} {
+		t.Run(tc.name, func(t *testing.T) { stockResumeOnce(t, ctx, opts, devstate, port, tc.program, tc.env, tc.advice) })
+	}
+}
+
+func stockResumeOnce(t *testing.T, ctx context.Context, opts vm.Options, devstate string, port int, program []string, env string, advice bool) {
 	memSum := sha(t, opts.Memory.Path)
 	s, err := vm.NewStockResume(opts)
 	if err != nil {
@@ -38,7 +61,10 @@ func stockResume(t *testing.T, ctx context.Context, opts vm.Options, devstate st
 			t.Fatal(err)
 		}
 	}
-	cmd := exec.Command("sh", filepath.Join(dir, "resume.sh"))
+	cmd := exec.Command("sh", append([]string{filepath.Join(dir, "resume.sh")}, program...)...)
+	if env != "" {
+		cmd.Env = append(os.Environ(), env)
+	}
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	// Its own process group: the test ends the script and its QEMU together.
@@ -65,9 +91,31 @@ func stockResume(t *testing.T, ctx context.Context, opts vm.Options, devstate st
 	if !strings.Contains(body, "hello from cloudlet-guest") {
 		t.Fatalf("stock resume: hello page %d %q (%v); resume.sh said:\n%s", code, body, err, out.String())
 	}
-	t.Logf("stock resume: first answer after %v", time.Since(start))
+	t.Logf("stock resume: first answer after %v (the first request was sent while QEMU loaded the state)", time.Since(start))
+	if pid := qemuChild(t, cmd.Process.Pid); pid == 0 {
+		t.Fatalf("no QEMU under resume.sh\n%s", out.String())
+	} else if flags := ramFlags(t, pid, opts.Memory.Path); strings.Contains(flags, " hg") != advice {
+		t.Errorf("RAM VmFlags %s, want hugepage advice %v", flags, advice)
+	}
 	stop()
 	if got := sha(t, opts.Memory.Path); got != memSum {
 		t.Fatal("a stock resume changed the memory file")
 	}
+}
+
+// qemuChild is the pid of the QEMU that the script with pid sh started (its child), or 0.
+func qemuChild(t *testing.T, sh int) int {
+	t.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", sh, sh))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range strings.Fields(string(b)) {
+		var pid int
+		fmt.Sscan(f, &pid)
+		if exe, err := os.Readlink(fmt.Sprintf("/proc/%d/exe", pid)); err == nil && strings.Contains(exe, "qemu-system") {
+			return pid
+		}
+	}
+	return 0
 }
