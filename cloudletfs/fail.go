@@ -1,6 +1,9 @@
 package cloudletfs
 
-import "fmt"
+import (
+	"fmt"
+	"time"
+)
 
 // Fail says that no pending chunk will ever come (the fetch gave up: origin gone, corrupt
 // blob). Every reader waiting for a pending chunk, and every later read that needs one, gets
@@ -32,4 +35,11 @@ func (img *Image) failedLocked(c int64) error {
 		return nil
 	}
 	return fmt.Errorf("image %s: chunk %d will not come: %w", img.name, c, img.failed)
+}
+
+// noteStall counts the time since stalled (if set) as time readers waited.
+func (img *Image) noteStall(stalled time.Time) {
+	if !stalled.IsZero() {
+		img.stats.stallNanos.Add(int64(time.Since(stalled)))
+	}
 }

@@ -107,6 +107,7 @@ func (img *Image) waitReadable(ctx context.Context, first, last int64) error {
 			}
 			if err := img.failedLocked(c); err != nil {
 				img.mu.Unlock()
+				img.noteStall(stalled)
 				return err
 			}
 			ch, ok := img.waiters[c]

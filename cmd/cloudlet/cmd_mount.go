@@ -44,7 +44,8 @@ func mountCommand() *cli.Command {
 			"overlay's custom VM: its chunks are fetched behind them (the working set first, what is read jumps\n" +
 			"the queue) and verified, as in a synthesis. Writes go to the cache, never to the base or the overlay.\n" +
 			"Beside the images are what a stock QEMU needs to resume the VM: devstate, vm.json, kernel, initrd,\n" +
-			"qemu.args (QEMU's arguments, one a line) and resume.qmp (see the README, 'Mounting an overlay').\n" +
+			"qemu.args (QEMU's arguments, one a line), resume.qmp and resume.sh: 'sh MOUNTPOINT/resume.sh' resumes\n" +
+			"the VM with stock QEMU (see the README, 'Mounting an overlay').\n" +
 			"It runs until SIGINT or SIGTERM, then unmounts. It prints 'ready MOUNTPOINT' on stdout once it\n" +
 			"serves, 'complete' once every chunk is local, or 'failed: REASON' if the fetch gives up (reads of\n" +
 			"chunks that did not arrive then fail with EIO).\n" +
