@@ -64,6 +64,7 @@ type imageStats struct {
 	demandMisses              atomic.Int64
 	stallNanos                atomic.Int64
 	present                   atomic.Int64 // chunks whose bytes are in the cache
+	pending                   atomic.Int64 // chunks still to come from the overlay
 }
 
 func bitGet(b []uint64, i int64) bool { return b[i/64]&(1<<(i%64)) != 0 }
@@ -257,6 +258,9 @@ func (img *Image) Deliver(c int64, data []byte) error {
 // sets state to, queues the chunk for Sync if cached, and wakes its waiters.
 func (img *Image) setLocked(c int64, from, to State) {
 	img.state[c] = to
+	if from == StatePending && to != StatePending {
+		img.stats.pending.Add(-1)
+	}
 	if to.cached() {
 		img.dirty = append(img.dirty, dirtyChunk{c, to})
 		if !from.cached() {
