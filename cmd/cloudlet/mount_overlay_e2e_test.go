@@ -69,9 +69,20 @@ func TestMountOverlayEndToEnd(t *testing.T) {
 	data := mustRead(t, file)
 	t.Logf("overlay: %d bytes", len(data))
 
+	baseDir := filepath.Join(home, "bases", id)
+	before := fileDigests(t, baseDir)
+	overlayBefore := fileDigests(t, dir)
+
 	t.Run("stock qemu from qemu.args", func(t *testing.T) { testStockQEMU(t, ctx, home, id, data, applied) })
 	t.Run("read-only loop mount", func(t *testing.T) { testReadOnlyLoop(t, ctx, home, id, data) })
 	t.Run("failed fetch", func(t *testing.T) { testFailedFetch(t, ctx, home, id, data) })
+	// A VM wrote to its disk through the mounts: the writes went to the caches alone.
+	if after := fileDigests(t, baseDir); fmt.Sprint(after) != fmt.Sprint(before) {
+		t.Fatalf("the mounts changed the base:\nbefore %v\nafter  %v", before, after)
+	}
+	if after := fileDigests(t, dir); fmt.Sprint(after) != fmt.Sprint(overlayBefore) {
+		t.Fatal("the mounts changed the overlay file")
+	}
 }
 
 // overlayMount is a running 'cloudlet mount --overlay': its later stdout lines arrive on lines.
