@@ -88,11 +88,13 @@ func testFailedFetch(t *testing.T, ctx context.Context, home, id string, data []
 			}
 			mp := t.TempDir()
 			m := startOverlayMount(t, ctx, home, id, mp, "--overlay", s.URL(), "--retry-for", "2s")
+			start := time.Now()
 			if tc.kill {
 				s.CloseClientConnections()
 				s.Close()
 			}
 			line := m.next(t, 2*time.Minute)
+			t.Logf("%q after %v", line, time.Since(start).Round(time.Millisecond))
 			if !strings.HasPrefix(line, "failed: ") || !strings.Contains(line, tc.want) {
 				t.Fatalf("mount said %q, want a failure mentioning %q\n%s", line, tc.want, m.stderr)
 			}
