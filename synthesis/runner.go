@@ -23,6 +23,7 @@ type runner struct {
 
 	// Set by the steps, in order; nil until their step has run.
 	origin  origin.Origin
+	window  *window // the origin, streaming what a resume needs ahead of the reads
 	reader  *overlay.Reader
 	devPath string
 	fetcher *Fetcher
@@ -36,6 +37,10 @@ type runner struct {
 }
 
 func newRunner(o Options) *runner {
+	if o.VM.Host == nil {
+		// One probe of QEMU serves the check below and the resume's own.
+		o.VM.Host = vm.NewHost(o.VM.QEMU)
+	}
 	return &runner{o: o, start: time.Now(), tl: Timeline{}}
 }
 
@@ -43,6 +48,11 @@ func newRunner(o Options) *runner {
 // event loop ends; whatever it set up is undone when it returns.
 func (s *runner) run(ctx context.Context) error {
 	defer s.close()
+	// The host check's QEMU probe (a few tenths of a second) runs beside the index's fetch and
+	// the mount, so that it does not delay the first answer; no blob is fetched, and QEMU is
+	// not started, before it has passed.
+	check := s.startHostCheck(ctx)
+	defer check.wait()
 	if err := s.openOverlay(ctx); err != nil {
 		return err
 	}
@@ -50,6 +60,9 @@ func (s *runner) run(ctx context.Context) error {
 		return err
 	}
 	if err := s.mount(); err != nil {
+		return err
+	}
+	if err := check.wait(); err != nil {
 		return err
 	}
 	s.fetcher.Start(ctx, s.fsys)
@@ -63,6 +76,34 @@ func (s *runner) run(ctx context.Context) error {
 		return err
 	}
 	return s.loop(ctx)
+}
+
+// hostCheck is the check, running in the background, that this host can resume the base: its
+// CPU model and features, machine type, QEMU version and devices. The resume checks again
+// (from the same kept answer) and logs what cannot be known.
+type hostCheck struct {
+	done chan struct{}
+	err  error // set before done is closed
+}
+
+func (s *runner) startHostCheck(ctx context.Context) *hostCheck {
+	c := &hostCheck{done: make(chan struct{})}
+	opts := s.o.VM
+	opts.Config = s.o.Base.Manifest.VM
+	id := s.o.Base.ID
+	go func() {
+		defer close(c.done)
+		if _, err := vm.CheckResume(ctx, opts); err != nil {
+			c.err = vm.Refusal("base "+id, err)
+		}
+	}()
+	return c
+}
+
+// wait returns the check's verdict once it has one.
+func (c *hostCheck) wait() error {
+	<-c.done
+	return c.err
 }
 
 // onClose registers an undo step.
@@ -91,14 +132,16 @@ func (s *runner) timeline() Timeline {
 func (s *runner) emit(name, detail string) {
 	e := Event{Name: name, Seconds: time.Since(s.start).Seconds(), Detail: detail}
 	if s.fetcher != nil {
-		e.Bytes = s.fetcher.BytesFetched()
+		e.Bytes = s.window.BytesRead()
 		st := s.fetcher.Stats()
 		e.Fetch = &st
 	}
 	if s.fsys != nil {
-		e.Stall = map[string]float64{}
+		e.Stall, e.Touched, e.Missed = map[string]float64{}, map[string]int64{}, map[string]int64{}
 		for _, img := range s.fsys.Images() {
-			e.Stall[img.Name()] = img.Stats().StallSeconds
+			st := img.Stats()
+			e.Stall[img.Name()] = st.StallSeconds
+			e.Touched[img.Name()], e.Missed[img.Name()] = st.OverlayTouched, st.OverlayMissed
 		}
 	}
 	s.mu.Lock()
@@ -120,12 +163,12 @@ func (s *runner) openOverlay(ctx context.Context) error {
 		}
 		s.origin = src
 	}
-	s.onClose(func() { s.origin.Close() })
-	r, err := OpenOverlay(ctx, s.origin, s.o.Base)
+	w, r, err := openWindowed(ctx, s.origin, s.o.Base, s.o.CacheDir)
 	if err != nil {
 		return err
 	}
-	s.reader = r
+	s.origin, s.window, s.reader = w, w, r
+	s.onClose(func() { w.Close() })
 	s.onClose(func() { r.Close() })
 	dev, err := r.Devstate()
 	if err != nil {
@@ -146,7 +189,9 @@ func (s *runner) startFetcher() error {
 		return err
 	}
 	s.onClose(closeBase)
-	s.fetcher = NewFetcher(s.reader, s.origin, baseImgs, s.o.Fetch)
+	opts := s.o.Fetch
+	opts.Bulk = opts.Bulk || !s.o.EarlyStart // no VM to serve first: stream it all
+	s.fetcher = NewFetcher(s.reader, s.origin, baseImgs, opts)
 	s.emit("index", fmt.Sprintf("overlay %s, %d blobs", s.reader.ID()[:12], len(s.reader.Index.Blobs)))
 	return nil
 }

@@ -67,7 +67,8 @@ func runServe(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	vmo := vm.Options{Accel: accel, Log: stderr}
+	// Sessions run in this process share one probe of QEMU (supervised ones ask in their own).
+	vmo := vm.Options{Accel: accel, Log: stderr, Host: vm.NewHost("")}
 	if vmo.Driver, vmo.Libvirt, err = parseDriver(c); err != nil {
 		return err
 	}

@@ -32,7 +32,7 @@ func synthesisCommand() *cli.Command {
 			&cli.StringFlag{Name: "cache", Usage: "cache directory, kept (default: a temporary one, removed at the end)"},
 			&cli.StringFlag{Name: "bandwidth", Usage: "cap on the fetch rate, e.g. 38Mbit, 5MB (per second)"},
 			&cli.IntFlag{Name: "concurrency", Value: 4, Usage: "range requests in flight"},
-			&cli.DurationFlag{Name: "retry-for", Value: 2 * time.Minute, Usage: "how long to retry a failing origin before giving up"},
+			&cli.DurationFlag{Name: "retry-for", Value: 2 * time.Minute, Usage: "how long to retry an origin that makes no progress before giving up (a slow but moving link never gives up)"},
 			&cli.BoolFlag{Name: "exit-when-complete", Usage: "stop the VM and exit once the probe answered and the overlay is complete"},
 			&cli.BoolFlag{Name: "detach", Usage: "keep running in the background once the VM has resumed (and the probe answered); prints its PID and log"},
 		}, runFlags()...),

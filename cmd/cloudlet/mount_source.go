@@ -47,10 +47,12 @@ func openMountSource(ctx context.Context, o mountOptions, b *base.Base, cache st
 			s.close()
 		}
 	}()
-	if s.origin, err = origin.Open(ctx, o.overlay, o.http); err != nil {
+	src, err := origin.Open(ctx, o.overlay, o.http)
+	if err != nil {
 		return nil, err
 	}
-	if s.reader, err = synthesis.OpenOverlay(ctx, s.origin, b); err != nil {
+	// The origin becomes a window that streams what a resume needs, as in a synthesis.
+	if s.origin, s.reader, err = synthesis.OpenOverlay(ctx, src, b, cache); err != nil {
 		return nil, err
 	}
 	if s.devstate, err = s.reader.Devstate(); err != nil {
