@@ -170,13 +170,21 @@ func (m *overlayMount) said(prefix string) bool {
 // checked (after a failed fetch it is the failure).
 func (m *overlayMount) stop(t *testing.T) {
 	m.cmd.Process.Signal(syscall.SIGTERM)
+	start := time.Now()
 	done := make(chan error, 1)
 	go func() { done <- m.cmd.Wait() }()
 	select {
 	case <-done:
+		t.Logf("the mount ended %v after SIGTERM", time.Since(start).Round(time.Millisecond))
 	case <-time.After(30 * time.Second):
-		m.cmd.Process.Kill()
-		<-done
+		// SIGQUIT: the Go runtime prints every goroutine's stack, which says where it hangs.
+		m.cmd.Process.Signal(syscall.SIGQUIT)
+		select {
+		case <-done:
+		case <-time.After(5 * time.Second):
+			m.cmd.Process.Kill()
+			<-done
+		}
 		t.Errorf("mount still runs 30 s after SIGTERM\n%s", m.stderr)
 	}
 	if mounted(m.dir) {
