@@ -38,6 +38,7 @@ for s in "${steps[@]}"; do
 		if [[ $a =~ [^A-Za-z0-9_./=:,-] ]]; then quoted+=("'$a'"); else quoted+=("$a"); fi
 	done
 	echo "${quoted[*]}" >"$out/$name.cmd"
+	date -u +%Y-%m-%d >"$out/$name.date"
 done
 
 accel=TCG
@@ -46,8 +47,9 @@ if [[ -e /sys/module/kvm_intel || -e /sys/module/kvm_amd ]]; then accel=KVM; fi
 	echo "# Benchmark results"
 	echo
 	echo "Written by \`make bench\` (bench/run.sh) on $(date -u +%Y-%m-%d). Each section gives the"
-	echo "command that produced it; raw outputs are in bench/out/. The analysis of these numbers,"
-	echo "and of earlier runs, is in bench/NOTES.md."
+	echo "command that produced it and the day it ran (a step left out of a run keeps its last"
+	echo "output); raw outputs are in bench/out/. The analysis of these numbers, and of earlier runs,"
+	echo "is in bench/NOTES.md."
 	echo
 	echo "Machine: $(nproc) cores ($(lscpu | sed -n 's/^Model name: *//p' | head -n1)),"
 	echo "$(awk '/MemTotal/ {printf "%.0f GiB RAM", $2/1048576}' /proc/meminfo), Linux $(uname -r),"
@@ -57,6 +59,8 @@ if [[ -e /sys/module/kvm_intel || -e /sys/module/kvm_amd ]]; then accel=KVM; fi
 		[[ -f $out/$name.cmd ]] || continue
 		echo
 		echo "## $title"
+		echo
+		echo "Run on $(cat "$out/$name.date" 2>/dev/null || echo "an earlier day, before steps were dated"):"
 		echo
 		echo '```'
 		cat "$out/$name.cmd"
