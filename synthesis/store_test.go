@@ -1,0 +1,107 @@
+package synthesis
+
+import (
+	"context"
+	"sync"
+	"testing"
+
+	"github.com/cloudlet/cloudlet/chunk"
+	"github.com/cloudlet/cloudlet/chunkstore"
+)
+
+// v1 is an app: memory and disk chunks changed, part of them in the working set. v2 is the
+// same app with one more file of 2 MiB on the disk, written between the two.
+var (
+	appV1 = []change{
+		{image: 1, first: 10, n: 600, seed: 1, toWorkingSet: true},
+		{image: 0, first: 100, n: 300, seed: 1},
+	}
+	appFile = change{image: 0, first: 2000, n: 512, seed: 2}
+	appV2   = []change{appV1[0], appFile, appV1[1]}
+)
+
+// TestStoreSecondFetch: with a shared store, a second fetch of an overlay into a fresh cache
+// fetches nothing but the index read, and the next version of the app fetches about the size
+// of its change. Every byte of the images is checked after each fetch.
+func TestStoreSecondFetch(t *testing.T) {
+	b := newAppBase(t)
+	v1, v2 := b.overlay(t, appV1...), b.overlay(t, appV2...)
+	growth := v2.size - v1.size
+	open := func(t *testing.T) *chunkstore.Store {
+		s, err := chunkstore.Open(t.TempDir(), 1<<30)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { s.Close() })
+		return s
+	}
+	flush := func(t *testing.T, s *chunkstore.Store) {
+		if err := s.Flush(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	t.Run("same overlay", func(t *testing.T) {
+		s := open(t)
+		first := b.fetch(t, v1, s)
+		flush(t, s)
+		second := b.fetch(t, v1, s)
+		t.Logf("overlay %d bytes; first fetch %d bytes, second %d (of them %d the index read), %d bytes from the store",
+			v1.size, first.fetched, second.fetched, second.prefix, second.stats.FromStoreBytes)
+		if first.stats.FromStoreBytes != 0 {
+			t.Fatalf("first fetch took %d bytes from an empty store", first.stats.FromStoreBytes)
+		}
+		if beyond := second.fetched - second.prefix; beyond > v1.size/100 {
+			t.Fatalf("second fetch read %d bytes beyond the index read, want at most 1%% of %d", beyond, v1.size)
+		}
+		if second.stats.Requests != 0 {
+			t.Fatalf("second fetch made %d range requests, want none", second.stats.Requests)
+		}
+	})
+	t.Run("next version", func(t *testing.T) {
+		s := open(t)
+		b.fetch(t, v1, s)
+		flush(t, s)
+		got := b.fetch(t, v2, s)
+		beyond := got.fetched - got.prefix
+		t.Logf("v1 %d bytes, v2 %d bytes (%d more); v2 with v1's chunks in the store fetched %d bytes beyond the index read, %d in all, %d from the store",
+			v1.size, v2.size, growth, beyond, got.fetched, got.stats.FromStoreBytes)
+		// The file's chunks share at most a blob at each end with chunks the store has.
+		if beyond < growth*8/10 || beyond > growth*13/10 {
+			t.Fatalf("fetched %d bytes beyond the index read, want about the %d bytes the overlay grew", beyond, growth)
+		}
+	})
+}
+
+// lyingStore answers every Get with bytes that are not the chunk asked for, and says it has it.
+type lyingStore struct {
+	mu   sync.Mutex
+	gets int
+}
+
+func (s *lyingStore) Get(d chunk.Digest, p []byte) (int, bool) {
+	s.mu.Lock()
+	s.gets++
+	s.mu.Unlock()
+	for i := range chunk.Size {
+		p[i] = byte(i)
+	}
+	return chunk.Size, true
+}
+
+func (s *lyingStore) Put(chunk.Digest, []byte) {}
+
+// TestStoreLies: a store that returns wrong bytes is never believed: every blob is fetched
+// from the origin and the images are right (fetch checks every byte).
+func TestStoreLies(t *testing.T) {
+	b := newAppBase(t)
+	v1 := b.overlay(t, appV1...)
+	s := &lyingStore{}
+	got := b.fetch(t, v1, s)
+	if s.gets == 0 {
+		t.Fatal("the store was never asked")
+	}
+	if got.stats.FromStoreBytes != 0 || got.fetched < v1.size*9/10 {
+		t.Fatalf("%d bytes from a lying store, %d of %d fetched; want none, and the whole overlay",
+			got.stats.FromStoreBytes, got.fetched, v1.size)
+	}
+}
