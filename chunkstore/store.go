@@ -98,6 +98,9 @@ func (s *Store) Close() error {
 	s.queueMu.Unlock()
 	<-s.written
 	s.wg.Wait()
+	if n := s.dropped.Load(); n > 0 {
+		s.logf("chunk store %s: %d chunks were not stored: the disk was slower than the fetch", s.dir, n)
+	}
 	return nil
 }
 
@@ -306,3 +309,6 @@ func (s *Store) Stats() Stats {
 	return Stats{Hits: s.hits.Load(), Misses: s.misses.Load(), Corrupt: s.corrupt.Load(), Puts: s.puts.Load(),
 		PutErrors: s.putErrors.Load(), Dropped: s.dropped.Load(), Evicted: s.evicted.Load(), Bytes: s.usage.Load(), MaxBytes: s.maxBytes}
 }
+
+// MaxBytes is the store's size bound.
+func (s *Store) MaxBytes() int64 { return s.maxBytes }

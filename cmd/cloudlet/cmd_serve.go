@@ -40,6 +40,7 @@ func serveCommand() *cli.Command {
 			&cli.DurationFlag{Name: "upload-idle", Value: api.DefaultUploadIdle, Usage: "how long an upload may send nothing before its session fails"},
 			&cli.BoolFlag{Name: "stop-sessions-on-exit", Usage: "stop every session when the server stops (by default they run on, and the next server adopts them)"},
 			&cli.StringFlag{Name: "accel", Value: "auto", Usage: "accelerator for the VMs: auto, kvm or tcg"},
+			chunkCacheFlag(),
 		}, driverFlags()...),
 		Action: runServe,
 	}
@@ -81,6 +82,13 @@ func runServe(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
+	chunks, err := openChunkCache(c, store.Home())
+	if err != nil {
+		return err
+	}
+	if chunks != nil {
+		defer chunks.Close()
+	}
 	tokens, err := serveTokens(c, stderr)
 	if err != nil {
 		return err
@@ -88,7 +96,7 @@ func runServe(c *cli.Context) error {
 	logger := log.New(stderr, "", log.LstdFlags)
 	srv := api.NewServer(ctx, api.ServerOptions{Store: store, ForwardHost: host, Tokens: tokens, AllowOrigins: allow,
 		MaxSessions: c.Int("max-sessions"), MaxUpload: maxUpload, MaxOverlay: maxOverlay, UploadIdle: c.Duration("upload-idle"), VM: vmo, Log: logger,
-		Sessions: sessionsDir(store), StartSupervisor: supervisorStarter(store), StopOnExit: c.Bool("stop-sessions-on-exit")})
+		Sessions: sessionsDir(store), StartSupervisor: supervisorStarter(store), StopOnExit: c.Bool("stop-sessions-on-exit"), Chunks: chunks})
 	l, err := net.Listen("tcp", c.String("listen"))
 	if err != nil {
 		return err

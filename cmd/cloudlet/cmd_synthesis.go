@@ -35,6 +35,7 @@ func synthesisCommand() *cli.Command {
 			&cli.DurationFlag{Name: "retry-for", Value: 2 * time.Minute, Usage: "how long to retry a failing origin before giving up"},
 			&cli.BoolFlag{Name: "exit-when-complete", Usage: "stop the VM and exit once the probe answered and the overlay is complete"},
 			&cli.BoolFlag{Name: "detach", Usage: "keep running in the background once the VM has resumed (and the probe answered); prints its PID and log"},
+			chunkCacheFlag(),
 		}, runFlags()...),
 		Action: func(c *cli.Context) error {
 			if c.NArg() != 2 {
@@ -85,6 +86,14 @@ func runSynthesis(c *cli.Context) error {
 		EarlyStart: !c.Bool("no-early-start"), Probe: pr, ProbeTimeout: c.Duration("probe-timeout"),
 		ExitWhenComplete: c.Bool("exit-when-complete"),
 	}
+	chunks, err := openChunkCache(c, g.home)
+	if err != nil {
+		return err
+	}
+	if chunks != nil {
+		defer chunks.Close()
+		o.Fetch.Store = chunks
+	}
 	closeLog, err := run.apply(&o.VM, stderr)
 	if err != nil {
 		return err
@@ -96,6 +105,9 @@ func runSynthesis(c *cli.Context) error {
 			return
 		}
 		line := fmt.Sprintf("%7.3fs  %-13s %9d bytes fetched", e.Seconds, e.Name, e.Bytes)
+		if e.Fetch != nil && e.Fetch.FromStoreBytes > 0 {
+			line += fmt.Sprintf(", %d from the chunk cache", e.Fetch.FromStoreBytes)
+		}
 		if e.Detail != "" {
 			line += "  " + e.Detail
 		}

@@ -70,6 +70,10 @@ type Request struct {
 	MaxOverlay   int64             `json:"max_overlay"`
 	AllowOrigins []netip.Prefix    `json:"allow_origins,omitempty"`
 	VM           VMOptions         `json:"vm"`
+	// ChunkStore, if set, is the directory of the chunk cache that sessions share, bounded to
+	// ChunkStoreBytes.
+	ChunkStore      string `json:"chunk_store,omitempty"`
+	ChunkStoreBytes int64  `json:"chunk_store_bytes,omitempty"`
 }
 
 // State is how a session ended.

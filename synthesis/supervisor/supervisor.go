@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/cloudlet/cloudlet/base"
+	"github.com/cloudlet/cloudlet/chunkstore"
 	"github.com/cloudlet/cloudlet/internal/netguard"
 	"github.com/cloudlet/cloudlet/probe"
 	"github.com/cloudlet/cloudlet/synthesis"
@@ -125,6 +126,15 @@ func (s *supervisor) run(ctx context.Context, req Request, store *base.Store, lo
 	if n := o.Origin.Size(); n > req.MaxOverlay {
 		o.Origin.Close()
 		return fmt.Errorf("the overlay claims %d bytes, over this server's limit of %d", n, req.MaxOverlay)
+	}
+	if req.ChunkStore != "" {
+		// The cache only saves fetching: a session runs without it rather than fail.
+		if chunks, err := chunkstore.Open(req.ChunkStore, req.ChunkStoreBytes); err != nil {
+			fmt.Fprintf(log, "session %s: no chunk cache: %v\n", s.dir.ID(), err)
+		} else {
+			defer chunks.Close()
+			o.Fetch.Store = chunks
+		}
 	}
 	_, err = synthesis.Run(ctx, o)
 	return err

@@ -1,0 +1,78 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/cloudlet/cloudlet/internal/testguest"
+	"github.com/cloudlet/cloudlet/overlay"
+	"github.com/cloudlet/cloudlet/synthesis/origin"
+)
+
+// testChunkCache: two syntheses of the same overlay from a shaped HTTP origin, each into a
+// fresh cache directory, with the chunk cache of the same home: the second fetches the index
+// and hardly anything else, and answers about as soon as a synthesis from a local file. TCG
+// is noisy: the times are printed, and compared only loosely.
+func testChunkCache(t *testing.T, ctx context.Context, home, id, file, applied string) {
+	data := mustRead(t, file)
+	baseDir := filepath.Join(home, "bases", id)
+	if err := os.RemoveAll(filepath.Join(home, "chunks")); err != nil { // start cold
+		t.Fatal(err)
+	}
+	s := origin.NewShapedServer(data)
+	defer s.Close()
+	s.Shape(10*time.Millisecond, 38e6/8)
+	synth := func(src string, extra ...string) (result, string, float64) {
+		cache := t.TempDir()
+		port := testguest.FreePort(t)
+		r := run(t, ctx, home, append([]string{"synthesis", id, src, "--cache", cache,
+			"--hostfwd", fmt.Sprintf("tcp:127.0.0.1:%d-:8080", port), "--probe", fmt.Sprintf("http://127.0.0.1:%d/", port),
+			"--probe-timeout", "2m", "--exit-when-complete"}, extra...)...)
+		if r.code != 0 {
+			t.Fatalf("synthesis of %s: exit %d\n%s\n%s", src, r.code, r.stdout, r.stderr)
+		}
+		return r, cache, eventSeconds(t, r.stdout, "first_answer")
+	}
+
+	first, _, ttfrCold := synth(s.URL(), "--chunk-cache-size", "1G")
+	if strings.Contains(first.stdout, "from the chunk cache") {
+		t.Fatalf("the first synthesis took chunks from an empty cache:\n%s", first.stdout)
+	}
+	before := s.Bytes.Load()
+	second, cache, ttfrCached := synth(s.URL(), "--chunk-cache-size", "1G")
+	fetched := s.Bytes.Load() - before
+	checkCache(t, cache, applied, baseDir)
+	_, _, ttfrLocal := synth(file, "--chunk-cache-size", "0")
+	t.Logf("overlay %d bytes; second synthesis fetched %d bytes (index read %d)\nTTFR: cold %.3f s, with the chunk cache %.3f s, local file %.3f s\nsecond timeline:\n%s",
+		len(data), fetched, min(len(data), overlay.DefaultPrefix), ttfrCold, ttfrCached, ttfrLocal, second.stdout)
+	if !strings.Contains(second.stdout, "from the chunk cache") {
+		t.Fatalf("the second synthesis took nothing from the chunk cache:\n%s", second.stdout)
+	}
+	if beyond := fetched - int64(min(len(data), overlay.DefaultPrefix)); beyond > int64(len(data))/100 {
+		t.Fatalf("the second synthesis fetched %d bytes beyond the index read, want at most 1%% of %d", beyond, len(data))
+	}
+	if ttfrCached > 3*ttfrLocal+2 {
+		t.Fatalf("TTFR with the chunk cache %.3f s, against %.3f s from a local file", ttfrCached, ttfrLocal)
+	}
+}
+
+// eventSeconds is the time of a timeline event in the synthesis command's output.
+func eventSeconds(t *testing.T, stdout, event string) float64 {
+	t.Helper()
+	for _, line := range strings.Split(stdout, "\n") {
+		f := strings.Fields(line)
+		if len(f) >= 2 && f[1] == event {
+			if s, err := strconv.ParseFloat(strings.TrimSuffix(f[0], "s"), 64); err == nil {
+				return s
+			}
+		}
+	}
+	t.Fatalf("no %s event in:\n%s", event, stdout)
+	return 0
+}
