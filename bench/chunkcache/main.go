@@ -1,0 +1,140 @@
+// Command chunkcache measures what the shared chunk cache saves. For a base and two overlays
+// of it, v1 (an app) and v2 (the same app with one more file), it fetches, without a VM, each
+// overlay into a fresh cloudletfs cache and reports the bytes read from the origin (a local
+// file here), in three cases: v2 with an empty chunk cache, v2 with v1's chunks in the cache,
+// and v2 a second time.
+//
+//	go run ./bench/chunkcache -home H -base ID -v1 app-v1.overlay -v2 app-v2.overlay
+//
+// "index read" is the overlay reader's first request (header, index, device state and the
+// first blobs): no cache can spare it. Every byte delivered is verified by the fetcher as in
+// a synthesis.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"time"
+
+	"github.com/cloudlet/cloudlet/base"
+	"github.com/cloudlet/cloudlet/chunkstore"
+	"github.com/cloudlet/cloudlet/cloudletfs"
+	"github.com/cloudlet/cloudlet/overlay"
+	"github.com/cloudlet/cloudlet/synthesis"
+	"github.com/cloudlet/cloudlet/synthesis/origin"
+)
+
+func main() {
+	home := flag.String("home", "", "cloudlet home holding the base")
+	baseID := flag.String("base", "", "base ID")
+	v1 := flag.String("v1", "", "overlay of the app")
+	v2 := flag.String("v2", "", "overlay of the app with one more file")
+	flag.Parse()
+	if err := run(*home, *baseID, *v1, *v2); err != nil {
+		fmt.Fprintln(os.Stderr, "chunkcache:", err)
+		os.Exit(1)
+	}
+}
+
+func run(home, baseID, v1, v2 string) error {
+	store, err := base.Open(home)
+	if err != nil {
+		return err
+	}
+	b, err := store.Get(baseID)
+	if err != nil {
+		return err
+	}
+	tmp, err := os.MkdirTemp("", "chunkcache-bench-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(tmp)
+	chunks, err := chunkstore.Open(tmp+"/chunks", 4<<30)
+	if err != nil {
+		return err
+	}
+	defer chunks.Close()
+	ctx := context.Background()
+	fmt.Println("| case | overlay bytes | fetched | of it, the index read | beyond the index read | from the chunk cache | fetch time |")
+	fmt.Println("|---|---:|---:|---:|---:|---:|---:|")
+	cases := []struct {
+		name, file string
+		store      synthesis.ChunkStore
+	}{
+		{"v2, no chunk cache", v2, nil},
+		{"v1 into an empty chunk cache", v1, chunks},
+		{"v2 with v1's chunks in the cache", v2, chunks},
+		{"v2 again", v2, chunks},
+	}
+	for _, c := range cases {
+		r, err := fetch(ctx, b, c.file, c.store, tmp)
+		if err != nil {
+			return fmt.Errorf("%s: %w", c.name, err)
+		}
+		fmt.Printf("| %s | %d | %d | %d | %d | %d | %.2f s |\n", c.name, r.size, r.fetched, r.prefix,
+			r.fetched-r.prefix, r.stats.FromStoreBytes, r.took.Seconds())
+		if err := chunks.Flush(ctx); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+type result struct {
+	size, fetched, prefix int64
+	stats                 synthesis.FetchStats
+	took                  time.Duration
+}
+
+// fetch fetches the overlay into a fresh cloudletfs cache (not mounted) until it is complete.
+func fetch(ctx context.Context, b *base.Base, file string, store synthesis.ChunkStore, tmp string) (result, error) {
+	start := time.Now()
+	src, err := origin.Open(ctx, file, origin.HTTPOptions{})
+	if err != nil {
+		return result{}, err
+	}
+	defer src.Close()
+	r, err := overlay.Open(origin.ReaderAt(ctx, src), src.Size(), synthesis.ExpectFor(b))
+	if err != nil {
+		return result{}, err
+	}
+	defer r.Close()
+	if err := synthesis.CheckOverlay(r, b); err != nil {
+		return result{}, err
+	}
+	imgs, closeImgs, err := b.OpenImages()
+	if err != nil {
+		return result{}, err
+	}
+	defer closeImgs()
+	cache, err := os.MkdirTemp(tmp, "cache-")
+	if err != nil {
+		return result{}, err
+	}
+	defer os.RemoveAll(cache)
+	f := synthesis.NewFetcher(r, src, imgs, synthesis.FetchOptions{Store: store})
+	plans := synthesis.Plans(r.Index)
+	cfg := cloudletfs.Config{Dir: cache, Identity: "bench " + r.ID(), Demander: f, DiscardModified: true,
+		Images: []cloudletfs.ImageConfig{
+			{Name: "disk", Size: r.Index.Images[0].Size, Base: b.Path(base.DiskFile), Plan: plans[0]},
+			{Name: "memory", Size: r.Index.Images[1].Size, Base: b.Path(base.MemoryFile), Plan: plans[1]},
+		}}
+	fsys, err := cloudletfs.Open(cfg)
+	if err != nil {
+		return result{}, err
+	}
+	defer fsys.Close()
+	f.Start(ctx, fsys)
+	defer f.Close()
+	select {
+	case <-f.Complete():
+	case <-f.Failed():
+		return result{}, f.Err()
+	case <-time.After(10 * time.Minute):
+		return result{}, fmt.Errorf("not complete after 10 minutes")
+	}
+	return result{size: src.Size(), fetched: f.BytesFetched(), prefix: r.PrefixLen(), stats: f.Stats(), took: time.Since(start)}, nil
+}
