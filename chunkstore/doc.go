@@ -21,7 +21,7 @@
 //   - Eviction (Trim) takes dir/lock (flock; a process that finds it held leaves the work to
 //     the holder), lists every entry, and removes the least recently used until the total is
 //     within the bound. An entry touched after the listing is spared. Each Store starts a trim
-//     in the background after it has added trimSlice bytes, so the directory holds at most
+//     in the background after it has added a sixteenth of the bound, so the directory holds at most
 //     maxBytes plus one slice per writing process between trims.
 //   - Put is best effort: a full disk or an I/O error is logged and counted, never returned,
 //     and a full queue drops the chunk; the synthesis goes on without the store.

@@ -15,12 +15,21 @@ import (
 	"github.com/cloudlet/cloudlet/synthesis/origin"
 )
 
-// testChunkCache: two syntheses of the same overlay from a shaped HTTP origin, each into a
-// fresh cache directory, with the chunk cache of the same home: the second fetches the index
-// and hardly anything else, and answers about as soon as a synthesis from a local file. TCG
-// is noisy: the times are printed, and compared only loosely.
-func testChunkCache(t *testing.T, ctx context.Context, home, id, file, applied string) {
-	data := mustRead(t, file)
+// testChunkCache: two syntheses of the same overlay (the app with a 5 MB file besides, about
+// 10 MB: far more than the index read) from a shaped HTTP origin, each into a fresh cache
+// directory, with the chunk cache of the same home: the second fetches the index and hardly
+// anything else, and answers about as soon as a synthesis from a local file. TCG is noisy:
+// the times are printed, and compared only loosely.
+func testChunkCache(t *testing.T, ctx context.Context, home, id string) {
+	data := bulkyOverlay(t, ctx, home, id)
+	dir := t.TempDir()
+	file, applied := filepath.Join(dir, "bulky.overlay"), filepath.Join(dir, "applied")
+	if err := os.WriteFile(file, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if r := run(t, ctx, home, "overlay", "apply", file, "--base", id, "--out", applied); r.code != 0 {
+		t.Fatalf("overlay apply: %s", r.stderr)
+	}
 	baseDir := filepath.Join(home, "bases", id)
 	if err := os.RemoveAll(filepath.Join(home, "chunks")); err != nil { // start cold
 		t.Fatal(err)
