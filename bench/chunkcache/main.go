@@ -69,6 +69,7 @@ func run(home, baseID, v1, v2 string) error {
 		{"v2 with v1's chunks in the cache", v2, chunks},
 		{"v2 again", v2, chunks},
 	}
+	var cov cover
 	for _, c := range cases {
 		r, err := fetch(ctx, b, c.file, c.store, tmp)
 		if err != nil {
@@ -79,8 +80,59 @@ func run(home, baseID, v1, v2 string) error {
 		if err := chunks.Flush(ctx); err != nil {
 			return err
 		}
+		if c.name == "v1 into an empty chunk cache" {
+			if cov, err = coverage(ctx, b, v2, chunks); err != nil {
+				return err
+			}
+		}
 	}
+	fmt.Printf("\nWith v1's chunks in the cache, it held %d of v2's %d stored chunks (%d of %d bytes raw); %d of v2's %d blobs had all their chunks there.\n",
+		cov.have, cov.chunks, cov.haveBytes, cov.bytes, cov.wholeBlobs, cov.blobs)
 	return nil
+}
+
+// cover is how much of an overlay's stored chunks a chunk cache holds.
+type cover struct {
+	have, chunks, wholeBlobs, blobs int
+	haveBytes, bytes                int64
+}
+
+// coverage counts the overlay's stored chunks that the cache holds, and its blobs whose
+// chunks it holds all of (the unit the fetcher can spare).
+func coverage(ctx context.Context, b *base.Base, file string, chunks *chunkstore.Store) (cover, error) {
+	src, err := origin.Open(ctx, file, origin.HTTPOptions{})
+	if err != nil {
+		return cover{}, err
+	}
+	defer src.Close()
+	r, err := overlay.Open(origin.ReaderAt(ctx, src), src.Size(), synthesis.ExpectFor(b))
+	if err != nil {
+		return cover{}, err
+	}
+	defer r.Close()
+	ix := r.Index
+	c := cover{blobs: len(ix.Blobs)}
+	missing := make([]bool, len(ix.Blobs))
+	for _, ch := range ix.Chunks {
+		if ch.Kind != overlay.KindBlob {
+			continue
+		}
+		n := min(int64(ix.ChunkSize), ix.Images[ch.Image].Size-ch.Index*int64(ix.ChunkSize))
+		c.chunks++
+		c.bytes += n
+		if chunks.Has(ch.Digest) {
+			c.have++
+			c.haveBytes += n
+		} else {
+			missing[ch.Blob] = true
+		}
+	}
+	for _, m := range missing {
+		if !m {
+			c.wholeBlobs++
+		}
+	}
+	return c, nil
 }
 
 type result struct {
