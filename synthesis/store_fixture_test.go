@@ -120,7 +120,8 @@ type fetchResult struct {
 
 // fetch runs a fetcher over the overlay into a fresh cloudletfs cache (no mount: the fetcher
 // delivers through FS.Deliver), waits for it to complete, and checks every byte of the images.
-func (b *appBase) fetch(t testing.TB, ov appOverlay, store ChunkStore) fetchResult {
+// started, if given, runs once the fetcher has started.
+func (b *appBase) fetch(t testing.TB, ov appOverlay, store ChunkStore, started ...func(*cloudletfs.FS)) fetchResult {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
@@ -155,6 +156,9 @@ func (b *appBase) fetch(t testing.TB, ov appOverlay, store ChunkStore) fetchResu
 	defer fsys.Close()
 	f.Start(ctx, fsys)
 	defer f.Close()
+	for _, fn := range started {
+		fn(fsys)
+	}
 	select {
 	case <-f.Complete():
 	case <-f.Failed():

@@ -4,9 +4,11 @@ import (
 	"context"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/cloudlet/cloudlet/chunk"
 	"github.com/cloudlet/cloudlet/chunkstore"
+	"github.com/cloudlet/cloudlet/cloudletfs"
 )
 
 // v1 is an app: memory and disk chunks changed, part of them in the working set. v2 is the
@@ -103,5 +105,52 @@ func TestStoreLies(t *testing.T) {
 	if got.stats.FromStoreBytes != 0 || got.fetched < v1.size*9/10 {
 		t.Fatalf("%d bytes from a lying store, %d of %d fetched; want none, and the whole overlay",
 			got.stats.FromStoreBytes, got.fetched, v1.size)
+	}
+}
+
+// slowStore takes a while for each Get, as a busy disk does.
+type slowStore struct {
+	ChunkStore
+	delay time.Duration
+}
+
+func (s slowStore) Get(d chunk.Digest, p []byte) (int, bool) {
+	time.Sleep(s.delay)
+	return s.ChunkStore.Get(d, p)
+}
+
+// TestStoreDemandFirst: while the store pass walks the blobs in prefetch order, a guest read
+// of a chunk in the last blob is served from the store ahead of the order, not after the
+// pass, and not from the origin.
+func TestStoreDemandFirst(t *testing.T) {
+	b := newAppBase(t)
+	v1 := b.overlay(t, appV1...)
+	s, err := chunkstore.Open(t.TempDir(), 1<<30)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	b.fetch(t, v1, s)
+	if err := s.Flush(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	const delay = 2 * time.Millisecond // about 900 chunks: the whole pass takes about 2 s
+	var waited time.Duration
+	got := b.fetch(t, v1, slowStore{s, delay}, func(fsys *cloudletfs.FS) {
+		// The last chunk of the disk change is in the last blob (prefetch order: memory first).
+		c := appV1[1].first + appV1[1].n - 1
+		start := time.Now()
+		p := make([]byte, chunk.Size)
+		if _, err := fsys.Image("disk").ReadAt(context.Background(), p, c*chunk.Size); err != nil {
+			t.Error(err)
+		}
+		waited = time.Since(start)
+	})
+	t.Logf("the read waited %v; whole pass %.2f s", waited, got.stats.StoreSec)
+	if got.stats.Requests != 0 {
+		t.Fatalf("%d range requests, want none: the store has every chunk", got.stats.Requests)
+	}
+	if waited > time.Duration(got.stats.StoreSec*float64(time.Second))/2 {
+		t.Fatalf("the read waited %v, more than half the store pass (%.2f s): it was not served first", waited, got.stats.StoreSec)
 	}
 }
