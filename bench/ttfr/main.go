@@ -261,7 +261,9 @@ func synthesise(ctx context.Context, o options, l link, url string, downloadFirs
 	if err != nil {
 		return s, err
 	}
-	args := []string{"--json", "synthesis", o.base, url, "--exit-when-complete",
+	// Without the shared chunk cache: each run must fetch the overlay, as a first synthesis
+	// on a cloudlet does.
+	args := []string{"--json", "synthesis", o.base, url, "--exit-when-complete", "--chunk-cache-size", "0",
 		"--hostfwd", fmt.Sprintf("tcp:127.0.0.1:%d-:%d", hostPort, o.port),
 		"--probe", fmt.Sprintf("http://127.0.0.1:%d/", hostPort)}
 	if downloadFirst {
