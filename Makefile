@@ -9,7 +9,7 @@ BIN      := $(BUILD)/cloudlet
 # The Debian packages the project uses, at run time and to build the test guest.
 DEB_PKGS := qemu-system-x86 qemu-utils fuse3 busybox-static cpio kmod e2fsprogs libvirt-dev \
             libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients qemu-block-extra debootstrap \
-            pkg-config gcc ca-certificates xz-utils slirp4netns
+            pkg-config gcc ca-certificates xz-utils slirp4netns docker-registry
 SUDO     := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: all deps build guest demo test test-short vet bench clean
@@ -24,6 +24,12 @@ deps:
 		$(SUDO) apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing; \
 	else echo "deps: all Debian packages present"; fi
+	@# docker-registry is for tests, which start their own on loopback: the system service the
+	@# package installs is stopped and kept from starting at boot.
+	@if command -v systemctl >/dev/null && systemctl is-enabled docker-registry >/dev/null 2>&1; then \
+		$(SUDO) systemctl disable docker-registry 2>/dev/null; fi
+	@if [ -d /run/systemd/system ] && systemctl is-active docker-registry >/dev/null 2>&1; then \
+		$(SUDO) systemctl stop docker-registry; fi
 	@# apt-cache must know the current kernel package for the guest recipe.
 	@apt-cache show linux-image-amd64 >/dev/null 2>&1 || $(SUDO) apt-get update -qq
 	@# The user QEMU runs as when cloudlet runs as root: no home, no shell; in the kvm group,

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/cloudlet/cloudlet/chunk"
+	"github.com/cloudlet/cloudlet/vm"
 )
 
 // FuzzParseManifest: no manifest panics the parser, and whatever it accepts keeps every file
@@ -26,6 +27,12 @@ func FuzzParseManifest(f *testing.F) {
 		f.Fatal(err)
 	}
 	f.Add(good)
+	m.VM.Platform = &vm.Platform{QEMU: "7.2.22", Accel: "tcg", CPUFeatures: []string{"lm", "sse2"}}
+	recorded, err := json.Marshal(m)
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Add(recorded)
 	f.Add([]byte(`{}`))
 	f.Add([]byte(`{"format":1,"files":{"disk.img":{"size":-1}}}`))
 	f.Fuzz(func(t *testing.T, b []byte) {
@@ -35,6 +42,9 @@ func FuzzParseManifest(f *testing.F) {
 		}
 		if len(id) != 64 {
 			t.Fatalf("ID %q", id)
+		}
+		if p := m.VM.Platform; p != nil && (len(p.CPUFeatures) > 512 || p.QEMU == "") {
+			t.Fatalf("platform with %d features, QEMU %q accepted", len(p.CPUFeatures), p.QEMU)
 		}
 		for name, file := range m.Files {
 			if file.Size < 0 || file.Size > fileLimit(m, name) {

@@ -49,8 +49,8 @@ type Manifest struct {
 	Created   time.Time `json:"created"`
 	ChunkSize int       `json:"chunk_size"`
 	VM        vm.Config `json:"vm"`
-	// Accel is where the snapshot was taken; informational, since KVM and TCG snapshots of
-	// the same CPU model resume on either.
+	// Accel is where the snapshot was taken, for people; what a host must provide to resume
+	// it (CPU features under that accelerator, QEMU version) is in VM.Platform.
 	Accel string          `json:"accel"`
 	Files map[string]File `json:"files"`
 }

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/cloudlet/cloudlet/chunk"
+	"github.com/cloudlet/cloudlet/vm"
 )
 
 // TestManifestLimits: a manifest read from outside is refused when a size or string is beyond
@@ -35,6 +36,13 @@ func TestManifestLimits(t *testing.T) {
 		}, "VM memory of 1099512676352 bytes"},
 		{"disk beyond the limit", func(m *Manifest) { m.Files[DiskFile] = File{Size: maxDiskBytes + 1, SHA256: m.Files[DiskFile].SHA256} }, "disk.img of 1099511627777 bytes, want 0 to 1099511627776"},
 		{"negative size", func(m *Manifest) { m.Files[DevstateFile] = File{Size: -1, SHA256: m.Files[DevstateFile].SHA256} }, "devstate of -1 bytes"},
+		{"valid platform", func(m *Manifest) {
+			m.VM.Platform = &vm.Platform{QEMU: "7.2.22", Accel: "kvm", CPUFeatures: []string{"aes", "kvmclock", "sse4.2"}}
+		}, ""},
+		{"platform feature that is no name", func(m *Manifest) {
+			m.VM.Platform = &vm.Platform{QEMU: "7.2.22", Accel: "tcg", CPUFeatures: []string{"lm", "sse2,+evil"}}
+		}, "CPU feature"},
+		{"platform without a QEMU version", func(m *Manifest) { m.VM.Platform = &vm.Platform{Accel: "tcg"} }, "QEMU version"},
 	}
 	for _, tc := range tests {
 		m := valid()

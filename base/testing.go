@@ -13,12 +13,20 @@ import (
 // fails before QEMU would run it.
 func CommitTiny(t testing.TB, s *Store, name string) *Base {
 	t.Helper()
+	return CommitTinyConfig(t, s, name, func(*vm.Config) {})
+}
+
+// CommitTinyConfig is CommitTiny with the VM config changed by edit first: a base that names
+// another CPU model or machine type, or records a platform.
+func CommitTinyConfig(t testing.TB, s *Store, name string, edit func(*vm.Config)) *Base {
+	t.Helper()
 	d, err := s.NewDraft()
 	if err != nil {
 		t.Fatal(err)
 	}
 	cfg := vm.DefaultConfig()
 	cfg.MemoryBytes = 16 << 20
+	edit(&cfg)
 	files := map[string][]byte{DiskFile: make([]byte, 1<<20), MemoryFile: make([]byte, cfg.MemoryBytes),
 		DevstateFile: []byte("devstate"), KernelFile: []byte("kernel")}
 	for name, b := range files {

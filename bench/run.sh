@@ -2,8 +2,10 @@
 # 'make bench': every benchmark, then bench/RESULTS.md from what they printed, with the exact
 # commands and the machine. Raw outputs stay in bench/out/.
 # usage: bench/run.sh [RUNS] [STEP...]   RUNS per TTFR mode and link (default 3); STEPs limit
-# the run to some of: ttfr-test ttfr-realistic sequential random dirty overlay; 'report' runs
-# none and only rewrites RESULTS.md. The report covers every step that has an output.
+# the run to some of: ttfr-test ttfr-realistic ttfr-weights ttfr-realistic-1mbit sequential
+# random dirty overlay; 'report' runs none and only rewrites RESULTS.md. The report covers
+# every step that has an output. ttfr-realistic-1mbit is one run whatever RUNS says: it takes
+# over ten minutes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 runs=${1:-3}
@@ -16,6 +18,8 @@ mkdir -p "$out"
 steps=(
 	"ttfr-test|Time to first response: the test guest|bench/ttfr.sh test $runs"
 	"ttfr-realistic|Time to first response: the realistic guest|bench/ttfr.sh realistic $runs"
+	"ttfr-weights|Time to first response: a model server that reads over 90 % of its overlay first|bench/ttfr.sh weights $runs"
+	"ttfr-realistic-1mbit|Time to first response: the realistic guest at 1 Mbit/s|bench/ttfr.sh realistic 1 slow"
 	"sequential|cloudletfs: sequential first-touch throughput|go test ./bench -run ^\$ -bench Sequential -benchtime 20x -count 3"
 	"random|cloudletfs: random 4 KiB first-touch latency and demand misses|go test ./bench -run ^\$ -bench Random|Demand -benchtime 4000x -count 3"
 	"dirty|cloudletfs: dirtying memory through a shared mapping (capture)|go test ./bench -run ^\$ -bench SharedMmapDirty -benchtime 3x -count 2"
@@ -63,6 +67,14 @@ if [[ -e /sys/module/kvm_intel || -e /sys/module/kvm_amd ]]; then accel=KVM; fi
 			cat "bench/$name.md"
 			echo
 			echo "![TTFR by mode and link speed]($name.svg)"
+			if [[ -f bench/$name-rtt.md ]]; then
+				echo
+				echo "### The RTT sweep"
+				echo
+				cat "bench/$name-rtt.md"
+				echo
+				echo "![TTFR by RTT at 38 Mbit/s]($name-rtt.svg)"
+			fi
 			;;
 		*)
 			echo '```'

@@ -128,6 +128,12 @@ func (f *FS) checkIdentity() error {
 	return nil
 }
 
+// Kept reports whether dir holds a cache from an earlier run (of any identity).
+func Kept(dir string) bool {
+	_, err := os.Stat(filepath.Join(dir, "identity"))
+	return err == nil
+}
+
 func (f *FS) flushLoop(ctx context.Context) {
 	defer close(f.flushDone)
 	t := time.NewTicker(f.cfg.FlushInterval)

@@ -29,6 +29,7 @@ type Image struct {
 	demander Demander
 	events   *streams
 	stats    imageStats
+	overlay  []uint64 // bitset: chunks pending in the plan (the overlay's); nil without a plan
 
 	// writeMu serialises VM writes, whose read-modify-write of a partial chunk must not
 	// interleave with another write to the same chunk.
@@ -44,6 +45,7 @@ type Image struct {
 	demanded []uint64                // guarded by mu: bitset, chunks already demanded
 	accessed []uint64                // guarded by mu: bitset, for first-access events
 	modified []uint64                // guarded by mu: bitset, for first-modification events
+	touched  []uint64                // guarded by mu: bitset, overlay chunks touched (stats)
 	dirty    []dirtyChunk            // guarded by mu: cached but not yet durable in presence
 	closed   bool                    // guarded by mu
 }
@@ -63,6 +65,8 @@ type imageStats struct {
 	demandMisses              atomic.Int64
 	stallNanos                atomic.Int64
 	present                   atomic.Int64 // chunks whose bytes are in the cache
+	overlayTouched            atomic.Int64
+	overlayMissed             atomic.Int64
 }
 
 func bitGet(b []uint64, i int64) bool { return b[i/64]&(1<<(i%64)) != 0 }
@@ -101,6 +105,7 @@ func (img *Image) waitReadable(ctx context.Context, first, last int64) error {
 		}
 		for c := first; c <= last; c++ {
 			s := img.state[c]
+			img.touchLocked(c, s == StatePending || s == stateBusy)
 			if s != StatePending && s != stateBusy {
 				continue
 			}
@@ -299,6 +304,7 @@ func (img *Image) writeChunk(ctx context.Context, c int64, data []byte, within i
 		}
 	}
 	img.mu.Lock()
+	img.touchLocked(c, img.state[c] == stateBusy)
 	for img.state[c] == stateBusy { // a delivery in flight; full writes must not race it
 		ch, ok := img.waiters[c]
 		if !ok {

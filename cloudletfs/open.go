@@ -53,8 +53,14 @@ func openImage(cfg ImageConfig, fc *Config, ev *streams) (_ *Image, err error) {
 		return nil, err
 	}
 	img.state = make([]State, n)
+	if cfg.Plan != nil {
+		img.overlay, img.touched = make([]uint64, (n+63)/64), make([]uint64, (n+63)/64)
+	}
 	var discard []int64
 	for i := range n {
+		if plan[i] == StatePending {
+			bitSet(img.overlay, i)
+		}
 		img.state[i] = img.presence.state(i, plan[i])
 		if img.state[i] == StateModified && fc.DiscardModified {
 			img.state[i] = plan[i]

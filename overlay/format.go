@@ -9,8 +9,9 @@
 //	devstate  QEMU device state, compressed with the overlay's codec
 //	blobs     chunk data, about BlobRaw bytes each before compression, in prefetch order
 //
-// A reader fetches DefaultPrefix bytes first, which usually hold the header and the whole
-// index, then any rest of the index in runs of a few MiB. The SHA-256 of the uncompressed index
+// A reader fetches FirstRead bytes first, then everything up to the header's resume end (the
+// rest of the index, the device state, the working set) as one stream when its ReaderAt can
+// prefetch, else the rest of the index in runs of a few MiB. The SHA-256 of the uncompressed index
 // is the overlay's identity; the index pins every blob's and chunk's SHA-256, so every byte a
 // reader uses is verified. The file is attacker input: every length it claims is bounded (see
 // limits.go) before anything is allocated for it.
@@ -25,15 +26,17 @@ import (
 // Magic opens every overlay file.
 const Magic = "CLOUDOVL"
 
-// Version is the format version this package writes and reads.
-const Version = 1
+// Version is the format version this package writes and reads. Version 2 added the resume end
+// to the header.
+const Version = 2
 
 // HeaderSize is the fixed size of the header.
 const HeaderSize = 96
 
-// DefaultPrefix is what a reader fetches first: the header and, for most overlays, the whole
-// index and device state.
-const DefaultPrefix = 1 << 20
+// FirstRead is what a reader fetches first: the header, and for small overlays the index. It
+// is small because nothing can be decoded before it has all arrived; the rest of what a resume
+// needs is asked for at once, by the header's resume end (see Prefetcher).
+const FirstRead = 16 << 10
 
 // DefaultBlobRaw is the default uncompressed blob size: large enough to compress well, small
 // enough that a demand miss does not wait long for its blob.

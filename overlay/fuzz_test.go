@@ -58,7 +58,7 @@ func fuzzOverlay(f *testing.F, codec Codec) []byte {
 // FuzzOpen: a whole file of junk (header included), read through a file that claims any size,
 // is refused cleanly; whatever Open accepts can be read through without a panic.
 func FuzzOpen(f *testing.F) {
-	h := header{version: Version, indexLen: 5, indexRaw: 10}
+	h := header{version: Version, indexLen: 5, indexRaw: 10, resumeEnd: HeaderSize + 5}
 	f.Add(append(h.encode(), 1, 2, 3, 4, 5), int64(101))
 	f.Add(headerOnly(2<<40-HeaderSize, 1<<20), int64(2<<40))
 	f.Add(headerOnly(200<<20, 200<<20), int64(1<<40))

@@ -16,13 +16,19 @@ import (
 //	12  8  index length, compressed
 //	20  8  index length, uncompressed
 //	28 32  SHA-256 of the uncompressed index: the overlay's ID
-//	60 32  reserved, zero
+//	60  8  resume end: the offset where the working set ends (version 2)
+//	68 24  reserved, zero
 //	92  4  CRC-32 (IEEE) of bytes 0-91
+//
+// The resume end lets a reader ask for everything a resume needs (the rest of the index, the
+// device state and the working set) in its second request, right after the header: before
+// version 2 it had to decode the index first, which could take a third round trip.
 type header struct {
-	version  uint16
-	indexLen int64
-	indexRaw int64
-	indexSHA chunk.Digest
+	version   uint16
+	indexLen  int64
+	indexRaw  int64
+	indexSHA  chunk.Digest
+	resumeEnd int64
 }
 
 func (h header) encode() []byte {
@@ -32,6 +38,7 @@ func (h header) encode() []byte {
 	binary.LittleEndian.PutUint64(b[12:], uint64(h.indexLen))
 	binary.LittleEndian.PutUint64(b[20:], uint64(h.indexRaw))
 	copy(b[28:60], h.indexSHA[:])
+	binary.LittleEndian.PutUint64(b[60:], uint64(h.resumeEnd))
 	binary.LittleEndian.PutUint32(b[92:], crc32.ChecksumIEEE(b[:92]))
 	return b
 }
@@ -49,11 +56,12 @@ func decodeHeader(b []byte, fileSize int64) (header, error) {
 	}
 	h.version = binary.LittleEndian.Uint16(b[8:])
 	if h.version != Version {
-		return h, corrupt("header", "format version %d; this cloudlet reads version %d", h.version, Version)
+		return h, corrupt("header", "format version %d; this cloudlet reads version %d only (rebuild the overlay with this cloudlet)", h.version, Version)
 	}
 	h.indexLen = int64(binary.LittleEndian.Uint64(b[12:]))
 	h.indexRaw = int64(binary.LittleEndian.Uint64(b[20:]))
 	copy(h.indexSHA[:], b[28:60])
+	h.resumeEnd = int64(binary.LittleEndian.Uint64(b[60:]))
 	if h.indexRaw <= 0 || h.indexRaw > MaxIndexRaw {
 		return h, corrupt("header", "index of %d bytes, limit %d", h.indexRaw, MaxIndexRaw)
 	}
@@ -64,6 +72,11 @@ func decodeHeader(b []byte, fileSize int64) (header, error) {
 	}
 	if h.indexLen <= 0 || HeaderSize+h.indexLen > fileSize {
 		return h, corrupt("header", "index of %d bytes does not fit in a file of %d bytes (truncated?)", h.indexLen, fileSize)
+	}
+	// The resume end is only a hint for what to ask first: every byte read is still checked
+	// against the index. It must lie past the index and in the file.
+	if h.resumeEnd < HeaderSize+h.indexLen || h.resumeEnd > fileSize {
+		return h, corrupt("header", "resume end %d outside [%d, %d]", h.resumeEnd, HeaderSize+h.indexLen, fileSize)
 	}
 	return h, nil
 }

@@ -64,13 +64,13 @@ func fileOf(t testing.TB, ix *Index, data []byte) []byte {
 	if err != nil {
 		t.Fatal(err)
 	}
-	h := header{version: Version, indexLen: int64(len(z)), indexRaw: int64(len(raw)), indexSHA: sum(raw)}
+	h := header{version: Version, indexLen: int64(len(z)), indexRaw: int64(len(raw)), indexSHA: sum(raw), resumeEnd: HeaderSize + int64(len(z))}
 	return append(append(h.encode(), z...), data...)
 }
 
 // headerOnly is a 96-byte overlay whose header claims an index of indexLen compressed bytes.
 func headerOnly(indexLen, indexRaw int64) []byte {
-	return header{version: Version, indexLen: indexLen, indexRaw: indexRaw}.encode()
+	return header{version: Version, indexLen: indexLen, indexRaw: indexRaw, resumeEnd: HeaderSize + indexLen}.encode()
 }
 
 // manyZeroChunks is an index about 3.6 MB long that lists n zero chunks of a huge image: small

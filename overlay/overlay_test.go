@@ -3,6 +3,7 @@ package overlay_test
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"io"
@@ -194,6 +195,9 @@ func TestCorruption(t *testing.T) {
 		{"flipped byte in the header", flip(15), "header: checksum"},
 		{"not an overlay", []byte("SSH-2.0-" + strings.Repeat("x", 200)), "not an overlay"},
 		{"unknown version", withVersion(tc.file, 9), "format version 9"},
+		{"version 1", withVersion(tc.file, 1), "format version 1; this cloudlet reads version 2"},
+		{"resume end past the file", withResumeEnd(tc.file, int64(len(tc.file))+1), "resume end"},
+		{"resume end inside the index", withResumeEnd(tc.file, overlay.HeaderSize), "resume end"},
 		{"empty", nil, "header"},
 	}
 	rng := rand.New(rand.NewSource(3))
@@ -259,4 +263,44 @@ func withVersion(file []byte, v uint16) []byte {
 	b[8], b[9] = byte(v), byte(v>>8)
 	overlay.FixHeaderChecksum(b)
 	return b
+}
+
+func withResumeEnd(file []byte, end int64) []byte {
+	b := append([]byte(nil), file...)
+	binary.LittleEndian.PutUint64(b[60:], uint64(end))
+	overlay.FixHeaderChecksum(b)
+	return b
+}
+
+// prefetchRecorder is a ReaderAt that notes the plans Open gives it.
+type prefetchRecorder struct {
+	*bytes.Reader
+	plans []overlay.Plan
+}
+
+func (p *prefetchRecorder) Prefetch(plan overlay.Plan) { p.plans = append(p.plans, plan) }
+
+// TestResumeEnd: a reader that can prefetch is told, right after the header, where the index
+// and what a resume needs end: the device state and the working-set blobs, and nothing more.
+func TestResumeEnd(t *testing.T) {
+	tc := newCase(t, overlay.CodecZstd, 6)
+	ra := &prefetchRecorder{Reader: bytes.NewReader(tc.file)}
+	r, err := overlay.Open(ra, int64(len(tc.file)), tc.expect())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	ws := int(r.Index.WorkingSetBlobs)
+	if ws == 0 || ws == len(r.Index.Blobs) {
+		t.Fatalf("the test case has %d working-set blobs of %d: want some, not all", ws, len(r.Index.Blobs))
+	}
+	off, n := r.BlobRange(ws - 1)
+	want := overlay.Plan{ID: r.ID(), First: overlay.FirstRead, ResumeEnd: off + n}
+	if len(ra.plans) != 1 {
+		t.Fatalf("%d prefetch plans, want 1", len(ra.plans))
+	}
+	got := ra.plans[0]
+	if got.ID != want.ID || got.First != want.First || got.ResumeEnd != want.ResumeEnd || got.IndexEnd <= overlay.HeaderSize || got.IndexEnd >= got.ResumeEnd {
+		t.Fatalf("plan %+v, want %+v with the index end between the header and the resume end", got, want)
+	}
 }

@@ -33,14 +33,30 @@ type Reader struct {
 // blobCacheBytes bounds the decoded-blob cache.
 const blobCacheBytes = 64 << 20
 
-// Open reads and checks the header and index. It reads DefaultPrefix bytes first, which
-// usually hold the whole index, then the rest of the index in runs of a few MiB as the
-// decompressor needs them. want is the base at hand: an overlay for another base is refused as
+// Prefetcher is an io.ReaderAt that can stream a range ahead of the reads that need it. Open
+// tells it, as soon as the header is in, where the index and what a resume needs (the device
+// state and the working set) end, so that the reads that follow, Open's own and the fetcher's,
+// can be served from one request as its bytes arrive.
+type Prefetcher interface {
+	Prefetch(Plan)
+}
+
+// Plan is what an overlay's header says about the reads ahead of a resume.
+type Plan struct {
+	ID        string // the overlay's ID, as the header claims it (checked once the index is in)
+	First     int64  // bytes read already
+	IndexEnd  int64  // where the index ends
+	ResumeEnd int64  // where the device state and the working set end
+}
+
+// Open reads and checks the header and index. It reads FirstRead bytes first; then, if ra is a
+// Prefetcher, it asks for everything up to the header's resume end in one go; the rest of the
+// index is read in runs of a few MiB as the decompressor needs them. want is the base at hand: an overlay for another base is refused as
 // soon as the index head is decoded. size is the file's size as its origin claims it; every
 // length in the file is checked against the format's limits before anything is allocated for
 // it, since size alone bounds nothing (a sparse file, a lying server).
 func Open(ra io.ReaderAt, size int64, want Expect) (*Reader, error) {
-	first := make([]byte, min(max(size, 0), DefaultPrefix))
+	first := make([]byte, min(max(size, 0), FirstRead))
 	n, err := ra.ReadAt(first, 0)
 	if err != nil && !errors.Is(err, io.EOF) {
 		return nil, fmt.Errorf("overlay: read header: %w", err)
@@ -55,6 +71,9 @@ func Open(ra io.ReaderAt, size int64, want Expect) (*Reader, error) {
 		return nil, corrupt("header", "index of %d bytes, but images %s need at most %d", h.indexRaw, imageList(want.Images), limit)
 	}
 	end := HeaderSize + h.indexLen
+	if p, ok := ra.(Prefetcher); ok && h.resumeEnd > int64(len(first)) {
+		p.Prefetch(Plan{ID: id, First: int64(len(first)), IndexEnd: end, ResumeEnd: h.resumeEnd})
+	}
 	zIndex := io.MultiReader(bytes.NewReader(first[HeaderSize:min(end, int64(len(first)))]),
 		runReader(ra, int64(len(first)), max(0, end-int64(len(first)))))
 	rawIndex, err := decompressIndex(zIndex, h.indexRaw)
@@ -302,6 +321,16 @@ func (ix *Index) Counts() map[Kind]int {
 		n[c.Kind]++
 	}
 	return n
+}
+
+// resumeDataEnd is where, after the index, what a resume needs ends: the device state and the
+// working-set blobs.
+func (ix *Index) resumeDataEnd() int64 {
+	end := ix.Devstate.Offset + ix.Devstate.Length
+	if ws := ix.WorkingSetBlobs; ws > 0 {
+		end = max(end, ix.Blobs[ws-1].Offset+ix.Blobs[ws-1].Length)
+	}
+	return end
 }
 
 // WorkingSetBytes is the compressed size of the working-set blobs.

@@ -184,7 +184,8 @@ func Write(ctx context.Context, out io.Writer, tmpDir string, m Meta, devstate [
 		return s, fmt.Errorf("overlay: index: %w", err)
 	}
 	id := sum(rawIndex)
-	hdr := header{version: Version, indexLen: int64(len(zIndex)), indexRaw: int64(len(rawIndex)), indexSHA: id}
+	hdr := header{version: Version, indexLen: int64(len(zIndex)), indexRaw: int64(len(rawIndex)), indexSHA: id,
+		resumeEnd: HeaderSize + int64(len(zIndex)) + ix.resumeDataEnd()}
 	if _, err := tmp.Seek(0, io.SeekStart); err != nil {
 		return s, err
 	}

@@ -25,20 +25,28 @@ type FetchOptions struct {
 	Concurrency int
 	// BytesPerSecond caps the fetcher's use of the link; 0 means no cap.
 	BytesPerSecond int64
+	// Bulk streams the whole overlay in prefetch order from the start, without pausing for
+	// demand misses: for a VM that waits for all of it anyway (download-first).
+	Bulk bool
 	// Store, if set, supplies the blobs whose chunks it has, and takes every chunk fetched.
 	Store ChunkStore
 }
 
-// backgroundRun is the most a background range request asks for. Only one background
-// request runs at a time, and none starts while a demand miss is being fetched, so a miss
-// shares the link with at most one short background request. (Measured at 10 Mbit/s: with
-// 2 MiB runs started regardless of demand, the profiled TTFR was 6.6 s; see RESULTS.md.)
+// backgroundRun is the most a background range request asks for while the VM is served
+// blob by blob. Only one such request runs at a time, and none starts while a demand miss is
+// being fetched, so a miss shares the link with at most one short background request.
+// (Measured at 10 Mbit/s: with 2 MiB runs started regardless of demand, the profiled TTFR was
+// 6.6 s; see RESULTS.md.)
 const backgroundRun = 512 << 10
 
-// maxRun bounds the working-set run, the one request whose size the overlay's index decides:
-// its buffer is allocated before a byte arrives, and an index that lies about blob lengths
-// must not make it base-sized. A real working set of up to this size is still one request.
-const maxRun = 64 << 20
+// streamRange is the most one request of a stream asks for: the working set, and the rest of
+// the overlay in bulk mode. A stream is a chain of such ranges, the next asked for just before
+// the last ends, so the link never idles between them, and a failure costs one range's retries.
+const streamRange = 4 << 20
+
+// bulkAfter is how many blobs the VM may demand before the fetcher decides it is pulling most
+// of the overlay anyway, and streams the rest in bulk instead of blob by blob.
+const bulkAfter = 8
 
 const (
 	blobWaiting = iota
@@ -46,9 +54,11 @@ const (
 	blobDone
 )
 
-// Fetcher moves an overlay's chunks into cloudletfs: the working set first (one range
-// request), then the rest in prefetch order, with demand misses jumping the queue. Every blob
-// and chunk is verified before it is delivered. It is cloudletfs's Demander.
+// Fetcher moves an overlay's chunks into cloudletfs: the working set first (a stream of
+// ranges), then the rest in prefetch order, with demand misses jumping the queue; once the VM
+// is seen pulling most of the overlay anyway, or for download-first, the rest streams in bulk.
+// Each blob is delivered as soon as its bytes are in, and every blob and chunk is verified
+// before it is delivered. It is cloudletfs's Demander.
 type Fetcher struct {
 	// Fixed after construction.
 	r      *overlay.Reader
@@ -71,7 +81,10 @@ type Fetcher struct {
 	state    []uint8  // guarded by mu: per blob
 	urgent   []uint32 // guarded by mu: demanded blobs, oldest first
 	next     int      // guarded by mu: next blob in background order
-	bgBusy   bool     // guarded by mu: a background run is in flight
+	bgRuns   int      // guarded by mu: background runs in flight (two while one ends)
+	bgTail   bool     // guarded by mu: the background run in flight is about to end
+	bulk     bool     // guarded by mu: stream the rest without pausing for demands
+	demanded int      // guarded by mu: blobs fetched on demand so far
 	demands  int      // guarded by mu: demand fetches in flight
 	left     int      // guarded by mu: blobs not done
 	baseDone bool     // guarded by mu: base references delivered
@@ -97,7 +110,7 @@ func NewFetcher(r *overlay.Reader, src origin.Origin, base []io.ReaderAt, opts F
 	ix := r.Index
 	f := &Fetcher{r: r, origin: src, base: base, opts: opts, place: map[[2]int64]int{},
 		users: make([][]int, len(ix.Blobs)), state: make([]uint8, len(ix.Blobs)), left: len(ix.Blobs),
-		wake: make(chan struct{}, 1), complete: make(chan struct{}), failed: make(chan struct{})}
+		wake: make(chan struct{}, 1), complete: make(chan struct{}), failed: make(chan struct{}), bulk: opts.Bulk}
 	for e, c := range ix.Chunks {
 		f.place[[2]int64{int64(c.Image), c.Index}] = e
 		switch c.Kind {
@@ -262,17 +275,22 @@ func (f *Fetcher) signal() {
 	}
 }
 
-// pick chooses the next run of blobs to fetch: a demanded blob alone, else the working set
-// as one run, else up to backgroundRun bytes of waiting blobs in order.
+// pickLocked chooses the next run of blobs to fetch: a demanded blob alone, else the working
+// set, else the rest in prefetch order; the last two are background runs, one at a time but
+// for the overlap of a run's end and the next one's start.
 func (f *Fetcher) pickLocked() (first, end int, background, ok bool) {
 	for len(f.urgent) > 0 {
 		b := int(f.urgent[0])
 		f.urgent = f.urgent[1:]
 		if f.state[b] == blobWaiting {
+			f.demanded++
+			f.bulk = f.bulk || f.demanded >= bulkAfter
 			return b, b + 1, false, true
 		}
 	}
-	if f.bgBusy || f.demands > 0 || f.storeBusyLocked() {
+	if f.bgRuns > 1 || f.bgRuns == 1 && !f.bgTail || f.demands > 0 && !f.bulk || f.storeBusyLocked() {
+		// bgTail is set only by runs that stream (see worker): others run one at a time.
+		// While the store pass runs, a range request would fetch what the store has.
 		return 0, 0, false, false
 	}
 	for f.next < len(f.state) && f.state[f.next] != blobWaiting {
@@ -282,7 +300,6 @@ func (f *Fetcher) pickLocked() (first, end int, background, ok bool) {
 		return 0, 0, false, false
 	}
 	first, end = f.next, f.next+1
-	ws := int(f.r.Index.WorkingSetBlobs)
 	if off, n := f.r.BlobRange(first); off+n <= f.r.PrefixLen() {
 		// Blobs that came with the index: deliver them all now, no request needed.
 		for end < len(f.state) && f.state[end] == blobWaiting {
@@ -293,10 +310,14 @@ func (f *Fetcher) pickLocked() (first, end int, background, ok bool) {
 		}
 		return first, end, true, true
 	}
-	var size int64
-	for end < len(f.state) && f.state[end] == blobWaiting {
-		size += f.r.Index.Blobs[end-1].Length
-		if first < ws && (end == ws || size >= maxRun) || first >= ws && size >= backgroundRun {
+	ws := int(f.r.Index.WorkingSetBlobs)
+	limit := int64(backgroundRun)
+	if first < ws || f.bulk {
+		limit = streamRange
+	}
+	size := f.r.Index.Blobs[first].Length
+	for end < len(f.state) && f.state[end] == blobWaiting && end != ws {
+		if size += f.r.Index.Blobs[end].Length; size > limit {
 			break
 		}
 		end++
@@ -308,12 +329,18 @@ func (f *Fetcher) worker(ctx context.Context) {
 	for {
 		f.mu.Lock()
 		first, end, background, ok := f.pickLocked()
+		// The working set and the bulk stream chain their ranges without a gap; while the VM
+		// is served blob by blob, a background run waits for the last to end, so that a demand
+		// miss shares the link with one background run at most.
+		stream := background && (first < int(f.r.Index.WorkingSetBlobs) || f.bulk)
 		if ok {
 			for b := first; b < end; b++ {
 				f.state[b] = blobInFlight
 			}
-			f.bgBusy = f.bgBusy || background
-			if !background {
+			if background {
+				f.bgRuns++
+				f.bgTail = false
+			} else {
 				f.demands++
 			}
 		}
@@ -332,10 +359,14 @@ func (f *Fetcher) worker(ctx context.Context) {
 				continue
 			}
 		}
-		err := f.fetchRun(ctx, first, end)
+		tail := func() {}
+		if stream {
+			tail = f.tailOfRun
+		}
+		err := f.fetchRun(ctx, first, end, tail)
 		f.mu.Lock()
 		if background {
-			f.bgBusy = false
+			f.bgRuns--
 		} else {
 			f.demands--
 		}
@@ -350,11 +381,22 @@ func (f *Fetcher) worker(ctx context.Context) {
 	}
 }
 
-// fetchRun reads blobs [first, end) with one range request, verifies and delivers them.
-func (f *Fetcher) fetchRun(ctx context.Context, first, end int) error {
+// tailOfRun lets the next background run start: the one in flight is about to end.
+func (f *Fetcher) tailOfRun() {
+	f.mu.Lock()
+	f.bgTail = true
+	f.mu.Unlock()
+	f.signal()
+}
+
+// fetchRun reads blobs [first, end) with one range request, and verifies and delivers each
+// blob as soon as its bytes are in, while the rest of the range is still arriving. tail is
+// called once when the rest should take about as long as a request takes to answer.
+func (f *Fetcher) fetchRun(ctx context.Context, first, end int, tail func()) error {
 	off, _ := f.r.BlobRange(first)
 	lastOff, lastLen := f.r.BlobRange(end - 1)
 	if buf, ok := f.r.Prefix(off, lastOff+lastLen-off); ok {
+		tail()
 		return f.deliverRun(first, end, off, buf)
 	}
 	buf := make([]byte, lastOff+lastLen-off)
@@ -365,15 +407,68 @@ func (f *Fetcher) fetchRun(ctx context.Context, first, end int) error {
 			}
 		}
 	}
-	t := time.Now()
-	err := f.origin.ReadAt(ctx, buf, off)
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	s := runStream{f: f, next: first, end: end, off: off, buf: buf, tail: tail, start: time.Now()}
+	err := origin.ReadProgress(ctx, f.origin, buf, off, func(n int) {
+		if s.err == nil {
+			if s.err = s.progress(n); s.err != nil {
+				cancel() // a corrupt blob ends the run at once
+			}
+		}
+	})
 	f.requests.Add(1)
-	f.lap(&f.requestNs, t)
+	f.lap(&f.requestNs, s.start)
+	if s.err != nil {
+		return s.err
+	}
 	if err != nil {
 		return fmt.Errorf("fetch blobs %d-%d: %w", first, end-1, err)
 	}
-	f.fetched.Add(int64(len(buf)))
-	return f.deliverRun(first, end, off, buf)
+	return nil
+}
+
+// runStream is one run's range as it arrives: the blobs before next are delivered.
+type runStream struct {
+	f                 *Fetcher
+	next, end         int
+	off               int64
+	buf               []byte
+	counted           int // bytes added to the fetcher's count so far
+	tail              func()
+	start, firstBytes time.Time
+	tailed            bool
+	err               error
+}
+
+// progress delivers every blob whose bytes are all in buf[:n], and calls tail once the rest
+// of the range, at the rate seen so far, should arrive within the time the first bytes took.
+func (s *runStream) progress(n int) error {
+	now := time.Now()
+	if s.firstBytes.IsZero() {
+		s.firstBytes = now
+	}
+	s.f.fetched.Add(int64(n - s.counted))
+	s.counted = n
+	for s.next < s.end {
+		bo, bl := s.f.r.BlobRange(s.next)
+		if bo+bl-s.off > int64(n) {
+			break
+		}
+		if err := s.f.deliverRun(s.next, s.next+1, s.off, s.buf); err != nil {
+			return err
+		}
+		s.next++
+	}
+	if !s.tailed {
+		latency, streamed := s.firstBytes.Sub(s.start), now.Sub(s.firstBytes)
+		left := len(s.buf) - n
+		if left == 0 || streamed > 0 && time.Duration(float64(left)/float64(n)*float64(streamed)) <= latency {
+			s.tailed = true
+			s.tail()
+		}
+	}
+	return nil
 }
 
 // deliverRun verifies and delivers blobs [first, end) held in buf, which starts at file

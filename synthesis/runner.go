@@ -24,6 +24,7 @@ type runner struct {
 
 	// Set by the steps, in order; nil until their step has run.
 	origin  origin.Origin
+	window  *window // the origin, streaming what a resume needs ahead of the reads
 	reader  *overlay.Reader
 	devPath string
 	fetcher *Fetcher
@@ -37,6 +38,10 @@ type runner struct {
 }
 
 func newRunner(o Options) *runner {
+	if o.VM.Host == nil {
+		// One probe of QEMU serves the check below and the resume's own.
+		o.VM.Host = vm.NewHost(o.VM.QEMU)
+	}
 	return &runner{o: o, start: time.Now(), tl: Timeline{}}
 }
 
@@ -44,6 +49,11 @@ func newRunner(o Options) *runner {
 // event loop ends; whatever it set up is undone when it returns.
 func (s *runner) run(ctx context.Context) error {
 	defer s.close()
+	// The host check's QEMU probe (a few tenths of a second) runs beside the index's fetch and
+	// the mount, so that it does not delay the first answer; no blob is fetched, and QEMU is
+	// not started, before it has passed.
+	check := s.startHostCheck(ctx)
+	defer check.wait()
 	if err := s.openOverlay(ctx); err != nil {
 		return err
 	}
@@ -51,6 +61,9 @@ func (s *runner) run(ctx context.Context) error {
 		return err
 	}
 	if err := s.mount(); err != nil {
+		return err
+	}
+	if err := check.wait(); err != nil {
 		return err
 	}
 	s.fetcher.Start(ctx, s.fsys)
@@ -64,6 +77,34 @@ func (s *runner) run(ctx context.Context) error {
 		return err
 	}
 	return s.loop(ctx)
+}
+
+// hostCheck is the check, running in the background, that this host can resume the base: its
+// CPU model and features, machine type, QEMU version and devices. The resume checks again
+// (from the same kept answer) and logs what cannot be known.
+type hostCheck struct {
+	done chan struct{}
+	err  error // set before done is closed
+}
+
+func (s *runner) startHostCheck(ctx context.Context) *hostCheck {
+	c := &hostCheck{done: make(chan struct{})}
+	opts := s.o.VM
+	opts.Config = s.o.Base.Manifest.VM
+	id := s.o.Base.ID
+	go func() {
+		defer close(c.done)
+		if _, err := vm.CheckResume(ctx, opts); err != nil {
+			c.err = vm.Refusal("base "+id, err)
+		}
+	}()
+	return c
+}
+
+// wait returns the check's verdict once it has one.
+func (c *hostCheck) wait() error {
+	<-c.done
+	return c.err
 }
 
 // onClose registers an undo step.
@@ -92,14 +133,16 @@ func (s *runner) timeline() Timeline {
 func (s *runner) emit(name, detail string) {
 	e := Event{Name: name, Seconds: time.Since(s.start).Seconds(), Detail: detail}
 	if s.fetcher != nil {
-		e.Bytes = s.fetcher.BytesFetched()
+		e.Bytes = s.window.BytesRead()
 		st := s.fetcher.Stats()
 		e.Fetch = &st
 	}
 	if s.fsys != nil {
-		e.Stall = map[string]float64{}
+		e.Stall, e.Touched, e.Missed = map[string]float64{}, map[string]int64{}, map[string]int64{}
 		for _, img := range s.fsys.Images() {
-			e.Stall[img.Name()] = img.Stats().StallSeconds
+			st := img.Stats()
+			e.Stall[img.Name()] = st.StallSeconds
+			e.Touched[img.Name()], e.Missed[img.Name()] = st.OverlayTouched, st.OverlayMissed
 		}
 	}
 	s.mu.Lock()
@@ -121,8 +164,10 @@ func (s *runner) openOverlay(ctx context.Context) error {
 		}
 		s.origin = src
 	}
-	s.onClose(func() { s.origin.Close() })
-	r, err := overlay.Open(origin.ReaderAt(ctx, s.origin), s.origin.Size(), ExpectFor(s.o.Base))
+	w := newWindow(ctx, s.origin, s.prefetchUntil)
+	s.origin, s.window = w, w
+	s.onClose(func() { w.Close() })
+	r, err := overlay.Open(w.readerAt(), s.origin.Size(), ExpectFor(s.o.Base))
 	if err != nil {
 		return fmt.Errorf("%s: %w", s.origin, err)
 	}
@@ -142,6 +187,16 @@ func (s *runner) openOverlay(ctx context.Context) error {
 	return os.WriteFile(s.devPath, dev, 0o600)
 }
 
+// prefetchUntil is how far the second request reads ahead once the header is in: through the
+// working set, unless a kept cache may already hold it (then only the index: the fetcher asks
+// for what is missing once it knows).
+func (s *runner) prefetchUntil(p overlay.Plan) int64 {
+	if cloudletfs.Kept(s.o.CacheDir) {
+		return p.IndexEnd
+	}
+	return p.ResumeEnd
+}
+
 // startFetcher makes the fetcher over the overlay and the base's images; it starts fetching
 // once cloudletfs is there to take the chunks.
 func (s *runner) startFetcher() error {
@@ -150,7 +205,9 @@ func (s *runner) startFetcher() error {
 		return err
 	}
 	s.onClose(closeBase)
-	s.fetcher = NewFetcher(s.reader, s.origin, baseImgs, s.o.Fetch)
+	opts := s.o.Fetch
+	opts.Bulk = opts.Bulk || !s.o.EarlyStart // no VM to serve first: stream it all
+	s.fetcher = NewFetcher(s.reader, s.origin, baseImgs, opts)
 	s.emit("index", fmt.Sprintf("overlay %s, %d blobs", s.reader.ID()[:12], len(s.reader.Index.Blobs)))
 	return nil
 }

@@ -65,9 +65,13 @@ type Event struct {
 	Seconds float64 `json:"t_s"`   // since the start
 	Bytes   int64   `json:"bytes_fetched"`
 	// Stall is the time guest reads spent waiting for chunks so far, by image.
-	Stall  map[string]float64 `json:"stall_s,omitempty"`
-	Fetch  *FetchStats        `json:"fetch,omitempty"`
-	Detail string             `json:"detail,omitempty"`
+	Stall map[string]float64 `json:"stall_s,omitempty"`
+	// Touched counts the overlay's chunks the guest read or wrote so far, by image; Missed
+	// those of them that were not local when first touched (the guest waited for them).
+	Touched map[string]int64 `json:"overlay_touched,omitempty"`
+	Missed  map[string]int64 `json:"overlay_missed,omitempty"`
+	Fetch   *FetchStats      `json:"fetch,omitempty"`
+	Detail  string           `json:"detail,omitempty"`
 }
 
 // Timeline is every event of a run, by name.

@@ -27,6 +27,9 @@ func ParseAccel(s string) (Accel, error) {
 	return "", fmt.Errorf("accelerator %q: want auto, kvm or tcg", s)
 }
 
+// ChooseAccel resolves AccelAuto as a start would, with the reason.
+func ChooseAccel(want Accel) (Accel, string) { return chooseAccel(want, "/sys/module") }
+
 // chooseAccel resolves AccelAuto. /dev/kvm alone is not enough: some hosts expose a
 // paravirtual KVM that cannot run a stock guest kernel. Only the hardware modules (VMX or
 // SVM) are trusted. sysModule is /sys/module on a real host.

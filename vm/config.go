@@ -20,6 +20,9 @@ type Config struct {
 	Append string `json:"append,omitempty"`
 	// Devices names the fixed device model (see DeviceModel); a resume checks it.
 	Devices []string `json:"devices"`
+	// Platform is what a snapshot of this VM needs of the host that resumes it (QEMU version,
+	// CPU features), recorded when it is taken; nil in snapshots made before it was recorded.
+	Platform *Platform `json:"platform,omitempty"`
 }
 
 // DeviceModel is the device set every VM of this driver has, in command-line order. Changing it
@@ -55,6 +58,11 @@ func (c Config) Validate() error {
 	}
 	if strings.Join(c.Devices, ",") != strings.Join(deviceModel, ",") {
 		return fmt.Errorf("vm config: devices %v, but this driver provides %v", c.Devices, deviceModel)
+	}
+	if c.Platform != nil {
+		if err := c.Platform.Validate(); err != nil {
+			return fmt.Errorf("vm config: %w", err)
+		}
 	}
 	return nil
 }

@@ -99,6 +99,9 @@ type Options struct {
 	// libvirt driver gives the domain a static DAC label for the user when ServedByCaller;
 	// for other images QEMU runs as root there (see confineDomain).
 	RunAs *User
+	// Host is what this host's QEMU can run, asked once and kept; a resume checks the snapshot
+	// against it before QEMU starts. Nil asks QEMU afresh for each resume.
+	Host *Host
 }
 
 // User is an unprivileged account for QEMU: a guest that escapes QEMU gets only its rights.
@@ -381,6 +384,11 @@ func start(ctx context.Context, opts Options, incoming bool) (*VM, error) {
 	}
 	accel, why := chooseAccel(opts.Accel, "/sys/module")
 	logf(opts.Log, "accelerator: %s (%s)\n", accel, why)
+	if incoming {
+		if err := checkHost(ctx, opts, accel); err != nil {
+			return nil, err
+		}
+	}
 
 	v := &VM{accel: accel, memory: opts.Memory.Path, disk: opts.Disk.Path, noSync: opts.ServedByCaller, exited: make(chan struct{})}
 	var err error

@@ -17,12 +17,12 @@ import (
 	"github.com/cloudlet/cloudlet/synthesis/origin"
 )
 
-func newLink(ctx context.Context, o options, bits int64, work string) (link, error) {
+func newLink(ctx context.Context, o options, bits int64, rtt time.Duration, work string) (link, error) {
 	if o.netns {
-		return newNetnsLink(ctx, o, bits, work)
+		return newNetnsLink(ctx, bits, rtt, work)
 	}
 	s := origin.NewShapedServer(nil)
-	s.Shape(o.rtt, bits/8)
+	s.Shape(rtt, bits/8)
 	return loopbackLink{s}, nil
 }
 
@@ -47,10 +47,10 @@ const (
 	netnsPeerAddr = "10.213.7.2"
 )
 
-func newNetnsLink(ctx context.Context, o options, bits int64, work string) (link, error) {
+func newNetnsLink(ctx context.Context, bits int64, rtt time.Duration, work string) (link, error) {
 	l := &netnsLink{ns: fmt.Sprintf("cloudlet-ttfr-%d", os.Getpid()), hostIf: fmt.Sprintf("ct%dh", os.Getpid()%100000)}
 	peerIf := strings.TrimSuffix(l.hostIf, "h") + "p"
-	l.dir = filepath.Join(work, "origin-"+strconv.FormatInt(bits, 10))
+	l.dir = filepath.Join(work, fmt.Sprintf("origin-%d-%d", bits, rtt))
 	if err := os.MkdirAll(l.dir, 0o755); err != nil {
 		return nil, err
 	}
@@ -80,14 +80,14 @@ func newNetnsLink(ctx context.Context, o options, bits int64, work string) (link
 	// The origin's answers leave the namespace through peerIf: shape its egress.
 	rate := strconv.FormatInt(bits, 10) + "bit"
 	originRTT := time.Duration(0)
-	if err := inNS("tc", "qdisc", "add", "dev", peerIf, "root", "netem", "delay", o.rtt.String(), "rate", rate); err != nil {
+	if err := inNS("tc", "qdisc", "add", "dev", peerIf, "root", "netem", "delay", rtt.String(), "rate", rate); err != nil {
 		fmt.Fprintf(os.Stderr, "-netns: no netem in this kernel (%v); shaping the rate with tbf and adding the RTT in the origin\n", err)
 		burst := strconv.FormatInt(max(bits/8/100, 16<<10), 10) // 10 ms worth, at least 16 KiB
 		if err := inNS("tc", "qdisc", "add", "dev", peerIf, "root", "tbf", "rate", rate, "burst", burst, "latency", "200ms"); err != nil {
 			l.Close()
 			return nil, fmt.Errorf("-netns: %w", err)
 		}
-		originRTT = o.rtt
+		originRTT = rtt
 	}
 	self, err := os.Executable()
 	if err != nil {

@@ -6,12 +6,18 @@
 //	go run ./bench/ttfr -cloudlet build/cloudlet -home H -base ID -overlay app.overlay \
 //	    -profiled app.profiled.overlay -port 8080 -links 10Mbit,38Mbit,100Mbit,1000Mbit -runs 3 -out bench/ttfr
 //
+// With several -rtt values (e.g. -links 38Mbit -rtt 0,20ms,50ms,100ms) it is an RTT sweep, and
+// the report says how TTFR grows with the RTT.
+//
 // Modes:
 //   - profiled: early start, the profiled working set fetched first;
 //   - unprofiled: early start, capture order;
 //   - download-first: --no-early-start, everything fetched before the resume (Elijah);
 //   - peer: stock QEMU without cloudlet: a qcow2 layer over the base read lazily over HTTP
-//     by QEMU's curl driver, RAM from a full migration stream (see peer.go).
+//     by QEMU's curl driver, RAM from a full migration stream (see peer.go);
+//   - local: the profiled overlay with every chunk already local (a reused, complete cache;
+//     the overlay read from its file, not over the link): the guest's own time to answer on
+//     this machine, one of the two terms of the physical limit (see report.go).
 //
 // The origin is a shaped loopback HTTP server (one shared token bucket, RTT added per
 // request), or with -netns a server in a network namespace of its own behind a veth pair
@@ -19,15 +25,11 @@
 package main
 
 import (
-	"bufio"
-	"bytes"
 	"context"
-	"encoding/json"
 	"flag"
 	"fmt"
 	"net"
 	"os"
-	"os/exec"
 	"os/signal"
 	"slices"
 	"strings"
@@ -42,20 +44,23 @@ import (
 type options struct {
 	cloudlet, home, base, overlay, profiled string
 	port                                    int
+	path                                    string  // of the probe's URL
 	links                                   []int64 // bits per second
-	rtt                                     time.Duration
+	rtts                                    []time.Duration
 	runs                                    int
 	modes                                   []string
 	title                                   string
 	out                                     string
 	netns                                   bool
 	needed                                  int64 // bytes of the profiled overlay before its working set ends
+	overlayBytes                            int64 // the profiled overlay's size
 }
 
 // sample is one synthesis run.
 type sample struct {
 	Mode        string  `json:"mode"`
 	LinkBits    int64   `json:"link_bits_per_s"`
+	RTT         float64 `json:"rtt_s"`
 	Run         int     `json:"run"`
 	TTFR        float64 `json:"ttfr_s"`
 	Resumed     float64 `json:"resumed_s"`
@@ -64,24 +69,34 @@ type sample struct {
 	BytesBefore int64   `json:"bytes_before_first_answer"`
 	StallMemory float64 `json:"stall_memory_s"`
 	StallDisk   float64 `json:"stall_disk_s"`
+	// The overlay's chunks the guest touched before its first answer, and those of them that
+	// were not local at their first touch (summed over the images).
+	Touched int64 `json:"overlay_touched"`
+	Missed  int64 `json:"overlay_missed"`
 	// Where the fetcher's time went until the first answer.
 	Fetch synthesis.FetchStats `json:"fetch_before_first_answer"`
+	// The cloudlet process alone (see usage), and with its children (QEMU).
+	PeakRSS     int64   `json:"peak_rss_bytes"`
+	CPU         float64 `json:"cpu_s"`
+	TreePeakRSS int64   `json:"peak_rss_with_children_bytes"`
+	TreeCPU     float64 `json:"cpu_with_children_s"`
 }
 
-var allModes = []string{"profiled", "unprofiled", "download-first", "peer"}
+var allModes = []string{"profiled", "unprofiled", "download-first", "peer", "local"}
 
 func main() {
 	vm.LauncherMain()
 	var o options
-	var links, modes string
+	var links, modes, rtts string
 	flag.StringVar(&o.cloudlet, "cloudlet", "build/cloudlet", "the cloudlet binary")
 	flag.StringVar(&o.home, "home", "", "CLOUDLET_HOME holding the base")
 	flag.StringVar(&o.base, "base", "", "base ID")
 	flag.StringVar(&o.overlay, "overlay", "", "overlay (capture order)")
 	flag.StringVar(&o.profiled, "profiled", "", "the same overlay after 'overlay profile'")
 	flag.IntVar(&o.port, "port", 8080, "guest port whose first HTTP 200 is the response")
+	flag.StringVar(&o.path, "path", "/", "path of the probe's URL on that port")
 	flag.StringVar(&links, "links", "10Mbit,38Mbit,100Mbit,1000Mbit", "link speeds")
-	flag.DurationVar(&o.rtt, "rtt", 20*time.Millisecond, "delay per request")
+	flag.StringVar(&rtts, "rtt", "20ms", "delay per request; several (0,20ms,50ms,100ms) make an RTT sweep")
 	flag.IntVar(&o.runs, "runs", 3, "runs per mode and link")
 	flag.StringVar(&modes, "modes", strings.Join(allModes, ","), "modes to run")
 	flag.StringVar(&o.title, "title", "", "what is measured, for the report (e.g. the guest)")
@@ -98,7 +113,11 @@ func main() {
 		return
 	}
 	if *serve != "" {
-		if err := serveDir(*serve, *listen, o.rtt); err != nil {
+		rtt, err := time.ParseDuration(rtts)
+		if err != nil {
+			fail(fmt.Errorf("-rtt: %w", err))
+		}
+		if err := serveDir(*serve, *listen, rtt); err != nil {
 			fail(err)
 		}
 		return
@@ -109,6 +128,13 @@ func main() {
 			fail(fmt.Errorf("-links: %w", err))
 		}
 		o.links = append(o.links, v*8)
+	}
+	for _, r := range strings.Split(rtts, ",") {
+		d, err := time.ParseDuration(r)
+		if err != nil || d < 0 {
+			fail(fmt.Errorf("-rtt: %q: want a duration such as 20ms", r))
+		}
+		o.rtts = append(o.rtts, d)
 	}
 	for _, m := range strings.Split(modes, ",") {
 		if !slices.Contains(allModes, m) {
@@ -126,6 +152,11 @@ func main() {
 	var err error
 	if o.needed, err = neededBytes(o.profiled); err != nil {
 		fail(err)
+	}
+	if st, err := os.Stat(o.profiled); err != nil {
+		fail(err)
+	} else {
+		o.overlayBytes = st.Size()
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
@@ -189,6 +220,12 @@ func measure(ctx context.Context, o options) ([]sample, error) {
 			return nil, err
 		}
 	}
+	localCache := ""
+	if slices.Contains(o.modes, "local") {
+		if localCache, err = prepareLocal(ctx, o, work); err != nil {
+			return nil, err
+		}
+	}
 	// What each origin serves, read once: name on the origin -> bytes.
 	files := map[string][]byte{}
 	for name, f := range map[string]string{"app.overlay": o.overlay, "app.profiled.overlay": o.profiled} {
@@ -200,23 +237,38 @@ func measure(ctx context.Context, o options) ([]sample, error) {
 		files["peer-disk.qcow2"], files["peer-memory.zst"] = p.disk, p.memory
 	}
 	var samples []sample
-	progress := progress{total: len(o.links) * o.runs * len(o.modes)}
+	progress := progress{total: len(o.links) * len(o.rtts) * o.runs * len(o.modes)}
 	for _, bits := range o.links {
-		s, err := measureLink(ctx, o, p, bits, work, files, &progress)
-		if err != nil {
-			return nil, err
+		for _, rtt := range o.rtts {
+			c := condition{bits: bits, rtt: rtt, work: work, localCache: localCache}
+			s, err := measureLink(ctx, o, p, c, files, &progress)
+			if err != nil {
+				return nil, err
+			}
+			samples = append(samples, s...)
 		}
-		samples = append(samples, s...)
 	}
 	return samples, nil
 }
 
 type progress struct{ done, total int }
 
+// condition is one link setting and what the modes need under it.
+type condition struct {
+	bits       int64
+	rtt        time.Duration
+	work       string
+	localCache string // the complete cache of the local mode
+}
+
+func (c condition) String() string {
+	return fmt.Sprintf("%s, RTT %v", mbitLabel(c.bits), c.rtt)
+}
+
 // measureLink runs every mode o.runs times over one link, interleaved: each run goes through
 // every mode. The link (and with -netns its namespace) is gone when it returns.
-func measureLink(ctx context.Context, o options, p *peer, bits int64, work string, files map[string][]byte, pr *progress) ([]sample, error) {
-	l, err := newLink(ctx, o, bits, work)
+func measureLink(ctx context.Context, o options, p *peer, c condition, files map[string][]byte, pr *progress) ([]sample, error) {
+	l, err := newLink(ctx, o, c.bits, c.rtt, c.work)
 	if err != nil {
 		return nil, err
 	}
@@ -230,87 +282,33 @@ func measureLink(ctx context.Context, o options, p *peer, bits int64, work strin
 	if p != nil {
 		p.diskURL, p.memURL = urls["peer-disk.qcow2"], urls["peer-memory.zst"]
 	}
-	source := map[string]string{"profiled": urls["app.profiled.overlay"], "unprofiled": urls["app.overlay"], "download-first": urls["app.overlay"]}
+	jobs := map[string]job{
+		"profiled":       {source: urls["app.profiled.overlay"], link: l, bits: c.bits},
+		"unprofiled":     {source: urls["app.overlay"], link: l, bits: c.bits},
+		"download-first": {source: urls["app.overlay"], link: l, bits: c.bits, downloadFirst: true},
+		"local":          {source: o.profiled, cache: c.localCache},
+	}
 	var samples []sample
 	for run := range o.runs {
 		for _, mode := range o.modes {
 			pr.done++
-			fmt.Fprintf(os.Stderr, "[%d/%d] %d Mbit/s, run %d, %s\n", pr.done, pr.total, bits/1e6, run+1, mode)
+			fmt.Fprintf(os.Stderr, "[%d/%d] %s, run %d, %s\n", pr.done, pr.total, c, run+1, mode)
 			var s sample
 			if mode == "peer" {
 				s, err = p.run(ctx, l)
 			} else {
-				s, err = synthesise(ctx, o, l, source[mode], mode == "download-first")
+				s, err = synthesise(ctx, o, jobs[mode])
 			}
 			if err != nil {
-				return nil, fmt.Errorf("%s at %d Mbit/s: %w", mode, bits/1e6, err)
+				return nil, fmt.Errorf("%s at %s: %w", mode, c, err)
 			}
-			s.Mode, s.LinkBits, s.Run = mode, bits, run
-			fmt.Fprintf(os.Stderr, "      TTFR %.2f s, %.1f MB before it\n", s.TTFR, float64(s.BytesBefore)/1e6)
+			s.Mode, s.LinkBits, s.RTT, s.Run = mode, c.bits, c.rtt.Seconds(), run
+			fmt.Fprintf(os.Stderr, "      TTFR %.2f s, %.1f MB before it, %d of %d overlay chunks touched missed, peak RSS %.0f MB, CPU %.2f s\n",
+				s.TTFR, float64(s.BytesBefore)/1e6, s.Missed, s.Touched, float64(s.PeakRSS)/1e6, s.CPU)
 			samples = append(samples, s)
 		}
 	}
 	return samples, nil
-}
-
-// synthesise runs one 'cloudlet synthesis' and reads its JSON timeline as it comes, so that
-// the origin's byte count is read at the first answer.
-func synthesise(ctx context.Context, o options, l link, url string, downloadFirst bool) (sample, error) {
-	var s sample
-	hostPort, err := freePort()
-	if err != nil {
-		return s, err
-	}
-	// Without the shared chunk cache: each run must fetch the overlay, as a first synthesis
-	// on a cloudlet does.
-	args := []string{"--json", "synthesis", o.base, url, "--exit-when-complete", "--chunk-cache-size", "0",
-		"--hostfwd", fmt.Sprintf("tcp:127.0.0.1:%d-:%d", hostPort, o.port),
-		"--probe", fmt.Sprintf("http://127.0.0.1:%d/", hostPort)}
-	if downloadFirst {
-		args = append(args, "--no-early-start")
-	}
-	cmd := exec.CommandContext(ctx, o.cloudlet, args...)
-	cmd.Env = append(os.Environ(), "CLOUDLET_HOME="+o.home)
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		return s, err
-	}
-	before := l.bytesServed()
-	if err := cmd.Start(); err != nil {
-		return s, err
-	}
-	var lines []string
-	sc := bufio.NewScanner(out)
-	for sc.Scan() {
-		lines = append(lines, sc.Text())
-		var e synthesis.Event
-		if json.Unmarshal(sc.Bytes(), &e) != nil {
-			continue
-		}
-		switch e.Name {
-		case "index":
-			s.Index = e.Seconds
-		case "resumed":
-			s.Resumed = e.Seconds
-		case "first_answer":
-			s.TTFR, s.BytesBefore = e.Seconds, l.bytesServed()-before
-			s.StallMemory, s.StallDisk = e.Stall["memory"], e.Stall["disk"]
-			if e.Fetch != nil {
-				s.Fetch = *e.Fetch
-			}
-		case "complete":
-			s.Complete = e.Seconds
-		}
-	}
-	if err := cmd.Wait(); err != nil {
-		return s, fmt.Errorf("%v: %s", err, stderr.String())
-	}
-	if s.TTFR == 0 {
-		return s, fmt.Errorf("no first answer in %q", strings.Join(lines, "\n"))
-	}
-	return s, nil
 }
 
 func freePort() (int, error) {

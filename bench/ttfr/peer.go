@@ -30,6 +30,9 @@ type peer struct {
 	diskURL, memURL string // on the current link's origin
 	port            int    // guest port the probe asks
 	workDir         string
+	// host is this host's QEMU as asked once, at preparation: a timed resume does not
+	// probe it again.
+	host *vm.Host
 }
 
 // preparePeer makes the peer's files from the overlay: apply it, convert the custom disk to a
@@ -64,10 +67,12 @@ func preparePeer(ctx context.Context, o options, work string) (*peer, error) {
 
 	// A resume of the custom VM with private RAM, snapshotted at once: x-ignore-shared skips
 	// only shared RAM, so this stream carries all of it.
+	host := vm.NewHost("")
 	opts := b.VMOptions()
 	opts.Disk = vm.Disk{Path: filepath.Join(applied, base.DiskFile)}
 	opts.Memory = vm.Memory{Path: filepath.Join(applied, base.MemoryFile)}
 	opts.KeepHugepageAdvice = true
+	opts.Host = host
 	v, err := vm.Resume(ctx, opts, filepath.Join(applied, base.DevstateFile))
 	if err != nil {
 		return nil, fmt.Errorf("peer: resume the custom VM: %w", err)
@@ -81,7 +86,7 @@ func preparePeer(ctx context.Context, o options, work string) (*peer, error) {
 		return nil, err
 	}
 	enc, _ := zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedBetterCompression))
-	p := &peer{b: b, memory: enc.EncodeAll(raw, nil), diskSize: b.Manifest.Files[base.DiskFile].Size, port: o.port, workDir: work}
+	p := &peer{b: b, memory: enc.EncodeAll(raw, nil), diskSize: b.Manifest.Files[base.DiskFile].Size, port: o.port, workDir: work, host: host}
 	if p.disk, err = os.ReadFile(qcow); err != nil {
 		return nil, err
 	}
@@ -138,6 +143,7 @@ func (p *peer) run(ctx context.Context, l link) (sample, error) {
 	opts.Memory = vm.Memory{Path: ram}
 	opts.Forwards = []vm.Forward{{Proto: "tcp", HostAddr: "127.0.0.1", HostPort: hostPort, GuestPort: p.port}}
 	opts.KeepHugepageAdvice = true // RAM is not on FUSE here
+	opts.Host = p.host
 	v, err := vm.Resume(ctx, opts, fifo)
 	if err != nil {
 		// Unblock the writer if QEMU never opened the stream.

@@ -1,12 +1,10 @@
 package main
 
 import (
-	"encoding/json"
 	"fmt"
 	"math"
-	"os"
+	"slices"
 	"sort"
-	"strings"
 	"time"
 )
 
@@ -23,215 +21,164 @@ func summarise(v []float64) stat {
 
 func (s stat) String() string { return fmt.Sprintf("%.2f (%.2f–%.2f)", s.Median, s.Min, s.Max) }
 
+// row is one mode under one link setting, over its runs.
 type row struct {
 	Mode        string  `json:"mode"`
-	LinkMbit    int64   `json:"link_mbit"`
+	LinkBits    int64   `json:"link_bits_per_s"`
+	RTT         float64 `json:"rtt_s"`
 	TTFR        stat    `json:"ttfr_s"`
 	BytesBefore stat    `json:"bytes_before_first_answer"`
 	Complete    stat    `json:"complete_s"`
 	StallMemory stat    `json:"stall_memory_s"`
 	StallDisk   stat    `json:"stall_disk_s"`
-	Limit       float64 `json:"physical_limit_s"`
+	// The overlay chunks touched before the first answer, and those not local then, by run.
+	Touched []int64 `json:"overlay_touched"`
+	Missed  []int64 `json:"overlay_missed"`
+	PeakRSS stat    `json:"peak_rss_bytes"` // the cloudlet process alone
+	CPU     stat    `json:"cpu_s"`
+	Limit   float64 `json:"physical_limit_s"`
 	// The breakdown, medians until the first answer.
 	Index, Resume                                        float64
 	Requests, RequestSec, DecodeSec, VerifySec, WriteSec float64
 }
 
-// resumeCost is what a resume costs when nothing has to come over the network first: the
-// fastest resume of any early-start run. (A run's own resume time can include waiting for
-// chunks QEMU reads while it resumes, which the limit counts as bytes already.)
-func resumeCost(samples []sample) float64 {
+// limitTerms are what the physical limit of a run is made of (see limit).
+type limitTerms struct {
+	// Local is the median TTFR of the local mode (every chunk already there), 0 if it was not
+	// measured: the guest's own time to answer on this machine.
+	Local float64
+	// Resume is what a resume costs when nothing has to come over the network first: the
+	// fastest resume of any early-start or local run. (A run's own resume time can include
+	// waiting for chunks QEMU reads while it resumes, which the limit counts as bytes already.)
+	Resume float64
+	// Needed is what a VM cannot answer without: the profiled overlay's header, index, device
+	// state and working set, in bytes.
+	Needed int64
+}
+
+func terms(o options, samples []sample) limitTerms {
+	t := limitTerms{Needed: o.needed}
 	best := math.Inf(1)
+	var local []float64
 	for _, s := range samples {
-		if s.Mode == "profiled" || s.Mode == "unprofiled" {
+		switch s.Mode {
+		case "local":
+			local = append(local, s.TTFR)
+			fallthrough
+		case "profiled", "unprofiled":
 			best = min(best, s.Resumed-s.Index)
 		}
 	}
-	if math.IsInf(best, 1) {
-		return 0
+	if !math.IsInf(best, 1) {
+		t.Resume = best
 	}
-	return best
+	t.Local = summarise(local).Median
+	return t
+}
+
+// limit is the physical limit at a link's speed and RTT: the larger of the guest's own time to
+// answer with everything local, and a resume plus the bytes needed at link speed plus one RTT.
+func (t limitTerms) limit(bits int64, rtt float64) float64 {
+	return max(t.Local, t.Resume+float64(t.Needed)*8/float64(bits)+rtt)
 }
 
 func rows(o options, samples []sample) []row {
 	var out []row
-	resume := resumeCost(samples)
+	lt := terms(o, samples)
 	for _, bits := range o.links {
-		for _, mode := range o.modes {
-			var ttfr, bytesB, comp, sm, sd, idx, res, nreq, req, dec, ver, wr []float64
-			for _, s := range samples {
-				if s.Mode != mode || s.LinkBits != bits {
-					continue
-				}
-				ttfr = append(ttfr, s.TTFR)
-				bytesB = append(bytesB, float64(s.BytesBefore))
-				comp = append(comp, s.Complete)
-				sm = append(sm, s.StallMemory)
-				sd = append(sd, s.StallDisk)
-				idx = append(idx, s.Index)
-				res = append(res, s.Resumed-s.Index)
-				nreq = append(nreq, float64(s.Fetch.Requests))
-				req = append(req, s.Fetch.RequestSec)
-				dec = append(dec, s.Fetch.DecodeSec)
-				ver = append(ver, s.Fetch.VerifySec)
-				wr = append(wr, s.Fetch.WriteSec)
+		for _, rtt := range o.rtts {
+			for _, mode := range o.modes {
+				out = append(out, summariseRow(mode, bits, rtt.Seconds(), samples, lt))
 			}
-			r := row{Mode: mode, LinkMbit: bits / 1e6, TTFR: summarise(ttfr), BytesBefore: summarise(bytesB),
-				Complete: summarise(comp), StallMemory: summarise(sm), StallDisk: summarise(sd),
-				Index: summarise(idx).Median, Resume: summarise(res).Median, Requests: summarise(nreq).Median,
-				RequestSec: summarise(req).Median, DecodeSec: summarise(dec).Median, VerifySec: summarise(ver).Median, WriteSec: summarise(wr).Median}
-			// The physical limit: a resume, plus the bytes a VM cannot answer without (header,
-			// index, device state, working set) at the link's speed, plus one RTT.
-			limit := resume + float64(o.needed)*8/float64(bits) + o.rtt.Seconds()
-			r.Limit = limit
-			out = append(out, r)
 		}
 	}
 	return out
 }
 
-func find(rs []row, mode string, mbit int64) (row, bool) {
+func summariseRow(mode string, bits int64, rtt float64, samples []sample, lt limitTerms) row {
+	var ttfr, bytesB, comp, sm, sd, rss, cpu, idx, res, nreq, req, dec, ver, wr []float64
+	r := row{Mode: mode, LinkBits: bits, RTT: rtt, Limit: lt.limit(bits, rtt)}
+	for _, s := range samples {
+		if s.Mode != mode || s.LinkBits != bits || !sameRTT(s.RTT, rtt) {
+			continue
+		}
+		ttfr = append(ttfr, s.TTFR)
+		bytesB = append(bytesB, float64(s.BytesBefore))
+		comp = append(comp, s.Complete)
+		sm = append(sm, s.StallMemory)
+		sd = append(sd, s.StallDisk)
+		rss = append(rss, float64(s.PeakRSS))
+		cpu = append(cpu, s.CPU)
+		r.Touched, r.Missed = append(r.Touched, s.Touched), append(r.Missed, s.Missed)
+		idx = append(idx, s.Index)
+		res = append(res, s.Resumed-s.Index)
+		nreq = append(nreq, float64(s.Fetch.Requests))
+		req = append(req, s.Fetch.RequestSec)
+		dec = append(dec, s.Fetch.DecodeSec)
+		ver = append(ver, s.Fetch.VerifySec)
+		wr = append(wr, s.Fetch.WriteSec)
+	}
+	r.TTFR, r.BytesBefore, r.Complete = summarise(ttfr), summarise(bytesB), summarise(comp)
+	r.StallMemory, r.StallDisk, r.PeakRSS, r.CPU = summarise(sm), summarise(sd), summarise(rss), summarise(cpu)
+	r.Index, r.Resume, r.Requests = summarise(idx).Median, summarise(res).Median, summarise(nreq).Median
+	r.RequestSec, r.DecodeSec = summarise(req).Median, summarise(dec).Median
+	r.VerifySec, r.WriteSec = summarise(ver).Median, summarise(wr).Median
+	return r
+}
+
+func find(rs []row, mode string, bits int64, rtt float64) (row, bool) {
 	for _, r := range rs {
-		if r.Mode == mode && r.LinkMbit == mbit {
+		if r.Mode == mode && r.LinkBits == bits && sameRTT(r.RTT, rtt) {
 			return r, true
 		}
 	}
 	return row{}, false
 }
 
-func report(o options, samples []sample) error {
-	rs := rows(o, samples)
-	var md strings.Builder
-	if o.title != "" {
-		fmt.Fprintf(&md, "%s\n\n", o.title)
-	}
-	linkKind := "userspace shaping on loopback (one token bucket, RTT added per request)"
-	if o.netns {
-		linkKind = "kernel shaping: origin in a network namespace behind a veth pair (tc)"
-	}
-	fmt.Fprintf(&md, "Link: %s; RTT %v; %d runs per mode and link, interleaved. The physical limit is the resume "+
-		"(%.2f s, the fastest early-start resume) plus the %.2f MB a VM cannot answer without (header, index, device "+
-		"state and working set of the profiled overlay) at link speed, plus one RTT.\n\n", linkKind, o.rtt, o.runs,
-		resumeCost(samples), float64(o.needed)/1e6)
-	fmt.Fprintf(&md, "| link | mode | TTFR s, median (min–max) | MB before first answer | complete s | stall memory s | stall disk s | physical limit s |\n")
-	fmt.Fprintf(&md, "|---|---|---|---|---|---|---|---|\n")
-	for _, r := range rs {
-		complete := fmt.Sprintf("%.2f", r.Complete.Median)
-		if r.Mode == "peer" {
-			complete += " (RAM; disk lazy)"
-		}
-		fmt.Fprintf(&md, "| %d Mbit/s | %s | %s | %.1f | %s | %.2f | %.2f | %.2f |\n", r.LinkMbit, r.Mode, r.TTFR,
-			r.BytesBefore.Median/1e6, complete, r.StallMemory.Median, r.StallDisk.Median, r.Limit)
-	}
+// sameRTT compares RTTs in seconds, which went through JSON and time.Duration.
+func sameRTT(a, b float64) bool { return math.Abs(a-b) < 1e-6 }
 
-	fmt.Fprintf(&md, "\nRatios we track (medians):\n\n| link | profiled ÷ physical limit (goal ≤ 1.25) | download-first ÷ profiled (goal ≥ 8 at 38 Mbit/s) | peer ÷ profiled |\n|---|---|---|---|\n")
-	for _, bits := range o.links {
-		mbit := bits / 1e6
-		p, ok := find(rs, "profiled", mbit)
-		if !ok {
-			continue
-		}
-		ratio := func(mode string) string {
-			if r, ok := find(rs, mode, mbit); ok {
-				return fmt.Sprintf("%.1f", r.TTFR.Median/p.TTFR.Median)
-			}
-			return "–"
-		}
-		fmt.Fprintf(&md, "| %d Mbit/s | %.2f | %s | %s |\n", mbit, p.TTFR.Median/p.Limit, ratio("download-first"), ratio("peer"))
-	}
+// The goals of the checks the report shows.
+const (
+	goalLimit     = 1.15 // profiled TTFR ÷ the physical limit, at most
+	goalEager     = 1.05 // early start's TTFR ÷ download-first's, at most
+	goalLocal     = 0.95 // of the overlay chunks touched before the answer, local when touched
+	goalRTTGrowth = 3.0  // profiled TTFR's growth over the RTT sweep, in RTTs, at most
+)
 
-	fmt.Fprintf(&md, "\nWhere the time goes until the first answer (medians; fetcher times are summed over its workers):\n\n")
-	fmt.Fprintf(&md, "| link | mode | index s | resume s | stall memory s | stall disk s | range requests | waiting on them s | decode s | chunk digests s | cache writes s |\n")
-	fmt.Fprintf(&md, "|---|---|---|---|---|---|---|---|---|---|---|\n")
-	for _, r := range rs {
-		if r.Mode == "peer" {
-			fmt.Fprintf(&md, "| %d Mbit/s | peer | – | %.2f (whole RAM stream) | – | – | – | – | – | – | – |\n", r.LinkMbit, r.Resume)
-			continue
-		}
-		fmt.Fprintf(&md, "| %d Mbit/s | %s | %.2f | %.2f | %.2f | %.2f | %.0f | %.2f | %.3f | %.3f | %.3f |\n", r.LinkMbit, r.Mode,
-			r.Index, r.Resume, r.StallMemory.Median, r.StallDisk.Median, r.Requests, r.RequestSec, r.DecodeSec, r.VerifySec, r.WriteSec)
+// hitRate is the share of the overlay chunks touched before the first answer that were local
+// when first touched, over all runs; 1 when none were touched.
+func (r row) hitRate() float64 {
+	var touched, missed int64
+	for i := range r.Touched {
+		touched, missed = touched+r.Touched[i], missed+r.Missed[i]
 	}
-	fmt.Print(md.String())
-	if err := os.WriteFile(o.out+".md", []byte(md.String()), 0o644); err != nil {
-		return err
+	if touched == 0 {
+		return 1
 	}
-	j, _ := json.MarshalIndent(saved{Title: o.title, RTT: o.rtt.Seconds(), Netns: o.netns, Runs: o.runs, Links: o.links,
-		Modes: o.modes, Needed: o.needed, Rows: rs, Samples: samples}, "", "  ")
-	if err := os.WriteFile(o.out+".json", j, 0o644); err != nil {
-		return err
-	}
-	return os.WriteFile(o.out+".svg", []byte(plot(o, rs)), 0o644)
+	return float64(touched-missed) / float64(touched)
 }
 
-// saved is the JSON report; -report renders it again (after a change to the report itself).
-type saved struct {
-	Title   string   `json:"title"`
-	RTT     float64  `json:"rtt_s"`
-	Netns   bool     `json:"netns"`
-	Runs    int      `json:"runs"`
-	Links   []int64  `json:"links_bits_per_s"`
-	Modes   []string `json:"modes"`
-	Needed  int64    `json:"needed_bytes"`
-	Rows    []row    `json:"rows"`
-	Samples []sample `json:"samples"`
+// growth is how a mode's TTFR changes from the lowest RTT to the highest at one link: seconds,
+// and in units of the RTT's change. ok is false without two RTTs measured.
+func growth(rs []row, mode string, bits int64, rtts []time.Duration) (secs, inRTTs float64, ok bool) {
+	if len(rtts) < 2 {
+		return 0, 0, false
+	}
+	lo, hi := slices.Min(rtts), slices.Max(rtts)
+	a, okA := find(rs, mode, bits, lo.Seconds())
+	b, okB := find(rs, mode, bits, hi.Seconds())
+	if !okA || !okB || hi == lo {
+		return 0, 0, false
+	}
+	secs = b.TTFR.Median - a.TTFR.Median
+	return secs, secs / (hi - lo).Seconds(), true
 }
 
-// rerender writes the report again from a saved JSON report.
-func rerender(file, out string) error {
-	b, err := os.ReadFile(file)
-	if err != nil {
-		return err
+// mbitLabel names a link speed: "38 Mbit/s", "1 Mbit/s", "500 kbit/s".
+func mbitLabel(bits int64) string {
+	if bits < 1e6 {
+		return fmt.Sprintf("%g kbit/s", float64(bits)/1e3)
 	}
-	var sv saved
-	if err := json.Unmarshal(b, &sv); err != nil {
-		return fmt.Errorf("%s: %w", file, err)
-	}
-	o := options{title: sv.Title, rtt: time.Duration(sv.RTT * float64(time.Second)), netns: sv.Netns, runs: sv.Runs,
-		links: sv.Links, modes: sv.Modes, needed: sv.Needed, out: out}
-	return report(o, sv.Samples)
-}
-
-// plot draws TTFR by link speed as grouped bars, one colour per mode, on a log scale.
-func plot(o options, rs []row) string {
-	const w, h, left, bottom, top = 720, 360, 60, 50, 30
-	colours := map[string]string{"profiled": "#1b9e77", "unprofiled": "#7570b3", "download-first": "#d95f02", "peer": "#e7298a"}
-	maxT := 0.0
-	for _, r := range rs {
-		maxT = max(maxT, r.TTFR.Max)
-	}
-	logMax := math.Max(0, math.Ceil(math.Log10(math.Max(maxT, 1))))
-	y := func(t float64) float64 {
-		frac := (math.Log10(max(t, 0.01)) + 2) / (logMax + 2) // axis from 0.01 s
-		return float64(h-bottom) - frac*float64(h-bottom-top)
-	}
-	var b strings.Builder
-	fmt.Fprintf(&b, `<svg xmlns="http://www.w3.org/2000/svg" width="%d" height="%d" font-family="sans-serif" font-size="12">`+"\n", w, h)
-	fmt.Fprintf(&b, `<rect width="100%%" height="100%%" fill="white"/>`+"\n")
-	fmt.Fprintf(&b, `<text x="%d" y="18" font-size="14">Time to first response by link speed (log scale; RTT %v)</text>`+"\n", left, o.rtt)
-	for e := -2.0; e <= logMax; e++ {
-		t := math.Pow(10, e)
-		fmt.Fprintf(&b, `<line x1="%d" x2="%d" y1="%.1f" y2="%.1f" stroke="#ddd"/><text x="%d" y="%.1f" text-anchor="end">%g s</text>`+"\n",
-			left, w-10, y(t), y(t), left-5, y(t)+4, t)
-	}
-	groupW := float64(w-left-20) / float64(len(o.links))
-	barW := groupW / float64(len(o.modes)+1)
-	for gi, bits := range o.links {
-		x0 := float64(left) + float64(gi)*groupW + barW/2
-		for mi, mode := range o.modes {
-			r, ok := find(rs, mode, bits/1e6)
-			if !ok {
-				continue
-			}
-			x := x0 + float64(mi)*barW
-			fmt.Fprintf(&b, `<rect x="%.1f" y="%.1f" width="%.1f" height="%.1f" fill="%s"><title>%s: %.2f s</title></rect>`+"\n",
-				x, y(r.TTFR.Median), barW*0.9, float64(h-bottom)-y(r.TTFR.Median), colours[mode], mode, r.TTFR.Median)
-		}
-		fmt.Fprintf(&b, `<text x="%.1f" y="%d" text-anchor="middle">%d Mbit/s</text>`+"\n", x0+barW*float64(len(o.modes)-1)/2, h-bottom+18, bits/1e6)
-	}
-	for mi, mode := range o.modes {
-		fmt.Fprintf(&b, `<rect x="%d" y="%d" width="12" height="12" fill="%s"/><text x="%d" y="%d">%s</text>`+"\n",
-			left+mi*150, h-16, colours[mode], left+mi*150+16, h-6, mode)
-	}
-	b.WriteString("</svg>\n")
-	return b.String()
+	return fmt.Sprintf("%g Mbit/s", float64(bits)/1e6)
 }

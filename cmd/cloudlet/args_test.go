@@ -18,6 +18,9 @@ func TestInterspersed(t *testing.T) {
 		{"cloudlet base list", "cloudlet base list"},
 		{"cloudlet base show --json ID", "cloudlet base show --json ID"},
 		{"cloudlet base import FILE --hostfwd=x", "cloudlet base import --hostfwd=x FILE"},
+		{"cloudlet base push ID R/a:b --plain-http --registry-user u", "cloudlet base push --plain-http --registry-user u ID R/a:b"},
+		{"cloudlet overlay push F R/a:b --docker-config C", "cloudlet overlay push --docker-config C F R/a:b"},
+		{"cloudlet synthesis ID oci://R/a:b --pull-base --registry-password p", "cloudlet synthesis --pull-base --registry-password p ID oci://R/a:b"},
 		{"cloudlet nosuch a -b", "cloudlet nosuch a -b"},
 	}
 	for _, tc := range tests {

@@ -14,6 +14,7 @@ import (
 
 	"github.com/cloudlet/cloudlet/base"
 	"github.com/cloudlet/cloudlet/internal/atomicfile"
+	"github.com/cloudlet/cloudlet/vm"
 )
 
 func baseCommand() *cli.Command {
@@ -23,12 +24,20 @@ func baseCommand() *cli.Command {
 		Subcommands: []*cli.Command{
 			baseCreateCommand(),
 			baseResumeCommand(),
+			basePushCommand(),
+			basePullCommand(),
 			{Name: "list", Usage: "list the bases", Action: func(c *cli.Context) error {
 				return runBaseList(globalsOf(c), c.App.Writer, c.App.ErrWriter)
 			}},
-			{Name: "show", Usage: "show a base's manifest", ArgsUsage: "ID", Action: withID(func(c *cli.Context, id string) error {
-				return runBaseShow(globalsOf(c), id, c.App.Writer)
-			})},
+			{Name: "show", Usage: "show a base's manifest, what it needs of a host, and whether this host can resume it", ArgsUsage: "ID",
+				Flags: []cli.Flag{&cli.StringFlag{Name: "accel", Value: "auto", Usage: "check this host under this accelerator: auto, kvm or tcg"}},
+				Action: withID(func(c *cli.Context, id string) error {
+					accel, err := vm.ParseAccel(c.String("accel"))
+					if err != nil {
+						return err
+					}
+					return runBaseShow(c.Context, globalsOf(c), id, accel, c.App.Writer)
+				})},
 			{Name: "delete", Usage: "delete a base", ArgsUsage: "ID", Action: withID(func(c *cli.Context, id string) error {
 				return runBaseDelete(globalsOf(c), id, c.App.ErrWriter)
 			})},
@@ -113,22 +122,26 @@ func runBaseList(g globals, stdout, stderr io.Writer) error {
 	return tw.Flush()
 }
 
-func runBaseShow(g globals, id string, stdout io.Writer) error {
+func runBaseShow(ctx context.Context, g globals, id string, accel vm.Accel, stdout io.Writer) error {
 	_, b, err := openBase(g, id)
 	if err != nil {
 		return err
 	}
+	here := checkHere(ctx, b, accel)
 	if g.json {
 		return json.NewEncoder(stdout).Encode(struct {
 			ID       string         `json:"id"`
 			Dir      string         `json:"dir"`
 			Manifest *base.Manifest `json:"manifest"`
-		}{b.ID, b.Dir, b.Manifest})
+			Hosts    string         `json:"hosts"`
+			Here     hostVerdict    `json:"this_host"`
+		}{b.ID, b.Dir, b.Manifest, vm.Portability(b.Manifest.VM), here})
 	}
 	m := b.Manifest
 	fmt.Fprintf(stdout, "ID:       %s\nName:     %s\nCreated:  %s\nDir:      %s\n", b.ID, m.Name, m.Created.Local().Format(time.DateTime), b.Dir)
 	fmt.Fprintf(stdout, "VM:       machine %s, cpu %s x%d, %d MiB RAM, made under %s\n", m.VM.Machine, m.VM.CPU, m.VM.CPUs, m.VM.MemoryBytes>>20, m.Accel)
 	fmt.Fprintf(stdout, "Devices:  %s\n", strings.Join(m.VM.Devices, ", "))
+	showPlatform(stdout, m.VM, here)
 	if m.VM.Append != "" && m.Has(base.KernelFile) {
 		fmt.Fprintf(stdout, "Append:   %s\n", m.VM.Append)
 	}
@@ -210,6 +223,7 @@ func runBaseImport(ctx context.Context, g globals, file string, stdout, stderr i
 	} else {
 		fmt.Fprintf(stderr, "base %s is already here\n", b.ID)
 	}
+	warnIfNotHere(ctx, b, stderr)
 	fmt.Fprintln(stdout, b.ID)
 	return nil
 }

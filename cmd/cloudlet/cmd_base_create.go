@@ -46,8 +46,9 @@ func baseCreateCommand() *cli.Command {
 			&cli.StringFlag{Name: "append", Value: def.Append, Usage: "kernel command line"},
 			&cli.StringFlag{Name: "memory", Value: "256M", Usage: "guest RAM"},
 			&cli.IntFlag{Name: "cpus", Value: def.CPUs, Usage: "virtual CPUs"},
-			&cli.StringFlag{Name: "cpu", Value: def.CPU, Usage: "QEMU CPU model; a resume repeats it"},
-			&cli.StringFlag{Name: "machine", Value: def.Machine, Usage: "QEMU machine type"},
+			&cli.StringFlag{Name: "cpu", Usage: "QEMU CPU model; a resume repeats it, and only hosts that provide it can resume the base " +
+				"(default: " + vm.PortableCPU + " under KVM, which nearly every x86-64 host provides; max under TCG; host ties the base to CPUs like this one)"},
+			&cli.StringFlag{Name: "machine", Value: def.Machine, Usage: "QEMU machine type; an alias such as q35 is recorded as the versioned type it is here (pc-q35-7.2)"},
 			&cli.StringFlag{Name: "ready", Usage: "PROBE that says the guest is ready to snapshot"},
 			&cli.DurationFlag{Name: "boot-timeout", Value: 5 * time.Minute, Usage: "give up if PROBE has not answered by then"},
 			&cli.StringFlag{Name: "name", Usage: "a name to show in 'base list'"},
@@ -73,6 +74,10 @@ func baseCreateCommand() *cli.Command {
 }
 
 func runBaseCreate(ctx context.Context, o baseCreateOptions, stdin io.Reader, stdout, stderr io.Writer) error {
+	accel, _ := vm.ChooseAccel(o.run.accel)
+	if o.config.CPU == "" {
+		o.config.CPU = vm.DefaultCPU(accel)
+	}
 	if err := o.config.Validate(); err != nil {
 		return err
 	}
@@ -88,6 +93,10 @@ func runBaseCreate(ctx context.Context, o baseCreateOptions, stdin io.Reader, st
 		} else if !st.Mode().IsRegular() {
 			return fmt.Errorf("%s: %s is not a regular file", f.flag, f.path)
 		}
+	}
+	host := vm.NewHost("")
+	if err := checkCanMake(ctx, host, accel, o.config); err != nil {
+		return err
 	}
 	interactive := o.ready == nil
 	if interactive && !isTerminal(stdin) {
@@ -120,6 +129,7 @@ func runBaseCreate(ctx context.Context, o baseCreateOptions, stdin io.Reader, st
 	}
 
 	opts := vm.Options{
+		Host:   host,
 		Config: o.config,
 		Disk:   vm.Disk{Path: draft.Path(base.DiskFile)},
 		Memory: vm.Memory{Path: draft.Path(base.MemoryFile), Share: true},
@@ -168,13 +178,20 @@ func runBaseCreate(ctx context.Context, o baseCreateOptions, stdin io.Reader, st
 		fmt.Fprintf(stderr, "ready after %v (%s)\n", time.Since(start).Round(time.Millisecond), o.ready)
 	}
 
+	// What the snapshot needs of the host that resumes it, asked of this QEMU while it runs.
+	cfg, err := v.Record(ctx, o.config)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stderr, "recorded for resumes elsewhere: machine %s, CPU %s with %d features under %s, QEMU %s\n",
+		cfg.Machine, cfg.CPU, len(cfg.Platform.CPUFeatures), cfg.Platform.Accel, cfg.Platform.QEMU)
 	if err := v.Snapshot(ctx, draft.Path(base.DevstateFile)); err != nil {
 		return err
 	}
 	if err := giveBack(); err != nil {
 		return err
 	}
-	b, err := draft.Commit(ctx, base.Manifest{Name: o.name, VM: o.config, Accel: string(v.Accel())}, progress)
+	b, err := draft.Commit(ctx, base.Manifest{Name: o.name, VM: cfg, Accel: string(v.Accel())}, progress)
 	if err != nil {
 		return err
 	}
@@ -184,6 +201,21 @@ func runBaseCreate(ctx context.Context, o baseCreateOptions, stdin io.Reader, st
 	}
 	fmt.Fprintf(stderr, "base created in %v: %s\n", time.Since(start).Round(time.Millisecond), b.Dir)
 	fmt.Fprintln(stdout, b.ID)
+	return nil
+}
+
+// checkCanMake refuses, before anything boots, a VM whose machine type or CPU model this host's
+// QEMU lacks: QEMU would drop the CPU features it cannot provide with a mere warning, and the
+// base would record a CPU its guest never saw.
+func checkCanMake(ctx context.Context, host *vm.Host, accel vm.Accel, cfg vm.Config) error {
+	info, err := host.Info(ctx, accel)
+	if err != nil {
+		return err
+	}
+	// The warnings are about recorded platforms, which a new base does not have yet.
+	if _, err := info.Check(cfg); err != nil {
+		return fmt.Errorf("this host cannot make the base: it %w", err)
+	}
 	return nil
 }
 

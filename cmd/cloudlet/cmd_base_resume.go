@@ -66,6 +66,10 @@ func runBaseResume(ctx context.Context, o baseResumeOptions, stdout, stderr io.W
 		return err
 	}
 	start := time.Now()
+	host := vm.NewHost("")
+	if _, err := vm.CheckResume(ctx, vm.Options{Config: b.Manifest.VM, Accel: o.run.accel, Host: host}); err != nil {
+		return vm.Refusal("base "+b.ID, err)
+	}
 	if err := b.VerifyFiles(ctx, nil, base.DevstateFile, base.KernelFile, base.InitrdFile); err != nil {
 		return err
 	}
@@ -88,6 +92,7 @@ func runBaseResume(ctx context.Context, o baseResumeOptions, stdout, stderr io.W
 	opts.Disk = vm.Disk{Path: layer, Format: "qcow2"}
 	opts.Memory = vm.Memory{Path: b.Path(base.MemoryFile), Share: false}
 	opts.Name = b.ID[:12]
+	opts.Host = host
 	closeLog, err := o.run.apply(&opts, stderr)
 	if err != nil {
 		return err

@@ -26,7 +26,7 @@ func clientCommand() *cli.Command {
 			&cli.StringFlag{Name: "server", Aliases: []string{"s"}, Value: "127.0.0.1:8021", Usage: "synthesis server"},
 			&cli.StringFlag{Name: "base", Usage: "base ID on the server"},
 			&cli.StringFlag{Name: "overlay", Aliases: []string{"o"}, Usage: "overlay file to upload"},
-			&cli.StringFlag{Name: "url", Aliases: []string{"u"}, Usage: "overlay URL for the server to fetch"},
+			&cli.StringFlag{Name: "url", Aliases: []string{"u"}, Usage: "overlay URL (http, https, or oci://REGISTRY/REPO:TAG) for the server to fetch"},
 			&cli.StringFlag{Name: "probe", Usage: "guest PORT[/PATH] whose first HTTP answer the server times"},
 			&cli.IntSliceFlag{Name: "port", Usage: "guest TCP port to forward (repeatable)"},
 			&cli.BoolFlag{Name: "no-early-start", Usage: "fetch everything before resuming"},

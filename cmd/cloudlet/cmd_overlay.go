@@ -28,6 +28,7 @@ func overlayCommand() *cli.Command {
 		Subcommands: []*cli.Command{
 			overlayCreateCommand(),
 			overlayProfileCommand(),
+			overlayPushCommand(),
 			{Name: "info", Usage: "describe an overlay", ArgsUsage: "FILE", Action: func(c *cli.Context) error {
 				if c.NArg() != 1 {
 					return fmt.Errorf("%w: overlay info takes one file", errUsage)

@@ -11,7 +11,9 @@ import (
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/cloudlet/cloudlet/registry"
 	"github.com/cloudlet/cloudlet/synthesis/api"
+	"github.com/cloudlet/cloudlet/synthesis/origin"
 	"github.com/cloudlet/cloudlet/vm"
 )
 
@@ -40,6 +42,8 @@ func serveCommand() *cli.Command {
 			&cli.DurationFlag{Name: "upload-idle", Value: api.DefaultUploadIdle, Usage: "how long an upload may send nothing before its session fails"},
 			&cli.BoolFlag{Name: "stop-sessions-on-exit", Usage: "stop every session when the server stops (by default they run on, and the next server adopts them)"},
 			&cli.StringFlag{Name: "accel", Value: "auto", Usage: "accelerator for the VMs: auto, kvm or tcg"},
+			&cli.StringFlag{Name: "docker-config", Usage: "docker config file with the credentials for oci:// references (default: this user's)"},
+			&cli.BoolFlag{Name: "plain-http", Usage: "read oci:// references over plain HTTP (only registries on a network you trust)"},
 			chunkCacheFlag(),
 		}, driverFlags()...),
 		Action: runServe,
@@ -68,7 +72,8 @@ func runServe(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	vmo := vm.Options{Accel: accel, Log: stderr}
+	// Sessions run in this process share one probe of QEMU (supervised ones ask in their own).
+	vmo := vm.Options{Accel: accel, Log: stderr, Host: vm.NewHost("")}
 	if vmo.Driver, vmo.Libvirt, err = parseDriver(c); err != nil {
 		return err
 	}
@@ -95,6 +100,7 @@ func runServe(c *cli.Context) error {
 	}
 	logger := log.New(stderr, "", log.LstdFlags)
 	srv := api.NewServer(ctx, api.ServerOptions{Store: store, ForwardHost: host, Tokens: tokens, AllowOrigins: allow,
+		HTTP:        origin.HTTPOptions{OCI: origin.OCIOptions{Registry: registry.Options{PlainHTTP: c.Bool("plain-http"), DockerConfig: c.String("docker-config")}}},
 		MaxSessions: c.Int("max-sessions"), MaxUpload: maxUpload, MaxOverlay: maxOverlay, UploadIdle: c.Duration("upload-idle"), VM: vmo, Log: logger,
 		Sessions: sessionsDir(store), StartSupervisor: supervisorStarter(store), StopOnExit: c.Bool("stop-sessions-on-exit"), Chunks: chunks})
 	l, err := net.Listen("tcp", c.String("listen"))

@@ -12,6 +12,7 @@ import (
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/cloudlet/cloudlet/registry"
 	"github.com/cloudlet/cloudlet/synthesis"
 	"github.com/cloudlet/cloudlet/synthesis/origin"
 )
@@ -19,12 +20,14 @@ import (
 func synthesisCommand() *cli.Command {
 	return &cli.Command{
 		Name:      "synthesis",
-		Usage:     "rebuild a custom VM from a base and an overlay (file or URL), and resume it early",
-		UsageText: "cloudlet synthesis BASE_ID FILE|URL [--no-early-start] [--probe PROBE] [--hostfwd ...]",
+		Usage:     "rebuild a custom VM from a base and an overlay (file, URL or registry reference), and resume it early",
+		UsageText: "cloudlet synthesis BASE_ID FILE|URL|oci://REGISTRY/REPO:TAG [--no-early-start] [--probe PROBE] [--hostfwd ...]",
 		Description: "The VM resumes at once on cloudletfs while the overlay streams in; chunks it touches are\n" +
 			"fetched first, and every chunk is verified before the VM sees it. It prints a timeline:\n" +
 			"index fetched, VM resumed, first probe answer (TTFR), overlay complete. The VM runs until\n" +
-			"Ctrl-C. With --cache DIR, a later run with the same DIR does not fetch again what is there.",
+			"Ctrl-C. With --cache DIR, a later run with the same DIR does not fetch again what is there.\n" +
+			"An oci:// reference (a tag or @sha256:DIGEST, pushed by 'overlay push') is read by range from the\n" +
+			"registry, with its credentials; --pull-base first pulls a missing base from the overlay's subject.",
 		Flags: append([]cli.Flag{
 			&cli.BoolFlag{Name: "no-early-start", Usage: "fetch the whole overlay before resuming (the Elijah baseline)"},
 			&cli.StringFlag{Name: "probe", Usage: "PROBE whose first answer is the time to first response"},
@@ -32,11 +35,13 @@ func synthesisCommand() *cli.Command {
 			&cli.StringFlag{Name: "cache", Usage: "cache directory, kept (default: a temporary one, removed at the end)"},
 			&cli.StringFlag{Name: "bandwidth", Usage: "cap on the fetch rate, e.g. 38Mbit, 5MB (per second)"},
 			&cli.IntFlag{Name: "concurrency", Value: 4, Usage: "range requests in flight"},
-			&cli.DurationFlag{Name: "retry-for", Value: 2 * time.Minute, Usage: "how long to retry a failing origin before giving up"},
+			&cli.DurationFlag{Name: "retry-for", Value: 2 * time.Minute, Usage: "how long to retry an origin that makes no progress before giving up (a slow but moving link never gives up)"},
 			&cli.BoolFlag{Name: "exit-when-complete", Usage: "stop the VM and exit once the probe answered and the overlay is complete"},
 			&cli.BoolFlag{Name: "detach", Usage: "keep running in the background once the VM has resumed (and the probe answered); prints its PID and log"},
+			&cli.BoolFlag{Name: "pull-base", Usage: "oci:// only: pull the base from the overlay's subject if it is not here"},
+			&cli.BoolFlag{Name: "oci-full-download", Usage: "oci:// only: if the registry does not answer range requests, download the whole overlay before resuming"},
 			chunkCacheFlag(),
-		}, runFlags()...),
+		}, append(registryFlags(), runFlags()...)...),
 		Action: func(c *cli.Context) error {
 			if c.NArg() != 2 {
 				return fmt.Errorf("%w: synthesis takes a base ID and an overlay file or URL", errUsage)
@@ -66,6 +71,16 @@ func runSynthesis(c *cli.Context) error {
 			return fmt.Errorf("--bandwidth: %w", err)
 		}
 	}
+	src := c.Args().Get(1)
+	ropts := registryOptions(c)
+	if c.Bool("pull-base") {
+		if !strings.HasPrefix(src, registry.Scheme) {
+			return fmt.Errorf("%w: --pull-base needs an oci:// overlay", errUsage)
+		}
+		if err := pullBaseFor(ctx, g, c.Args().Get(0), src, ropts, stderr); err != nil {
+			return err
+		}
+	}
 	store, b, err := openBase(g, c.Args().Get(0))
 	if err != nil {
 		return err
@@ -79,9 +94,10 @@ func runSynthesis(c *cli.Context) error {
 	if cache == "" {
 		cache = work.Path("cache")
 	}
-	src := c.Args().Get(1)
+	httpOpts := origin.HTTPOptions{RetryFor: c.Duration("retry-for"),
+		OCI: origin.OCIOptions{Registry: ropts, FullDownload: c.Bool("oci-full-download"), SpoolDir: work.Dir}}
 	o := synthesis.Options{
-		Base: b, Source: src, CacheDir: cache, MountDir: work.Path("mnt"), HTTP: origin.HTTPOptions{RetryFor: c.Duration("retry-for")},
+		Base: b, Source: src, CacheDir: cache, MountDir: work.Path("mnt"), HTTP: httpOpts,
 		Fetch:      synthesis.FetchOptions{Concurrency: c.Int("concurrency"), BytesPerSecond: bw},
 		EarlyStart: !c.Bool("no-early-start"), Probe: pr, ProbeTimeout: c.Duration("probe-timeout"),
 		ExitWhenComplete: c.Bool("exit-when-complete"),

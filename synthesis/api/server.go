@@ -245,8 +245,8 @@ func (s *Server) createSession(w http.ResponseWriter, r *http.Request) {
 			jsonError(w, http.StatusBadRequest, errors.New("give an overlay url, or upload the overlay as application/octet-stream"))
 			return
 		}
-		if !strings.HasPrefix(req.URL, "http://") && !strings.HasPrefix(req.URL, "https://") {
-			jsonError(w, http.StatusBadRequest, fmt.Errorf("url %q: want http:// or https://", req.URL))
+		if !strings.HasPrefix(req.URL, "http://") && !strings.HasPrefix(req.URL, "https://") && !strings.HasPrefix(req.URL, "oci://") {
+			jsonError(w, http.StatusBadRequest, fmt.Errorf("url %q: want http://, https:// or oci://", req.URL))
 			return
 		}
 	}

@@ -221,6 +221,8 @@ func TestServerRefusesPrivateOrigins(t *testing.T) {
 		{"cloud metadata", strict, "http://169.254.169.254/latest/meta-data/"},
 		{"CGNAT", strict, "http://100.64.0.1/o"},
 		{"redirect to loopback", only1, redirect.URL + "/o"},
+		{"registry on loopback", strict, "oci://127.0.0.1:" + port + "/apps/x:v1"},
+		{"registry on a private address", strict, "oci://10.255.255.1/apps/x@sha256:" + strings.Repeat("0", 64)},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

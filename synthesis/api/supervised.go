@@ -42,7 +42,8 @@ func (s *Server) createDir(sess *session, req SessionRequest, o synthesis.Option
 	sr := supervisor.Request{Base: o.Base.ID, Owner: string(req.owner), URL: req.URL, UploadSize: req.uploadSize,
 		UploadIdle: s.opts.UploadIdle, Forwards: o.VM.Forwards, Addresses: sess.status.Forwards, EarlyStart: o.EarlyStart,
 		Bandwidth: o.Fetch.BytesPerSecond, MaxOverlay: s.opts.MaxOverlay, AllowOrigins: s.opts.AllowOrigins,
-		VM: supervisor.VMOptions{Accel: o.VM.Accel, Driver: o.VM.Driver, Libvirt: o.VM.Libvirt, Network: o.VM.Network, RunAs: o.VM.RunAs}}
+		Registry: supervisor.RegistryOptions{PlainHTTP: s.opts.HTTP.OCI.Registry.PlainHTTP, DockerConfig: s.opts.HTTP.OCI.Registry.DockerConfig},
+		VM:       supervisor.VMOptions{Accel: o.VM.Accel, Driver: o.VM.Driver, Libvirt: o.VM.Libvirt, Network: o.VM.Network, RunAs: o.VM.RunAs}}
 	if o.Probe != nil {
 		sr.Probe = o.Probe.String()
 	}

@@ -46,13 +46,13 @@ func TestOriginErrorsCarryNoUpstreamBytes(t *testing.T) {
 			return "HTTP/1.1 503 " + banner + "\r\nContent-Length: 22\r\nConnection: close\r\n\r\n" + banner
 		}, false, "503 Service Unavailable"},
 		{"range read: wrong range", func(r *http.Request) string {
-			if r.Header.Get("Range") == "bytes=0-0" {
+			if r.Header.Get("Range") == "bytes=0-16383" {
 				return probeOK
 			}
 			return "HTTP/1.1 206 " + banner + "\r\nContent-Range: bytes 77-" + banner + "\r\nETag: \"v1\"\r\nContent-Length: 1\r\nConnection: close\r\n\r\nx"
 		}, true, "Content-Range"},
 		{"range read: status", func(r *http.Request) string {
-			if r.Header.Get("Range") == "bytes=0-0" {
+			if r.Header.Get("Range") == "bytes=0-16383" {
 				return probeOK
 			}
 			return "HTTP/1.1 200 " + banner + "\r\nContent-Length: 22\r\nConnection: close\r\n\r\n" + banner

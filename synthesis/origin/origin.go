@@ -20,6 +20,7 @@ import (
 	"github.com/cenkalti/backoff/v4"
 
 	"github.com/cloudlet/cloudlet/internal/netguard"
+	"github.com/cloudlet/cloudlet/registry"
 )
 
 // Origin is where an overlay's bytes come from: a local file or an HTTP(S) server that
@@ -36,13 +37,19 @@ type Origin interface {
 // what it prevents.
 var ErrChanged = errors.New("the overlay changed on the server while it was being read")
 
-// Open opens a local file, or an http:// or https:// URL.
+// ErrNoRanges means the server answered a range request with the whole file.
+var ErrNoRanges = errors.New("no range support")
+
+// Open opens a local file, an http:// or https:// URL, or an oci:// artifact reference.
 func Open(ctx context.Context, src string, opts HTTPOptions) (Origin, error) {
+	if strings.HasPrefix(src, registry.Scheme) {
+		return openOCI(ctx, src, opts)
+	}
 	if strings.HasPrefix(src, "http://") || strings.HasPrefix(src, "https://") {
 		return NewHTTP(ctx, src, opts)
 	}
 	if strings.Contains(src, "://") {
-		return nil, fmt.Errorf("overlay source %q: want a file or an http(s) URL", src)
+		return nil, fmt.Errorf("overlay source %q: want a file, an http(s) URL or an oci:// reference", src)
 	}
 	f, err := os.Open(src)
 	if err != nil {
@@ -75,12 +82,22 @@ func (o *fileOrigin) Close() error   { return o.f.Close() }
 // HTTPOptions tune an HTTP origin.
 type HTTPOptions struct {
 	Client *http.Client // nil: a client with sane timeouts
-	// AttemptTimeout bounds one request; RetryFor bounds all retries of one range.
+	// AttemptTimeout bounds the wait for an answer's headers, IdleTimeout the wait for each
+	// next byte of its body: a slow but steady answer goes on as long as it needs.
 	AttemptTimeout time.Duration
-	RetryFor       time.Duration
+	IdleTimeout    time.Duration
+	// RetryFor bounds the retries of a read that makes no progress: any attempt that brought
+	// bytes starts the budget again, so a flaky but moving link finishes.
+	RetryFor time.Duration
 	// Guard, if set, refuses origins whose address (after DNS, after each redirect) it does
 	// not allow. The server sets it for URLs its clients give; it needs the default Client.
 	Guard *netguard.Guard
+	// OCI says how oci:// sources reach their registry.
+	OCI OCIOptions
+
+	// retryDenied retries 401, 403, 404 and 410 answered after a redirect: an expired
+	// presigned URL of a registry's blob storage (each attempt starts at the registry).
+	retryDenied bool
 }
 
 type httpOrigin struct {
@@ -90,8 +107,13 @@ type httpOrigin struct {
 	size      int64
 	validator string // the ETag, or else Last-Modified, pinned at open
 	byETag    bool
+	head      []byte // the file's first bytes, which came with the probe
 	opts      HTTPOptions
 }
+
+// headBytes is what the probe asks for: a reader's first read (the header, and a small
+// overlay's index) comes with the answer that tells the size, in the same round trip.
+const headBytes = 16 << 10
 
 // checkURL parses rawURL as a request URI and as requests will (url.Parse, which refuses a bad
 // escape in a fragment that the other lets through). A parse error's own message quotes the
@@ -124,34 +146,41 @@ func NewHTTP(ctx context.Context, rawURL string, opts HTTPOptions) (Origin, erro
 	if opts.AttemptTimeout == 0 {
 		opts.AttemptTimeout = 60 * time.Second
 	}
+	if opts.IdleTimeout == 0 {
+		opts.IdleTimeout = 30 * time.Second
+	}
 	if opts.RetryFor == 0 {
 		opts.RetryFor = 2 * time.Minute
 	}
 	o := &httpOrigin{url: rawURL, name: name, client: opts.Client, opts: opts}
-	// A one-byte range request tells size, validator and range support in one round trip.
-	err := o.retry(ctx, "probe", func(actx context.Context) error {
+	// One range request tells size, validator and range support, and brings the first bytes.
+	err := o.retry(ctx, "probe", noProgress, func(actx context.Context, w *watchdog) error {
 		req, err := http.NewRequestWithContext(actx, http.MethodGet, rawURL, nil)
 		if err != nil {
 			return backoff.Permanent(err)
 		}
-		req.Header.Set("Range", "bytes=0-0")
+		req.Header.Set("Range", fmt.Sprintf("bytes=0-%d", headBytes-1))
 		resp, err := o.client.Do(req)
 		if err != nil {
-			return transportError(err)
+			return w.explain(transportError(err))
 		}
 		defer resp.Body.Close()
-		io.Copy(io.Discard, io.LimitReader(resp.Body, 1<<10))
-		if err := statusError(resp); err != nil {
+		if err := o.statusError(resp); err != nil {
 			return err
 		}
 		if resp.StatusCode != http.StatusPartialContent {
-			return backoff.Permanent(fmt.Errorf("no range support: got %s, want 206 Partial Content", statusText(resp.StatusCode)))
+			return backoff.Permanent(fmt.Errorf("%w: got %s, want 206 Partial Content", ErrNoRanges, statusText(resp.StatusCode)))
 		}
 		size, err := totalSize(resp.Header.Get("Content-Range"))
 		if err != nil {
 			return backoff.Permanent(err)
 		}
 		o.size = size
+		w.arm(o.opts.IdleTimeout, "no data")
+		// A shorter answer is a shorter head, not an error: later reads ask for the rest.
+		head := make([]byte, min(size, headBytes))
+		n, _ := io.ReadFull(resp.Body, head)
+		o.head = head[:n]
 		if et := resp.Header.Get("ETag"); et != "" && !strings.HasPrefix(et, "W/") {
 			o.validator, o.byETag = et, true
 		} else {
@@ -169,77 +198,6 @@ func NewHTTP(ctx context.Context, rawURL string, opts HTTPOptions) (Origin, erro
 func (o *httpOrigin) Size() int64    { return o.size }
 func (o *httpOrigin) String() string { return o.name }
 func (o *httpOrigin) Close() error   { o.client.CloseIdleConnections(); return nil }
-
-// ReadAt fetches [off, off+len(p)) with range requests. A dropped connection resumes from the
-// last byte received; server errors and timeouts are retried with backoff for RetryFor.
-func (o *httpOrigin) ReadAt(ctx context.Context, p []byte, off int64) error {
-	done := 0
-	return o.retry(ctx, fmt.Sprintf("range %d+%d", off, len(p)), func(actx context.Context) error {
-		req, err := http.NewRequestWithContext(actx, http.MethodGet, o.url, nil)
-		if err != nil {
-			return backoff.Permanent(err)
-		}
-		start := off + int64(done)
-		req.Header.Set("Range", fmt.Sprintf("bytes=%d-%d", start, off+int64(len(p))-1))
-		if o.byETag {
-			req.Header.Set("If-Match", o.validator)
-		} else if o.validator != "" {
-			req.Header.Set("If-Unmodified-Since", o.validator)
-		}
-		resp, err := o.client.Do(req)
-		if err != nil {
-			return transportError(err)
-		}
-		defer resp.Body.Close()
-		if resp.StatusCode == http.StatusPreconditionFailed {
-			return backoff.Permanent(ErrChanged)
-		}
-		if err := statusError(resp); err != nil {
-			return err
-		}
-		if resp.StatusCode != http.StatusPartialContent {
-			return backoff.Permanent(fmt.Errorf("range request answered with %s, want 206 Partial Content", statusText(resp.StatusCode)))
-		}
-		// The validator is checked on every answer too: a server that ignores If-Match
-		// must not slip a new file in.
-		if o.byETag && resp.Header.Get("ETag") != o.validator || !o.byETag && o.validator != "" && resp.Header.Get("Last-Modified") != o.validator {
-			return backoff.Permanent(ErrChanged)
-		}
-		if got := resp.Header.Get("Content-Range"); !strings.HasPrefix(got, fmt.Sprintf("bytes %d-", start)) {
-			return backoff.Permanent(fmt.Errorf("asked for bytes from %d, got a Content-Range that does not start there", start))
-		}
-		n, err := io.ReadFull(resp.Body, p[done:])
-		done += n
-		if err != nil {
-			return transportError(err) // a short body resumes at done
-		}
-		return nil
-	})
-}
-
-// retry runs op until it succeeds, fails permanently, or RetryFor passes; each attempt gets
-// AttemptTimeout.
-func (o *httpOrigin) retry(ctx context.Context, what string, op func(context.Context) error) error {
-	b := backoff.NewExponentialBackOff()
-	b.InitialInterval = 50 * time.Millisecond
-	b.MaxInterval = 5 * time.Second
-	b.MaxElapsedTime = o.opts.RetryFor
-	attempts := 0
-	err := backoff.Retry(func() error {
-		attempts++
-		actx, cancel := context.WithTimeout(ctx, o.opts.AttemptTimeout)
-		defer cancel()
-		err := op(actx)
-		if ctx.Err() != nil {
-			return backoff.Permanent(ctx.Err())
-		}
-		return err
-	}, backoff.WithContext(b, ctx))
-	if err != nil {
-		return fmt.Errorf("%s: %s: %w (after %d attempts)", o.name, what, err, attempts)
-	}
-	return nil
-}
 
 // totalSize reads the size from "bytes 0-0/12345".
 func totalSize(contentRange string) (int64, error) {

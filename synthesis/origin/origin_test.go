@@ -77,7 +77,7 @@ func TestHTTPOriginErrors(t *testing.T) {
 			t.Fatal(err)
 		}
 		s.ChangeBefore(2)
-		err = o.ReadAt(ctx, make([]byte, 100), 0)
+		err = o.ReadAt(ctx, make([]byte, 100), headBytes) // past what came with the probe
 		if !errors.Is(err, ErrChanged) {
 			t.Fatalf("read of a changed file: %v", err)
 		}

@@ -32,6 +32,7 @@ type ShapedServer struct {
 	bytesPerS int64         // 0: unlimited
 	link      *rate.Limiter // shared by all connections, like one real link
 	drops     int           // connections still to drop mid-answer
+	stalls    int           // answers still to stall mid-body (until the client gives up)
 	changeAt  int           // change the file before request number changeAt (0: never)
 
 	Requests atomic.Int64
@@ -78,6 +79,14 @@ func (s *ShapedServer) DropNext(n int) {
 	s.drops = n
 }
 
+// StallNext makes the next n range answers send their headers and then nothing, keeping the
+// connection open: a link that hangs.
+func (s *ShapedServer) StallNext(n int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.stalls = n
+}
+
 // ChangeBefore replaces the file (new content, new ETag) just before request number n.
 func (s *ShapedServer) ChangeBefore(n int) {
 	s.mu.Lock()
@@ -101,16 +110,19 @@ func (s *ShapedServer) serve(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	drop := s.drops > 0 && r.Header.Get("Range") != "bytes=0-0"
+	probe := r.Header.Get("Range") == fmt.Sprintf("bytes=0-%d", headBytes-1)
+	drop, stall := s.drops > 0 && !probe, s.stalls > 0 && !probe
 	if drop {
 		s.drops--
+	} else if stall {
+		s.stalls--
 	}
 	s.mu.Unlock()
 	time.Sleep(latency)
 	w.Header().Set("ETag", etag)
 	var out http.ResponseWriter = w
-	if link != nil || drop {
-		out = &shapedWriter{ResponseWriter: w, link: link, dropAfter: map[bool]int{true: 1000, false: -1}[drop], s: s, ctx: r.Context()}
+	if link != nil || drop || stall {
+		out = &shapedWriter{ResponseWriter: w, link: link, dropAfter: map[bool]int{true: 1000, false: -1}[drop], stall: stall, s: s, ctx: r.Context()}
 	} else {
 		out = &countingWriter{ResponseWriter: w, s: s}
 	}
@@ -132,7 +144,8 @@ func (c *countingWriter) Write(p []byte) (int, error) {
 type shapedWriter struct {
 	http.ResponseWriter
 	link      *rate.Limiter
-	dropAfter int // -1: never
+	dropAfter int  // -1: never
+	stall     bool // send the headers, then hang until the client goes
 	written   int
 	s         *ShapedServer
 	ctx       context.Context
@@ -142,6 +155,13 @@ func (w *shapedWriter) Write(p []byte) (int, error) {
 	total := 0
 	for len(p) > 0 {
 		n := min(len(p), 16<<10)
+		if w.stall {
+			if f, ok := w.ResponseWriter.(http.Flusher); ok {
+				f.Flush()
+			}
+			<-w.ctx.Done()
+			return total, w.ctx.Err()
+		}
 		if w.dropAfter >= 0 && w.written+n > w.dropAfter {
 			if f, ok := w.ResponseWriter.(http.Flusher); ok {
 				w.ResponseWriter.Write(p[:w.dropAfter-w.written])

@@ -50,6 +50,12 @@ type VMOptions struct {
 	RunAs   *vm.User
 }
 
+// RegistryOptions are the registry options a server gives all its sessions.
+type RegistryOptions struct {
+	PlainHTTP    bool   `json:"plain_http,omitempty"`
+	DockerConfig string `json:"docker_config,omitempty"`
+}
+
 // Request is what a session was started with. It holds no secret: the owner is a hash of the
 // client's token.
 type Request struct {
@@ -69,7 +75,10 @@ type Request struct {
 	Bandwidth    int64             `json:"bandwidth,omitempty"`
 	MaxOverlay   int64             `json:"max_overlay"`
 	AllowOrigins []netip.Prefix    `json:"allow_origins,omitempty"`
-	VM           VMOptions         `json:"vm"`
+	// Registry says how oci:// references reach their registry: over plain HTTP, with the
+	// credentials of which docker config file (a path, never a secret).
+	Registry RegistryOptions `json:"registry,omitempty"`
+	VM       VMOptions       `json:"vm"`
 	// ChunkStore, if set, is the directory of the chunk cache that sessions share, bounded to
 	// ChunkStoreBytes.
 	ChunkStore      string `json:"chunk_store,omitempty"`

@@ -16,6 +16,7 @@ import (
 	"github.com/cloudlet/cloudlet/chunkstore"
 	"github.com/cloudlet/cloudlet/internal/netguard"
 	"github.com/cloudlet/cloudlet/probe"
+	"github.com/cloudlet/cloudlet/registry"
 	"github.com/cloudlet/cloudlet/synthesis"
 	"github.com/cloudlet/cloudlet/synthesis/origin"
 	"github.com/cloudlet/cloudlet/vm"
@@ -154,7 +155,8 @@ func (s *supervisor) options(req Request, b *base.Base, log io.Writer) (synthesi
 	vmo := vm.Options{Accel: req.VM.Accel, Driver: req.VM.Driver, Libvirt: req.VM.Libvirt, Network: req.VM.Network,
 		RunAs: req.VM.RunAs, Log: log, Name: s.dir.ID(), Forwards: req.Forwards}
 	o := synthesis.Options{Base: b, Source: req.URL, CacheDir: s.dir.Cache(), MountDir: s.dir.Mount(), VM: vmo,
-		HTTP:       origin.HTTPOptions{Guard: netguard.New(req.AllowOrigins...)},
+		HTTP: origin.HTTPOptions{Guard: netguard.New(req.AllowOrigins...), OCI: origin.OCIOptions{
+			Registry: registry.Options{PlainHTTP: req.Registry.PlainHTTP, DockerConfig: req.Registry.DockerConfig}}},
 		EarlyStart: req.EarlyStart, Fetch: synthesis.FetchOptions{BytesPerSecond: req.Bandwidth},
 		ProbeTimeout: probeTimeout, OnEvent: s.record, OnMount: s.dir.recordMount}
 	if req.Probe != "" {

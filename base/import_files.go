@@ -1,0 +1,77 @@
+package base
+
+import (
+	"context"
+	"fmt"
+	"io"
+)
+
+// ParseManifest decodes and checks a manifest that came from elsewhere (at most 1 MiB, every
+// size within the limits), returning it with the base ID it names.
+func ParseManifest(raw []byte) (*Manifest, string, error) { return parseManifest(raw) }
+
+// CheckRoom refuses a base whose files, as manifest m sizes them, do not fit in the free space
+// of the store's filesystem (less a reserve for running VMs).
+func (s *Store) CheckRoom(m *Manifest) error {
+	return checkRoom(m, func() (int64, error) { return freeBytes(s.home) })
+}
+
+// ImportFiles adds the base whose manifest is raw, reading each of its files from open(name):
+// for bases that travel as separate files (a registry's blobs) rather than as one export
+// archive. Like Import, it checks the free space before anything is written and every file
+// against the manifest before the base becomes visible, and changes nothing when the base is
+// already here. It returns the base and whether it was new.
+func (s *Store) ImportFiles(ctx context.Context, raw []byte, open func(name string) (io.ReadCloser, error), p Progress) (*Base, bool, error) {
+	p = orNone(p)
+	m, id, err := parseManifest(raw)
+	if err != nil {
+		return nil, false, &ImportError{"base manifest", err}
+	}
+	if b, err := s.Get(id); err == nil {
+		return b, false, nil
+	}
+	if err := s.CheckRoom(m); err != nil {
+		return nil, false, err
+	}
+	d, err := s.NewDraft()
+	if err != nil {
+		return nil, false, err
+	}
+	sealed := false
+	defer func() {
+		if !sealed {
+			d.Discard()
+		}
+	}()
+	for _, name := range sortedNames(m) {
+		if err := importFile(ctx, d, name, m.Files[name], open, p); err != nil {
+			return nil, false, err
+		}
+	}
+	b, err := d.seal(raw)
+	if err != nil {
+		return nil, false, err
+	}
+	sealed = true
+	return b, true, nil
+}
+
+func importFile(ctx context.Context, d *Draft, name string, want File, open func(string) (io.ReadCloser, error), p Progress) error {
+	r, err := open(name)
+	if err != nil {
+		return fmt.Errorf("import %s: %w", name, err)
+	}
+	defer r.Close()
+	p.Begin("import "+name, want.Size)
+	// One byte more than the manifest says is read, so that a longer file is caught.
+	got, err := copySparse(ctx, d.Path(name), &progressReader{ctx: ctx, r: io.LimitReader(r, want.Size+1), p: p}, nil)
+	p.End()
+	if err != nil {
+		return fmt.Errorf("import %s: %w", name, err)
+	}
+	if got != want {
+		return &ImportError{Reason: fmt.Sprintf("%s: got %d bytes with sha256 %s, want %d bytes with sha256 %s",
+			name, got.Size, got.SHA256, want.Size, want.SHA256)}
+	}
+	return nil
+}

@@ -1,0 +1,288 @@
+package registry
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"sort"
+
+	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	"oras.land/oras-go/v2/content"
+	"oras.land/oras-go/v2/registry/remote"
+
+	"github.com/cloudlet/cloudlet/base"
+	"github.com/cloudlet/cloudlet/chunk"
+)
+
+// The types of a base artifact: its config blob is the base's manifest.json, byte for byte,
+// so the config's digest is the base ID; each of its blobs is one file of the base, named by
+// its title annotation, with the digest the manifest records for that file.
+const (
+	ArtifactTypeBase      = "application/vnd.cloudlet.base.v1"
+	MediaTypeBaseManifest = "application/vnd.cloudlet.base.manifest.v1+json"
+	MediaTypeBaseFile     = "application/vnd.cloudlet.base.file.v1"
+)
+
+// BaseTag is the tag a pushed base also gets in its repository, so that an overlay pushed
+// there later finds it for its subject.
+func BaseTag(id string) string { return "base-" + id }
+
+// PushBase publishes base b as an artifact tagged as ref says (and as BaseTag). Blobs the
+// repository has already are not sent again, so an interrupted push resumes by file.
+func PushBase(ctx context.Context, b *base.Base, ref Ref, o Options, p base.Progress) (ocispec.Descriptor, error) {
+	if err := ref.ValidateReferenceAsTag(); err != nil {
+		return ocispec.Descriptor{}, fmt.Errorf("push to %s: want a tag: %w", ref, err)
+	}
+	raw, err := os.ReadFile(b.Path(base.ManifestFile))
+	if err != nil {
+		return ocispec.Descriptor{}, fmt.Errorf("base %s: %w", b.ID, err)
+	}
+	repo, err := Repository(ref, o)
+	if err != nil {
+		return ocispec.Descriptor{}, err
+	}
+	var layers []ocispec.Descriptor
+	for _, name := range fileNames(b.Manifest) {
+		desc, err := fileBlob(name, b.Manifest.Files[name])
+		if err != nil {
+			return ocispec.Descriptor{}, fmt.Errorf("base %s: %w", b.ID, err)
+		}
+		if err := pushFile(ctx, repo, desc, b.Path(name), p); err != nil {
+			return ocispec.Descriptor{}, fmt.Errorf("push base %s: %s: %w", b.ID, name, err)
+		}
+		layers = append(layers, desc)
+	}
+	config := content.NewDescriptorFromBytes(MediaTypeBaseManifest, raw)
+	m := ocispec.Manifest{ArtifactType: ArtifactTypeBase, Layers: layers,
+		Annotations: map[string]string{AnnotationBaseID: b.ID, ocispec.AnnotationTitle: b.Manifest.Name}}
+	desc, err := pushManifest(ctx, repo, ref, m, config, raw)
+	if err != nil {
+		return desc, err
+	}
+	if tag := BaseTag(b.ID); ref.Reference.Reference != tag {
+		if err := repo.Tag(ctx, desc, tag); err != nil {
+			return desc, fmt.Errorf("tag %s: %w", tag, explain(err))
+		}
+	}
+	return desc, nil
+}
+
+func pushFile(ctx context.Context, repo *remote.Repository, desc ocispec.Descriptor, path string, p base.Progress) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	// A file that changed since the manifest was written fails the registry's digest check.
+	return pushBlob(ctx, repo, desc, io.NewSectionReader(f, 0, desc.Size), "push "+filepath.Base(path), p)
+}
+
+// fileBlob is the descriptor of a base's file, from its manifest entry.
+func fileBlob(name string, f base.File) (ocispec.Descriptor, error) {
+	d := digest.NewDigestFromEncoded(digest.SHA256, f.SHA256)
+	if err := d.Validate(); err != nil {
+		return ocispec.Descriptor{}, fmt.Errorf("%s: sha256 %q: %w", name, f.SHA256, err)
+	}
+	return ocispec.Descriptor{MediaType: MediaTypeBaseFile, Digest: d, Size: f.Size,
+		Annotations: map[string]string{ocispec.AnnotationTitle: name}}, nil
+}
+
+func fileNames(m *base.Manifest) []string {
+	var names []string
+	for name := range m.Files {
+		names = append(names, name)
+	}
+	sort.Strings(names)
+	return names
+}
+
+// PullBase adds the base that ref names to store, and returns it with whether it was new. The
+// config blob is the base's manifest (its digest checked, so it is the base ID); every file
+// is checked against the digest that manifest records. Files are downloaded into
+// HOME/pulls/ID first, and a pull that broke off resumes from the bytes it has.
+func PullBase(ctx context.Context, store *base.Store, ref Ref, o Options, p base.Progress) (*base.Base, bool, error) {
+	repo, err := Repository(ref, o)
+	if err != nil {
+		return nil, false, err
+	}
+	_, m, err := fetchManifest(ctx, repo, ref, ArtifactTypeBase)
+	if err != nil {
+		return nil, false, err
+	}
+	if m.Config.MediaType != MediaTypeBaseManifest || m.Config.Size <= 0 || m.Config.Size > maxManifestBytes {
+		return nil, false, fmt.Errorf("%s: config of type %q and %d bytes: want %s of at most %d", ref, m.Config.MediaType, m.Config.Size, MediaTypeBaseManifest, maxManifestBytes)
+	}
+	raw, err := content.FetchAll(ctx, repo, m.Config)
+	if err != nil {
+		return nil, false, fmt.Errorf("%s: base manifest: %w", ref, explain(err))
+	}
+	bm, id, err := base.ParseManifest(raw)
+	if err != nil {
+		return nil, false, fmt.Errorf("%s: %w", ref, err)
+	}
+	if b, err := store.Get(id); err == nil && b.ID == id {
+		return b, false, nil
+	}
+	// The files are downloaded, then copied into the store: room for them is checked before
+	// the download (their holes included), and again before the copy.
+	if err := store.CheckRoom(bm); err != nil {
+		return nil, false, fmt.Errorf("pull %s: %w", ref, err)
+	}
+	dir := filepath.Join(store.Home(), "pulls", id)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, false, fmt.Errorf("pull %s: %w", ref, err)
+	}
+	for _, name := range fileNames(bm) {
+		want, err := fileBlob(name, bm.Files[name])
+		if err != nil {
+			return nil, false, fmt.Errorf("%s: base %s: %w", ref, id, err)
+		}
+		if err := checkLayer(m.Layers, want); err != nil {
+			return nil, false, fmt.Errorf("%s: base %s: %w", ref, id, err)
+		}
+		if err := download(ctx, repo, want, filepath.Join(dir, name), p); err != nil {
+			return nil, false, fmt.Errorf("pull %s: %s: %w", ref, name, err)
+		}
+	}
+	b, isNew, err := store.ImportFiles(ctx, raw, func(name string) (io.ReadCloser, error) {
+		return os.Open(filepath.Join(dir, name))
+	}, p)
+	if err != nil {
+		return nil, false, fmt.Errorf("pull %s: %w", ref, err)
+	}
+	os.RemoveAll(dir)
+	return b, isNew, nil
+}
+
+// checkLayer finds the artifact's blob for a file of the base, which must have the file's
+// digest and size.
+func checkLayer(layers []ocispec.Descriptor, want ocispec.Descriptor) error {
+	name := want.Annotations[ocispec.AnnotationTitle]
+	for _, l := range layers {
+		if l.Annotations[ocispec.AnnotationTitle] != name {
+			continue
+		}
+		if l.Digest != want.Digest || l.Size != want.Size {
+			return fmt.Errorf("blob for %s: got %s of %d bytes, want %s of %d bytes (the base manifest's)", name, l.Digest, l.Size, want.Digest, want.Size)
+		}
+		return nil
+	}
+	return fmt.Errorf("the artifact has no blob for %s", name)
+}
+
+// errDigest is a downloaded blob whose bytes do not have its digest.
+var errDigest = errors.New("digest mismatch")
+
+// download fetches a blob into path, resuming after the bytes path already has (the registry
+// seeks with a range request), and checks the whole file's digest. A file whose digest is
+// wrong is removed, so that the next pull starts it afresh.
+func download(ctx context.Context, repo *remote.Repository, desc ocispec.Descriptor, path string, p base.Progress) error {
+	p = orNone(p)
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return err
+	}
+	have := st.Size()
+	if have > desc.Size {
+		have = 0
+	}
+	h := sha256.New()
+	if _, err := io.Copy(h, io.NewSectionReader(f, 0, have)); err != nil {
+		return err
+	}
+	if have < desc.Size {
+		if have, err = fetchRest(ctx, repo, desc, f, have, h, p); err != nil {
+			return err
+		}
+	}
+	if got := hex.EncodeToString(h.Sum(nil)); got != desc.Digest.Encoded() {
+		f.Close()
+		os.Remove(path)
+		return fmt.Errorf("blob %s: %w: got sha256 %s over %d bytes", desc.Digest, errDigest, got, have)
+	}
+	return f.Sync()
+}
+
+// fetchRest appends the blob's bytes from have on to f and h, and returns the new length.
+func fetchRest(ctx context.Context, repo *remote.Repository, desc ocispec.Descriptor, f *os.File, have int64, h io.Writer, p base.Progress) (int64, error) {
+	rc, err := repo.Blobs().Fetch(ctx, desc)
+	if err != nil {
+		return have, fmt.Errorf("blob %s: %w", desc.Digest, explain(err))
+	}
+	defer rc.Close()
+	if s, ok := rc.(io.Seeker); ok && have > 0 {
+		if _, err := s.Seek(have, io.SeekStart); err != nil {
+			return have, fmt.Errorf("blob %s: resume at %d: %w", desc.Digest, have, err)
+		}
+	} else if have > 0 {
+		// The registry cannot seek: start again.
+		have = 0
+		h.(interface{ Reset() }).Reset()
+	}
+	if err := f.Truncate(have); err != nil {
+		return have, err
+	}
+	p.Begin("pull "+desc.Annotations[ocispec.AnnotationTitle], desc.Size)
+	defer p.End()
+	p.Add(have)
+	w := &sparseWriter{f: f, off: have}
+	n, err := io.Copy(io.MultiWriter(w, h), &progressReader{ctx: ctx, r: io.LimitReader(rc, desc.Size-have), p: p})
+	have += n
+	if err != nil {
+		return have, fmt.Errorf("blob %s: after %d of %d bytes: %w", desc.Digest, have, desc.Size, err)
+	}
+	if have < desc.Size {
+		return have, fmt.Errorf("blob %s: the registry sent %d of %d bytes", desc.Digest, have, desc.Size)
+	}
+	// The zero chunks at the end were not written.
+	return have, f.Truncate(have)
+}
+
+// sparseWriter writes at off and on, leaving all-zero runs of chunk.Size as holes: images are
+// mostly zeros. A file cut short ends at its last non-zero chunk, and holes read as the zeros
+// they stand for, so its size is still where a resumed download picks up.
+type sparseWriter struct {
+	f   *os.File
+	off int64
+}
+
+func (w *sparseWriter) Write(p []byte) (int, error) {
+	for i := 0; i < len(p); i += chunk.Size {
+		c := p[i:min(i+chunk.Size, len(p))]
+		if bytes.Equal(c, zeros[:len(c)]) {
+			continue
+		}
+		if _, err := w.f.WriteAt(c, w.off+int64(i)); err != nil {
+			return i, err
+		}
+	}
+	w.off += int64(len(p))
+	return len(p), nil
+}
+
+var zeros = make([]byte, chunk.Size)
+
+type noProgress struct{}
+
+func (noProgress) Begin(string, int64) {}
+func (noProgress) Add(int64)           {}
+func (noProgress) End()                {}
+
+func orNone(p base.Progress) base.Progress {
+	if p == nil {
+		return noProgress{}
+	}
+	return p
+}

@@ -1,0 +1,144 @@
+package synthesis
+
+import (
+	"context"
+	"io"
+	"sync"
+	"sync/atomic"
+
+	"github.com/cloudlet/cloudlet/overlay"
+	"github.com/cloudlet/cloudlet/synthesis/origin"
+)
+
+// maxWindow bounds the prefetch window's buffer, which is allocated before its bytes arrive on
+// the word of the overlay's header: a resume end further out is simply not prefetched past it.
+const maxWindow = 96 << 20
+
+// window is an origin that streams one range ahead of the reads that need it: what a resume
+// needs, asked for as soon as the overlay's header is in (the second round trip), and read by
+// Open (the rest of the index, the device state) and the fetcher (the working set) as its bytes
+// arrive. Reads outside the range, or after the stream failed, go to the origin.
+type window struct {
+	origin.Origin
+	ctx context.Context
+	// until decides how far to prefetch, given the header's plan (0: nothing).
+	until func(overlay.Plan) int64
+
+	mu     sync.Mutex
+	start  int64
+	buf    []byte        // guarded by mu: nil until Prefetch
+	filled int           // guarded by mu
+	failed bool          // guarded by mu: the stream stopped short; read from the origin
+	moved  chan struct{} // guarded by mu: closed and replaced when filled or failed change
+
+	received atomic.Int64 // bytes that came from the origin, through the stream or not
+
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+}
+
+// BytesRead is what the window received from the origin so far: every byte a session fetched.
+func (w *window) BytesRead() int64 { return w.received.Load() }
+
+// counting wraps progress so that the bytes it reports are added to received.
+func (w *window) counting(progress func(n int)) func(n int) {
+	last := 0
+	return func(n int) {
+		w.received.Add(int64(n - last))
+		last = n
+		progress(n)
+	}
+}
+
+func newWindow(ctx context.Context, o origin.Origin, until func(overlay.Plan) int64) *window {
+	return &window{Origin: o, ctx: ctx, until: until, moved: make(chan struct{})}
+}
+
+// readerAt is what overlay.Open reads through: the window, able to prefetch.
+func (w *window) readerAt() io.ReaderAt {
+	return windowReaderAt{ReaderAt: origin.ReaderAt(w.ctx, w), w: w}
+}
+
+type windowReaderAt struct {
+	io.ReaderAt
+	w *window
+}
+
+func (r windowReaderAt) Prefetch(p overlay.Plan) { r.w.prefetch(p) }
+
+// prefetch starts the stream of [p.First, until(p)).
+func (w *window) prefetch(p overlay.Plan) {
+	end := min(w.until(p), p.First+maxWindow, w.Size())
+	if end <= p.First {
+		return
+	}
+	ctx, cancel := context.WithCancel(w.ctx)
+	w.mu.Lock()
+	w.start, w.buf, w.cancel = p.First, make([]byte, end-p.First), cancel
+	buf := w.buf
+	w.mu.Unlock()
+	w.wg.Add(1)
+	go func() {
+		defer w.wg.Done()
+		err := origin.ReadProgress(ctx, w.Origin, buf, p.First, w.counting(func(n int) { w.update(n, false) }))
+		if err != nil {
+			w.update(0, true)
+		}
+	}()
+}
+
+func (w *window) update(filled int, failed bool) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.filled = max(w.filled, filled)
+	w.failed = w.failed || failed
+	close(w.moved)
+	w.moved = make(chan struct{})
+}
+
+// Close stops the stream and waits for it, then closes the origin.
+func (w *window) Close() error {
+	w.mu.Lock()
+	cancel := w.cancel
+	w.mu.Unlock()
+	if cancel != nil {
+		cancel()
+	}
+	w.wg.Wait()
+	return w.Origin.Close()
+}
+
+func (w *window) ReadAt(ctx context.Context, p []byte, off int64) error {
+	return w.ReadAtProgress(ctx, p, off, func(int) {})
+}
+
+// ReadAtProgress serves a read that lies inside the window from the stream, as its bytes
+// arrive; any other read, or one the stream failed to serve, from the origin.
+func (w *window) ReadAtProgress(ctx context.Context, p []byte, off int64, progress func(n int)) error {
+	done := 0
+	for done < len(p) {
+		w.mu.Lock()
+		inside := w.buf != nil && off >= w.start && off+int64(len(p)) <= w.start+int64(len(w.buf)) && !w.failed
+		if !inside {
+			w.mu.Unlock()
+			from := done
+			return origin.ReadProgress(ctx, w.Origin, p[from:], off+int64(from), w.counting(func(n int) { progress(from + n) }))
+		}
+		have := min(int64(len(p)), w.start+int64(w.filled)-off)
+		if have > int64(done) {
+			copy(p[done:have], w.buf[off-w.start+int64(done):])
+			done = int(have)
+			w.mu.Unlock()
+			progress(done)
+			continue
+		}
+		moved := w.moved
+		w.mu.Unlock()
+		select {
+		case <-moved:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	return nil
+}
