@@ -4,8 +4,10 @@
 // same overlay, or the next version of the same app, then fetches only what the store lacks.
 //
 // Layout. One file per chunk, dir/ab/abcdef… (the digest in hex, fanned out by its first
-// byte), holding the chunk's bytes (4 KiB, or less for the last chunk of an image), and
-// dir/lock, the lock file of eviction. A file is the whole state of its entry: no index, no
+// byte), holding the chunk's bytes (4 KiB, or less for the last chunk of an image);
+// dir/lock, the lock file of eviction; and dir/tags/NAME, empty files by which a caller notes
+// that it stored a whole set of chunks (a synthesis: its overlay, by ID), dropped when a trim
+// evicts a chunk the set may have held (see Tag). A file is the whole state of its entry: no index, no
 // shared memory, so any number of processes (each synthesis runs in its own supervisor
 // process) can open the same directory at once.
 //

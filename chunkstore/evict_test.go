@@ -5,6 +5,7 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+	"time"
 
 	"github.com/cloudlet/cloudlet/chunk"
 )
@@ -159,5 +160,46 @@ func TestPutFails(t *testing.T) {
 	s.put(d1, data1)
 	if !s.Has(d1) {
 		t.Fatal("a put after a failed one did not store its chunk")
+	}
+}
+
+// TestTags: a tag is set once the chunks put before it are written, survives a reopen, and
+// goes when a trim evicts a chunk of its set; names that are not hex are refused.
+func TestTags(t *testing.T) {
+	dir := t.TempDir()
+	s, _ := openTest(t, dir, 2*chunk.Size)
+	since := s.now()
+	data, d := testChunk(0, chunk.Size)
+	s.Put(d, data)
+	s.Tag("ab12", since)
+	s.Tag("../evil", since)
+	if err := s.Flush(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if !s.Has(d) || !s.Tagged("ab12") {
+		t.Fatalf("after Flush: chunk there %v, tag set %v; want both", s.Has(d), s.Tagged("ab12"))
+	}
+	if s.Tagged("../evil") {
+		t.Fatal("a tag that is not hex was set")
+	}
+	if _, err := os.Stat(filepath.Join(dir, "..", "evil")); err == nil {
+		t.Fatal("a tag was written outside the store")
+	}
+	s.Close()
+	s2, _ := openTest(t, dir, 2*chunk.Size)
+	if !s2.Tagged("ab12") {
+		t.Fatal("the tag is gone after a reopen")
+	}
+	s2.now = (&fakeClock{t: time.Date(2026, 3, 1, 0, 0, 0, 0, time.UTC)}).now
+	for i := 1; i <= 2; i++ { // two newer chunks: chunk 0 is evicted
+		data, d := testChunk(i, chunk.Size)
+		s2.put(d, data)
+	}
+	s2.wg.Wait()
+	if err := s2.Trim(); err != nil {
+		t.Fatal(err)
+	}
+	if s2.Has(d) || s2.Tagged("ab12") {
+		t.Fatalf("after chunk 0's eviction: chunk there %v, tag set %v; want neither", s2.Has(d), s2.Tagged("ab12"))
 	}
 }

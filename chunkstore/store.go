@@ -65,11 +65,14 @@ type Store struct {
 // the store is a cache, and a fetch must not wait for a slow disk.
 const putQueue = 4096
 
-// putRequest is a chunk to write, or (flushed set) a marker that closes flushed once every
-// chunk queued before it is written.
+// putRequest is a chunk to write, a tag to set (tag set) once the chunks queued before it are
+// written, or (flushed set) a marker that closes flushed once every chunk queued before it is
+// written.
 type putRequest struct {
 	d       chunk.Digest
 	data    []byte
+	tag     string
+	since   time.Time
 	flushed chan struct{}
 }
 
@@ -110,11 +113,14 @@ func (s *Store) Close() error {
 func (s *Store) writer() {
 	defer close(s.written)
 	for req := range s.queue {
-		if req.flushed != nil {
+		switch {
+		case req.flushed != nil:
 			close(req.flushed)
-			continue
+		case req.tag != "":
+			s.setTag(req.tag, req.since)
+		default:
+			s.put(req.d, req.data)
 		}
-		s.put(req.d, req.data)
 	}
 }
 

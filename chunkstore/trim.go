@@ -61,6 +61,14 @@ func (s *Store) trimWith(how int) error {
 		slices.SortFunc(entries, func(a, b entry) int {
 			return cmp.Or(a.used.Compare(b.used), cmp.Compare(a.path, b.path))
 		})
+		var newest time.Time
+		defer func() {
+			if !newest.IsZero() {
+				// A set whose tag's time is up to TouchEvery after an evicted chunk's last use
+				// may have held it: puts and reads refresh a chunk only once per TouchEvery.
+				s.dropTags(newest.Add(s.touchEvery))
+			}
+		}()
 		for _, e := range entries {
 			if total <= s.maxBytes {
 				break
@@ -73,6 +81,7 @@ func (s *Store) trimWith(how int) error {
 			}
 			total -= e.size
 			s.evicted.Add(1)
+			newest = e.used
 		}
 	}
 	s.usage.Store(total)

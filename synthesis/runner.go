@@ -188,10 +188,10 @@ func (s *runner) openOverlay(ctx context.Context) error {
 }
 
 // prefetchUntil is how far the second request reads ahead once the header is in: through the
-// working set, unless a kept cache may already hold it (then only the index: the fetcher asks
-// for what is missing once it knows).
+// working set, unless a kept cache or the chunk store may already hold it (then only the
+// index: the fetcher asks for what is missing once it knows).
 func (s *runner) prefetchUntil(p overlay.Plan) int64 {
-	if cloudletfs.Kept(s.o.CacheDir) {
+	if cloudletfs.Kept(s.o.CacheDir) || HoldsOverlay(s.o.Fetch.Store, p.ID) {
 		return p.IndexEnd
 	}
 	return p.ResumeEnd

@@ -20,6 +20,11 @@ type ChunkStore interface {
 	Get(d chunk.Digest, p []byte) (n int, ok bool)
 	// Put stores a verified chunk, best effort (it may drop it); it must copy data.
 	Put(d chunk.Digest, data []byte)
+	// Tag notes, once the chunks put so far are stored, that the store holds every chunk of
+	// the overlay with this ID, all put or read since the time since; Tagged says whether it
+	// does (a hint: a chunk may be gone since).
+	Tag(id string, since time.Time)
+	Tagged(id string) bool
 }
 
 // storeState is the fetcher's pass over the chunk store. At Start, the pass goes through the
@@ -28,9 +33,12 @@ type ChunkStore interface {
 // misses still go to the origin, unless their blob is still to be looked up in the store, which
 // the pass then does first.
 type storeState struct {
-	running  bool         // guarded by Fetcher.mu: the pass is going on
-	queue    []int        // guarded by Fetcher.mu: demanded blobs for the pass to look up first
-	demanded map[int]bool // guarded by Fetcher.mu: blobs the pass holds that a demand waits for
+	since   time.Time // fixed at Start: when the pass began
+	running bool      // guarded by Fetcher.mu: the pass is going on
+	queue   []int     // guarded by Fetcher.mu: demanded blobs for the pass to look up first
+	// demanded, guarded by Fetcher.mu: blobs the pass will look up or holds now that a demand
+	// waits for; if the store lacks one, it is fetched before anything else.
+	demanded map[int]bool
 	bytes    atomic.Int64 // chunk bytes delivered from the store
 	ns       atomic.Int64 // time spent reading the store and delivering from it
 	misses   atomic.Int64 // blobs the pass looked up and had to leave to the origin
@@ -42,14 +50,39 @@ func (f *Fetcher) startStore(ctx context.Context) {
 		return
 	}
 	f.mu.Lock()
-	f.st.running, f.st.demanded = true, map[int]bool{}
+	f.st.since, f.st.running, f.st.demanded = time.Now(), true, map[int]bool{}
+	// Blobs a kept cache had already are neither read from the store nor put into it: then the
+	// store may lack them, and the overlay is not tagged as held.
+	whole := f.left == len(f.state)
 	f.mu.Unlock()
 	f.goSafe(func() {
 		if err := f.storePass(ctx); err != nil {
 			f.fail(err)
 		}
 	})
+	if whole {
+		f.goSafe(func() { f.tagWhenComplete(ctx) })
+	}
 }
+
+// tagWhenComplete tags the overlay in the store once every blob was delivered, each either
+// from the store or fetched and put there: a later synthesis of it then need not prefetch
+// the working set with the index (see HoldsOverlay).
+func (f *Fetcher) tagWhenComplete(ctx context.Context) {
+	select {
+	case <-f.complete:
+	case <-ctx.Done(): // Close: the fetch may have completed just before
+	}
+	select {
+	case <-f.complete:
+		f.opts.Store.Tag(f.r.ID(), f.st.since)
+	default:
+	}
+}
+
+// HoldsOverlay says whether store (nil: none) holds every chunk of the overlay with this ID,
+// as far as it knows: a synthesis then reads only the index before it asks the store.
+func HoldsOverlay(store ChunkStore, id string) bool { return store != nil && store.Tagged(id) }
 
 // storeBusyLocked says whether background fetching waits for the store pass.
 func (f *Fetcher) storeBusyLocked() bool { return f.st.running }

@@ -55,6 +55,7 @@ type change struct {
 // appOverlay is an overlay made of changes, in a file, and the images it makes.
 type appOverlay struct {
 	path string
+	id   string
 	size int64
 	want [][]byte
 }
@@ -109,7 +110,7 @@ func (b *appBase) overlay(t testing.TB, changes ...change) appOverlay {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return appOverlay{path: path, size: sum.Size, want: want}
+	return appOverlay{path: path, id: sum.ID, size: sum.Size, want: want}
 }
 
 // fetchResult is what one fetch of an overlay into a fresh cache did.

@@ -9,6 +9,7 @@ import (
 	"github.com/cloudlet/cloudlet/chunk"
 	"github.com/cloudlet/cloudlet/chunkstore"
 	"github.com/cloudlet/cloudlet/cloudletfs"
+	"github.com/cloudlet/cloudlet/overlay"
 )
 
 // v1 is an app: memory and disk chunks changed, part of them in the working set. v2 is the
@@ -44,8 +45,17 @@ func TestStoreSecondFetch(t *testing.T) {
 	}
 	t.Run("same overlay", func(t *testing.T) {
 		s := open(t)
+		r := newRunner(Options{CacheDir: t.TempDir(), Fetch: FetchOptions{Store: s}})
+		plan := overlay.Plan{ID: v1.id, IndexEnd: 1000, ResumeEnd: 100000}
+		if got := r.prefetchUntil(plan); got != plan.ResumeEnd {
+			t.Fatalf("before any fetch, the index read goes to %d, want the resume end %d", got, plan.ResumeEnd)
+		}
 		first := b.fetch(t, v1, s)
 		flush(t, s)
+		// The store holds the whole overlay now: a synthesis reads only the index first.
+		if got := r.prefetchUntil(plan); got != plan.IndexEnd {
+			t.Fatalf("with the overlay in the store, the index read goes to %d, want the index end %d", got, plan.IndexEnd)
+		}
 		second := b.fetch(t, v1, s)
 		t.Logf("overlay %d bytes; first fetch %d bytes, second %d (of them %d the index read), %d bytes from the store",
 			v1.size, first.fetched, second.fetched, second.prefix, second.stats.FromStoreBytes)
@@ -91,6 +101,8 @@ func (s *lyingStore) Get(d chunk.Digest, p []byte) (int, bool) {
 }
 
 func (s *lyingStore) Put(chunk.Digest, []byte) {}
+func (s *lyingStore) Tag(string, time.Time)    {}
+func (s *lyingStore) Tagged(string) bool       { return true }
 
 // TestStoreLies: a store that returns wrong bytes is never believed: every blob is fetched
 // from the origin and the images are right (fetch checks every byte).
