@@ -16,18 +16,24 @@ import (
 	"github.com/cloudlet/cloudlet/synthesis/origin"
 )
 
-// testChunkCache: two syntheses of the same overlay (the app with a 5 MB file besides, about
-// 10 MB: far more than the index read) from a shaped HTTP origin, each into a fresh cache
-// directory, with the chunk cache of the same home: the second fetches the index and hardly
-// anything else, and answers about as soon as a synthesis from a local file. TCG is noisy:
-// the times are printed, and compared only loosely.
+// testChunkCache: two syntheses of the same profiled overlay (the app with a 5 MB file
+// besides, about 10 MB: far more than its index and device state) from a shaped HTTP origin,
+// each into a fresh cache directory, with the chunk cache of the same home: the second fetches
+// what precedes the blobs and nothing else (not even the working set, which a first synthesis
+// asks for with the index), and answers about as soon as a synthesis from a local file. TCG is
+// noisy: the times are printed, and compared only loosely.
 func testChunkCache(t *testing.T, ctx context.Context, home, id string) {
-	data := bulkyOverlay(t, ctx, home, id)
 	dir := t.TempDir()
-	file, applied := filepath.Join(dir, "bulky.overlay"), filepath.Join(dir, "applied")
-	if err := os.WriteFile(file, data, 0o600); err != nil {
+	bulky, file, applied := filepath.Join(dir, "bulky.overlay"), filepath.Join(dir, "profiled.overlay"), filepath.Join(dir, "applied")
+	if err := os.WriteFile(bulky, bulkyOverlay(t, ctx, home, id), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	port := testguest.FreePort(t)
+	if r := run(t, ctx, home, "overlay", "profile", bulky, "--base", id, "-o", file,
+		"--hostfwd", fmt.Sprintf("tcp:127.0.0.1:%d-:8080", port), "--probe", fmt.Sprintf("http://127.0.0.1:%d/", port), "--tail", "200ms"); r.code != 0 {
+		t.Fatalf("overlay profile: exit %d\n%s", r.code, r.stderr)
+	}
+	data := mustRead(t, file)
 	if r := run(t, ctx, home, "overlay", "apply", file, "--base", id, "--out", applied); r.code != 0 {
 		t.Fatalf("overlay apply: %s", r.stderr)
 	}
