@@ -38,6 +38,8 @@ type Config struct {
 	// Log receives what Open finds wrong in a reused cache (see ImageConfig.Expected); nil
 	// logs to stderr.
 	Log *log.Logger
+	// Files are served read-only at the mount's root, beside the images (see File).
+	Files []File
 }
 
 // FS is the set of images behind one mount, with their event streams.
@@ -81,6 +83,10 @@ func Open(cfg Config) (*FS, error) {
 	if err := unix.Flock(int(lock.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
 		lock.Close()
 		return nil, fmt.Errorf("cloudletfs cache %s is in use by another mount", cfg.Dir)
+	}
+	if err := checkFiles(cfg.Files, cfg.Images); err != nil {
+		lock.Close()
+		return nil, err
 	}
 	f := &FS{cfg: cfg, byName: map[string]*Image{}, ev: newStreams(), lock: lock, start: time.Now()}
 	if err := f.checkIdentity(); err != nil {

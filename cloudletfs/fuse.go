@@ -19,6 +19,8 @@ type rootNode struct {
 	fsys *FS
 	log  *log.Logger
 	own  owners
+	// readOnly refuses writes to the images here too, not only in the kernel (a ro mount).
+	readOnly bool
 }
 
 var (
@@ -45,10 +47,13 @@ func (r *rootNode) OnAdd(ctx context.Context) {
 	for _, img := range r.fsys.images {
 		d := dir(r.own.images)
 		r.AddChild(img.name, d, false)
-		d.AddChild("image", r.NewPersistentInode(ctx, &imageNode{img: img, log: r.log, owner: r.own.images}, fs.StableAttr{Mode: fuse.S_IFREG}), false)
+		d.AddChild("image", r.NewPersistentInode(ctx, &imageNode{img: img, log: r.log, owner: r.own.images, readOnly: r.readOnly}, fs.StableAttr{Mode: fuse.S_IFREG}), false)
 		stats.AddChild(img.name, pseudo(func() fs.FileHandle {
 			return &bytesHandle{b: []byte(img.Stats().String())}
 		}), false)
+	}
+	for _, file := range r.fsys.cfg.Files {
+		r.AddChild(file.Name, r.NewPersistentInode(ctx, &fileNode{data: file.Data, owner: r.own.images}, fs.StableAttr{Mode: fuse.S_IFREG}), false)
 	}
 	for k, name := range streamNames {
 		streamsDir.AddChild(name, pseudo(func() fs.FileHandle {
@@ -85,9 +90,10 @@ func (n *dirNode) Getattr(ctx context.Context, f fs.FileHandle, out *fuse.AttrOu
 // constant attributes, so QEMU can mmap it (shared or private).
 type imageNode struct {
 	fs.Inode
-	img   *Image
-	log   *log.Logger
-	owner User
+	img      *Image
+	log      *log.Logger
+	owner    User
+	readOnly bool
 }
 
 var (
@@ -118,6 +124,9 @@ func (n *imageNode) Setattr(ctx context.Context, f fs.FileHandle, in *fuse.SetAt
 }
 
 func (n *imageNode) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, syscall.Errno) {
+	if n.readOnly && flags&(syscall.O_WRONLY|syscall.O_RDWR) != 0 {
+		return nil, 0, syscall.EROFS
+	}
 	// KEEP_CACHE: the bytes behind a page never change except through this mount, so the
 	// kernel may keep what it has read across opens.
 	return nil, fuse.FOPEN_KEEP_CACHE, 0
@@ -132,6 +141,9 @@ func (n *imageNode) Read(ctx context.Context, f fs.FileHandle, dest []byte, off 
 }
 
 func (n *imageNode) Write(ctx context.Context, f fs.FileHandle, data []byte, off int64) (uint32, syscall.Errno) {
+	if n.readOnly {
+		return 0, syscall.EROFS
+	}
 	got, err := n.img.WriteAt(ctx, data, off)
 	if err != nil {
 		return 0, toErrno(n.log, err)

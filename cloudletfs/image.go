@@ -48,6 +48,7 @@ type Image struct {
 	touched  []uint64                // guarded by mu: bitset, overlay chunks touched (stats)
 	dirty    []dirtyChunk            // guarded by mu: cached but not yet durable in presence
 	closed   bool                    // guarded by mu
+	failed   error                   // guarded by mu: set by Fail; pending chunks never come
 }
 
 // dirtyChunk is a chunk whose bytes reached the cache file with the given state, not yet
@@ -65,6 +66,7 @@ type imageStats struct {
 	demandMisses              atomic.Int64
 	stallNanos                atomic.Int64
 	present                   atomic.Int64 // chunks whose bytes are in the cache
+	pending                   atomic.Int64 // chunks still to come from the overlay
 	overlayTouched            atomic.Int64
 	overlayMissed             atomic.Int64
 }
@@ -108,6 +110,11 @@ func (img *Image) waitReadable(ctx context.Context, first, last int64) error {
 			img.touchLocked(c, s == StatePending || s == stateBusy)
 			if s != StatePending && s != stateBusy {
 				continue
+			}
+			if err := img.failedLocked(c); err != nil {
+				img.mu.Unlock()
+				img.noteStall(stalled)
+				return err
 			}
 			ch, ok := img.waiters[c]
 			if !ok {
@@ -256,6 +263,9 @@ func (img *Image) Deliver(c int64, data []byte) error {
 // sets state to, queues the chunk for Sync if cached, and wakes its waiters.
 func (img *Image) setLocked(c int64, from, to State) {
 	img.state[c] = to
+	if from == StatePending && to != StatePending {
+		img.stats.pending.Add(-1)
+	}
 	if to.cached() {
 		img.dirty = append(img.dirty, dirtyChunk{c, to})
 		if !from.cached() {

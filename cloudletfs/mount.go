@@ -34,6 +34,9 @@ type MountOptions struct {
 	// User, if set, is the one other user that may open the images (QEMU's, when it runs as
 	// another user than this process). Nil exposes them to this process's user only.
 	User *User
+	// ReadOnly mounts read-only, for inspection: every write and every open for writing
+	// fails with EROFS, so nothing reaches the cache.
+	ReadOnly bool
 	// Log receives unexpected I/O errors and warnings; nil logs to stderr.
 	Log   *log.Logger
 	Debug bool
@@ -86,7 +89,11 @@ func (fsys *FS) Mount(dir string, opts MountOptions) (*Mount, error) {
 		}
 	}
 	timeout := attrTimeout
-	root := &rootNode{fsys: fsys, log: opts.Log, own: own}
+	root := &rootNode{fsys: fsys, log: opts.Log, own: own, readOnly: opts.ReadOnly}
+	options := []string{"default_permissions"}
+	if opts.ReadOnly {
+		options = append(options, "ro")
+	}
 	// As root, go-fuse mounts with mount(2) and opens /dev/fuse without O_CLOEXEC. A child
 	// started meanwhile (QEMU!) would inherit the device: if we then die, the connection
 	// stays alive with nobody serving it, and that child hangs forever in its exit, flushing
@@ -113,7 +120,7 @@ func (fsys *FS) Mount(dir string, opts MountOptions) (*Mount, error) {
 			DirectMountStrict:        direct,
 			// The kernel checks the modes and owners of the nodes (see access.go); other
 			// users get in at all only when one of them is to open the images.
-			Options:    []string{"default_permissions"},
+			Options:    options,
 			AllowOther: own.other,
 			Debug:      opts.Debug,
 		},

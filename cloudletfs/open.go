@@ -81,6 +81,9 @@ func openImage(cfg ImageConfig, fc *Config, ev *streams) (_ *Image, err error) {
 		if img.state[i].cached() {
 			img.stats.present.Add(1)
 		}
+		if img.state[i] == StatePending {
+			img.stats.pending.Add(1)
+		}
 	}
 	if err := img.presence.forget(discard); err != nil {
 		return nil, fmt.Errorf("image %s: %w", cfg.Name, err)

@@ -187,11 +187,9 @@ func (r *Reader) Blob(i uint32) ([]byte, error) {
 // instance as part of one larger range request).
 func (r *Reader) DecodeBlob(i uint32, z []byte) ([]byte, error) {
 	b := r.Index.Blobs[i]
-	raw, err := r.decode(fmt.Sprintf("blob %d", i), b, z)
-	if err == nil {
-		r.blobs.Set(i, raw, int64(len(raw)))
-	}
-	return raw, err
+	// Not cached: its caller (the fetcher) delivers the chunks and has no use for the blob
+	// again, and 64 MiB of decoded blobs was most of a synthesis's memory.
+	return r.decode(fmt.Sprintf("blob %d", i), b, z)
 }
 
 func (r *Reader) readBlob(what string, b Blob) ([]byte, error) {

@@ -155,7 +155,8 @@ func (f *Fetcher) Start(ctx context.Context, fs *cloudletfs.FS) {
 		have := len(users) > 0
 		for _, e := range users {
 			c := ix.Chunks[e]
-			if fs.Image(ix.Images[c.Image].Name).State(c.Index) != cloudletfs.StatePresent {
+			// A modified chunk is the VM's own (a mount keeps its writes): nothing to fetch.
+			if st := fs.Image(ix.Images[c.Image].Name).State(c.Index); st != cloudletfs.StatePresent && st != cloudletfs.StateModified {
 				have = false
 				break
 			}

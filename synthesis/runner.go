@@ -8,7 +8,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/cloudlet/cloudlet/base"
 	"github.com/cloudlet/cloudlet/cloudletfs"
 	"github.com/cloudlet/cloudlet/overlay"
 	"github.com/cloudlet/cloudlet/synthesis/origin"
@@ -164,18 +163,13 @@ func (s *runner) openOverlay(ctx context.Context) error {
 		}
 		s.origin = src
 	}
-	w := newWindow(ctx, s.origin, s.prefetchUntil)
-	s.origin, s.window = w, w
-	s.onClose(func() { w.Close() })
-	r, err := overlay.Open(w.readerAt(), s.origin.Size(), ExpectFor(s.o.Base))
+	w, r, err := openWindowed(ctx, s.origin, s.o.Base, s.o.CacheDir, s.o.Fetch.Store)
 	if err != nil {
-		return fmt.Errorf("%s: %w", s.origin, err)
-	}
-	s.reader = r
-	s.onClose(func() { r.Close() })
-	if err := CheckOverlay(r, s.o.Base); err != nil {
 		return err
 	}
+	s.origin, s.window, s.reader = w, w, r
+	s.onClose(func() { w.Close() })
+	s.onClose(func() { r.Close() })
 	dev, err := r.Devstate()
 	if err != nil {
 		return fmt.Errorf("%s: %w", s.origin, err)
@@ -185,16 +179,6 @@ func (s *runner) openOverlay(ctx context.Context) error {
 	}
 	s.devPath = filepath.Join(s.o.CacheDir, "devstate")
 	return os.WriteFile(s.devPath, dev, 0o600)
-}
-
-// prefetchUntil is how far the second request reads ahead once the header is in: through the
-// working set, unless a kept cache or the chunk store may already hold it (then only the
-// index: the fetcher asks for what is missing once it knows).
-func (s *runner) prefetchUntil(p overlay.Plan) int64 {
-	if cloudletfs.Kept(s.o.CacheDir) || HoldsOverlay(s.o.Fetch.Store, p.ID) {
-		return p.IndexEnd
-	}
-	return p.ResumeEnd
 }
 
 // startFetcher makes the fetcher over the overlay and the base's images; it starts fetching
@@ -215,23 +199,9 @@ func (s *runner) startFetcher() error {
 // cacheConfig is the cloudletfs configuration of this session's cache: the base's images
 // under the overlay's plans, with misses sent to the fetcher.
 func (s *runner) cacheConfig() cloudletfs.Config {
-	b, r := s.o.Base, s.reader
-	plans := Plans(r.Index)
-	cfg := cloudletfs.Config{
-		Dir:             s.o.CacheDir,
-		Identity:        "synthesis " + r.ID(),
-		DiscardModified: true,
-		Demander:        s.fetcher,
-		Images: []cloudletfs.ImageConfig{
-			{Name: "disk", Size: r.Index.Images[0].Size, Base: b.Path(base.DiskFile), Plan: plans[0]},
-			{Name: "memory", Size: r.Index.Images[1].Size, Base: b.Path(base.MemoryFile), Plan: plans[1]},
-		},
-	}
-	// A reused cache's present chunks are checked against the index's digests when it is
-	// opened: a mismatch is fetched again, never served.
-	for i, expected := range ExpectedDigests(r.Index) {
-		cfg.Images[i].Expected = expected
-	}
+	cfg := CacheConfig(s.o.Base, s.reader, s.o.CacheDir, s.fetcher)
+	cfg.Identity = "synthesis " + s.reader.ID()
+	cfg.DiscardModified = true
 	return cfg
 }
 

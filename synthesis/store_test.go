@@ -45,15 +45,15 @@ func TestStoreSecondFetch(t *testing.T) {
 	}
 	t.Run("same overlay", func(t *testing.T) {
 		s := open(t)
-		r := newRunner(Options{CacheDir: t.TempDir(), Fetch: FetchOptions{Store: s}})
+		until := prefetchUntil(t.TempDir(), s)
 		plan := overlay.Plan{ID: v1.id, IndexEnd: 1000, ResumeEnd: 100000}
-		if got := r.prefetchUntil(plan); got != plan.ResumeEnd {
+		if got := until(plan); got != plan.ResumeEnd {
 			t.Fatalf("before any fetch, the index read goes to %d, want the resume end %d", got, plan.ResumeEnd)
 		}
 		first := b.fetch(t, v1, s)
 		flush(t, s)
 		// The store holds the whole overlay now: a synthesis reads only the index first.
-		if got := r.prefetchUntil(plan); got != plan.IndexEnd {
+		if got := until(plan); got != plan.IndexEnd {
 			t.Fatalf("with the overlay in the store, the index read goes to %d, want the index end %d", got, plan.IndexEnd)
 		}
 		second := b.fetch(t, v1, s)

@@ -28,6 +28,7 @@ type window struct {
 	start  int64
 	buf    []byte        // guarded by mu: nil until Prefetch
 	filled int           // guarded by mu
+	served int           // guarded by mu: bytes copied out of buf
 	failed bool          // guarded by mu: the stream stopped short; read from the origin
 	moved  chan struct{} // guarded by mu: closed and replaced when filled or failed change
 
@@ -87,6 +88,16 @@ func (w *window) prefetch(p overlay.Plan) {
 	}()
 }
 
+// releaseLocked drops the buffer once the stream is in and as many bytes were read out of it
+// as it holds: each byte is read once (the index and device state by Open, each blob by the
+// fetcher), so the rest of a session does not carry the working set twice, once in the cache
+// and once here. A read that comes later anyway goes to the origin.
+func (w *window) releaseLocked() {
+	if w.filled == len(w.buf) && w.served >= len(w.buf) {
+		w.buf = nil
+	}
+}
+
 func (w *window) update(filled int, failed bool) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
@@ -127,7 +138,9 @@ func (w *window) ReadAtProgress(ctx context.Context, p []byte, off int64, progre
 		have := min(int64(len(p)), w.start+int64(w.filled)-off)
 		if have > int64(done) {
 			copy(p[done:have], w.buf[off-w.start+int64(done):])
+			w.served += int(have) - done
 			done = int(have)
+			w.releaseLocked()
 			w.mu.Unlock()
 			progress(done)
 			continue

@@ -185,6 +185,28 @@ func (p *qemuProcess) release() {
 // buildArgs is the whole QEMU command line. Everything that shapes guest-visible state comes
 // from Config and the fixed device model, so a boot and a later resume match.
 func buildArgs(opts Options, accel Accel, runDir string, incoming bool) []string {
+	args := vmArgs(opts, accel,
+		"socket,id=serial0,path="+filepath.Join(runDir, "serial.sock")+",server=on,wait=off",
+		"socket,id=qmp,path="+filepath.Join(runDir, "qmp.sock")+",server=on,wait=off")
+	if opts.VNC != "" {
+		args = append(args, "-vnc", opts.VNC)
+	} else {
+		args = append(args, "-display", "none")
+	}
+	if incoming {
+		args = append(args, "-incoming", "defer")
+	} else {
+		// Start paused so the console is attached before the guest prints anything.
+		args = append(args, "-S")
+	}
+	return args
+}
+
+// vmArgs is the VM itself: machine, CPUs, RAM, boot files and devices, with the serial port
+// and the QMP monitor on the chardevs serial (id serial0) and monitor (id qmp), given as
+// -chardev values. The driver's command line and a stock resume (StockResume) both start
+// from it, so they cannot drift apart.
+func vmArgs(opts Options, accel Accel, serial, monitor string) []string {
 	c := opts.Config
 	args := []string{
 		"-nodefaults", "-no-user-config",
@@ -202,24 +224,12 @@ func buildArgs(opts Options, accel Accel, runDir string, incoming bool) []string
 		}
 	}
 	args = append(args, guestArgs(opts)...)
-	args = append(args,
-		"-chardev", "socket,id=serial0,path="+filepath.Join(runDir, "serial.sock")+",server=on,wait=off",
+	return append(args,
+		"-chardev", serial,
 		"-device", "isa-serial,chardev=serial0",
-		"-chardev", "socket,id=qmp,path="+filepath.Join(runDir, "qmp.sock")+",server=on,wait=off",
+		"-chardev", monitor,
 		"-mon", "chardev=qmp,mode=control",
 	)
-	if opts.VNC != "" {
-		args = append(args, "-vnc", opts.VNC)
-	} else {
-		args = append(args, "-display", "none")
-	}
-	if incoming {
-		args = append(args, "-incoming", "defer")
-	} else {
-		// Start paused so the console is attached before the guest prints anything.
-		args = append(args, "-S")
-	}
-	return args
 }
 
 // qemuEscape doubles commas, QEMU's escape inside option values.

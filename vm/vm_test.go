@@ -213,6 +213,7 @@ func TestBootSnapshotResume(t *testing.T) {
 		}
 	}
 
+	stockResume(t, ctx, opts, devstate, port)
 	checkMismatch(t, ctx, opts, devstate)
 }
 
