@@ -124,6 +124,12 @@ type fetchResult struct {
 // started, if given, runs once the fetcher has started.
 func (b *appBase) fetch(t testing.TB, ov appOverlay, store ChunkStore, started ...func(*cloudletfs.FS)) fetchResult {
 	t.Helper()
+	return b.fetchInto(t, ov, store, t.TempDir(), started...)
+}
+
+// fetchInto is fetch into the cache directory dir, which may be kept from an earlier fetch.
+func (b *appBase) fetchInto(t testing.TB, ov appOverlay, store ChunkStore, dir string, started ...func(*cloudletfs.FS)) fetchResult {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	src, err := origin.Open(ctx, ov.path, origin.HTTPOptions{})
@@ -137,7 +143,7 @@ func (b *appBase) fetch(t testing.TB, ov appOverlay, store ChunkStore, started .
 	}
 	defer r.Close()
 	var baseImgs []io.ReaderAt
-	cfg := cloudletfs.Config{Dir: t.TempDir(), Identity: "test " + r.ID()}
+	cfg := cloudletfs.Config{Dir: dir, Identity: "test " + r.ID()}
 	plans := Plans(r.Index)
 	for i, im := range b.images {
 		f, err := os.Open(filepath.Join(b.dir, im.Name))

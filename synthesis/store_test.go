@@ -166,3 +166,36 @@ func TestStoreDemandFirst(t *testing.T) {
 		t.Fatalf("the read waited %v, more than half the store pass (%.2f s): it was not served first", waited, got.stats.StoreSec)
 	}
 }
+
+// TestStoreTagsWholeOverlays: a fetch that took every blob from the store or put it there tags
+// the overlay as held; one into a kept cache that had blobs already (neither read from the
+// store nor put there) does not, since the store may lack them.
+func TestStoreTagsWholeOverlays(t *testing.T) {
+	b := newAppBase(t)
+	v1 := b.overlay(t, appV1...)
+	tests := []struct {
+		name string
+		kept bool // the cache holds the overlay already, from a fetch without the store
+		want bool
+	}{{"fresh cache", false, true}, {"kept cache", true, false}}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			s, err := chunkstore.Open(t.TempDir(), 1<<30)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer s.Close()
+			dir := t.TempDir()
+			if tt.kept {
+				b.fetchInto(t, v1, nil, dir)
+			}
+			b.fetchInto(t, v1, s, dir)
+			if err := s.Flush(context.Background()); err != nil {
+				t.Fatal(err)
+			}
+			if got := s.Tagged(v1.id); got != tt.want {
+				t.Fatalf("overlay tagged as held: %v, want %v", got, tt.want)
+			}
+		})
+	}
+}
