@@ -39,6 +39,7 @@ type storeState struct {
 	// demanded, guarded by Fetcher.mu: blobs the pass will look up or holds now that a demand
 	// waits for; if the store lacks one, it is fetched before anything else.
 	demanded map[int]bool
+	missed   []bool // guarded by Fetcher.mu: blobs the pass looked up and left to the origin
 	bytes    atomic.Int64 // chunk bytes delivered from the store
 	ns       atomic.Int64 // time spent reading the store and delivering from it
 	misses   atomic.Int64 // blobs the pass looked up and had to leave to the origin
@@ -51,6 +52,7 @@ func (f *Fetcher) startStore(ctx context.Context) {
 	}
 	f.mu.Lock()
 	f.st.since, f.st.running, f.st.demanded = time.Now(), true, map[int]bool{}
+	f.st.missed = make([]bool, len(f.state))
 	// Blobs a kept cache had already are neither read from the store nor put into it: then the
 	// store may lack them, and the overlay is not tagged as held.
 	whole := f.left == len(f.state)
@@ -95,6 +97,9 @@ func (f *Fetcher) demandStoreLocked(b int) bool {
 	}
 	switch f.state[b] {
 	case blobWaiting:
+		if f.st.missed[b] {
+			return false // looked up already: the store lacks a chunk of it
+		}
 		f.st.queue = append(f.st.queue, b)
 		f.st.demanded[b] = true
 		return true
@@ -130,6 +135,7 @@ func (f *Fetcher) storePass(ctx context.Context) error {
 			f.left--
 		} else {
 			f.st.misses.Add(1)
+			f.st.missed[b] = true
 			f.state[b] = blobWaiting
 			if f.st.demanded[b] {
 				f.urgent = append(f.urgent, uint32(b))
