@@ -39,7 +39,7 @@ type storeState struct {
 	// demanded, guarded by Fetcher.mu: blobs the pass will look up or holds now that a demand
 	// waits for; if the store lacks one, it is fetched before anything else.
 	demanded map[int]bool
-	missed   []bool // guarded by Fetcher.mu: blobs the pass looked up and left to the origin
+	missed   []bool       // guarded by Fetcher.mu: blobs the pass looked up and left to the origin
 	bytes    atomic.Int64 // chunk bytes delivered from the store
 	ns       atomic.Int64 // time spent reading the store and delivering from it
 	misses   atomic.Int64 // blobs the pass looked up and had to leave to the origin

@@ -137,8 +137,8 @@ func coverage(ctx context.Context, b *base.Base, file string, chunks *chunkstore
 
 type result struct {
 	size, fetched, head int64 // head: the bytes before the first blob
-	stats                 synthesis.FetchStats
-	took                  time.Duration
+	stats               synthesis.FetchStats
+	took                time.Duration
 }
 
 // fetch fetches the overlay into a fresh cloudletfs cache (not mounted) until it is complete.
