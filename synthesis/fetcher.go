@@ -28,6 +28,8 @@ type FetchOptions struct {
 	// Bulk streams the whole overlay in prefetch order from the start, without pausing for
 	// demand misses: for a VM that waits for all of it anyway (download-first).
 	Bulk bool
+	// Store, if set, supplies the blobs whose chunks it has, and takes every chunk fetched.
+	Store ChunkStore
 }
 
 // backgroundRun is the most a background range request asks for while the VM is served
@@ -73,6 +75,7 @@ type Fetcher struct {
 	// requests, decoding blobs (blob digest and decompression), checking chunk digests, and
 	// writing chunks into cloudletfs.
 	requests, requestNs, decodeNs, verifyNs, writeNs atomic.Int64
+	st                                               storeState // the chunk store's part
 
 	mu       sync.Mutex
 	state    []uint8  // guarded by mu: per blob
@@ -165,6 +168,7 @@ func (f *Fetcher) Start(ctx context.Context, fs *cloudletfs.FS) {
 	}
 	f.mu.Unlock()
 	ctx, f.cancel = context.WithCancel(ctx)
+	f.startStore(ctx)
 	f.goSafe(func() {
 		if err := f.deliverBaseRefs(ctx); err != nil {
 			f.fail(err)
@@ -227,13 +231,20 @@ type FetchStats struct {
 	DecodeSec  float64 `json:"decode_s"`  // blob digests and decompression
 	VerifySec  float64 `json:"verify_s"`  // chunk digests
 	WriteSec   float64 `json:"write_s"`   // chunks into cloudletfs's cache
+	// FromStoreBytes are chunk bytes taken from the chunk store instead of the origin, in
+	// StoreSec; StoreMissBlobs are blobs looked up there and fetched.
+	FromStoreBytes int64   `json:"from_store_bytes,omitempty"`
+	StoreSec       float64 `json:"store_s,omitempty"`
+	StoreMissBlobs int64   `json:"store_miss_blobs,omitempty"`
 }
 
 // Stats is where the fetcher's time went so far.
 func (f *Fetcher) Stats() FetchStats {
 	sec := func(a *atomic.Int64) float64 { return time.Duration(a.Load()).Seconds() }
-	return FetchStats{Requests: f.requests.Load(), RequestSec: sec(&f.requestNs), DecodeSec: sec(&f.decodeNs),
+	st := FetchStats{Requests: f.requests.Load(), RequestSec: sec(&f.requestNs), DecodeSec: sec(&f.decodeNs),
 		VerifySec: sec(&f.verifyNs), WriteSec: sec(&f.writeNs)}
+	f.storeStats(&st)
+	return st
 }
 
 // Demand puts the blob holding a demanded chunk at the front of the queue.
@@ -251,7 +262,7 @@ func (f *Fetcher) Demand(image string, c int64, prio cloudletfs.Priority) {
 		return // base references are delivered from local disk right at the start
 	}
 	f.mu.Lock()
-	if f.state[ch.Blob] == blobWaiting {
+	if !f.demandStoreLocked(int(ch.Blob)) && f.state[ch.Blob] == blobWaiting {
 		f.urgent = append(f.urgent, ch.Blob)
 	}
 	f.mu.Unlock()
@@ -278,8 +289,9 @@ func (f *Fetcher) pickLocked() (first, end int, background, ok bool) {
 			return b, b + 1, false, true
 		}
 	}
-	if f.bgRuns > 1 || f.bgRuns == 1 && !f.bgTail || f.demands > 0 && !f.bulk {
+	if f.bgRuns > 1 || f.bgRuns == 1 && !f.bgTail || f.demands > 0 && !f.bulk || f.storeBusyLocked() {
 		// bgTail is set only by runs that stream (see worker): others run one at a time.
+		// While the store pass runs, a range request would fetch what the store has.
 		return 0, 0, false, false
 	}
 	for f.next < len(f.state) && f.state[f.next] != blobWaiting {
@@ -496,6 +508,7 @@ func (f *Fetcher) deliverBlob(b uint32, raw []byte) error {
 		}
 	}
 	t = f.lap(&f.verifyNs, t)
+	f.storePut(b, data)
 	for _, e := range f.users[b] {
 		c := ix.Chunks[e]
 		if err := f.fs.Deliver(ix.Images[c.Image].Name, c.Index, data(c)); err != nil {

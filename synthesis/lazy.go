@@ -19,15 +19,15 @@ import (
 // close (which closes src); on error, src is closed. cacheDir is the cache the overlay is to
 // be fetched into: one that is kept may hold the working set already.
 func OpenOverlay(ctx context.Context, src origin.Origin, b *base.Base, cacheDir string) (origin.Origin, *overlay.Reader, error) {
-	w, r, err := openWindowed(ctx, src, b, cacheDir)
+	w, r, err := openWindowed(ctx, src, b, cacheDir, nil)
 	if err != nil {
 		return nil, nil, err
 	}
 	return w, r, nil
 }
 
-func openWindowed(ctx context.Context, src origin.Origin, b *base.Base, cacheDir string) (*window, *overlay.Reader, error) {
-	w := newWindow(ctx, src, prefetchUntil(cacheDir))
+func openWindowed(ctx context.Context, src origin.Origin, b *base.Base, cacheDir string, store ChunkStore) (*window, *overlay.Reader, error) {
+	w := newWindow(ctx, src, prefetchUntil(cacheDir, store))
 	r, err := overlay.Open(w.readerAt(), w.Size(), ExpectFor(b))
 	if err != nil {
 		w.Close()
@@ -42,11 +42,11 @@ func openWindowed(ctx context.Context, src origin.Origin, b *base.Base, cacheDir
 }
 
 // prefetchUntil is how far the second request reads ahead once the header is in: through the
-// working set, unless a kept cache in cacheDir may already hold it (then only the index: the
-// fetcher asks for what is missing once it knows).
-func prefetchUntil(cacheDir string) func(overlay.Plan) int64 {
+// working set, unless a kept cache in cacheDir or the chunk store (nil: none) may already hold
+// it (then only the index: the fetcher asks for what is missing once it knows).
+func prefetchUntil(cacheDir string, store ChunkStore) func(overlay.Plan) int64 {
 	return func(p overlay.Plan) int64 {
-		if cloudletfs.Kept(cacheDir) {
+		if cloudletfs.Kept(cacheDir) || HoldsOverlay(store, p.ID) {
 			return p.IndexEnd
 		}
 		return p.ResumeEnd

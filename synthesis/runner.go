@@ -163,7 +163,7 @@ func (s *runner) openOverlay(ctx context.Context) error {
 		}
 		s.origin = src
 	}
-	w, r, err := openWindowed(ctx, s.origin, s.o.Base, s.o.CacheDir)
+	w, r, err := openWindowed(ctx, s.origin, s.o.Base, s.o.CacheDir, s.o.Fetch.Store)
 	if err != nil {
 		return err
 	}

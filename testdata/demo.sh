@@ -39,7 +39,8 @@ synth() { # name url flags...
 	echo
 	echo "== cloudlet synthesis: $name"
 	port=$(free_port)
-	"$cloudlet" synthesis "$id" "$url" "$@" --hostfwd "tcp:127.0.0.1:$port-:8080" \
+	# --chunk-cache-size 0: the three runs share chunks, and each must fetch them to compare.
+	"$cloudlet" synthesis "$id" "$url" "$@" --chunk-cache-size 0 --hostfwd "tcp:127.0.0.1:$port-:8080" \
 		--probe "http://127.0.0.1:$port/" --exit-when-complete 2>/dev/null | tee "$work/$name.txt"
 }
 synth profiled "$profiled"

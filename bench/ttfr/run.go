@@ -43,7 +43,9 @@ func synthesise(ctx context.Context, o options, j job) (sample, error) {
 	if err != nil {
 		return s, err
 	}
-	args := []string{"--json", "synthesis", o.base, j.source, "--exit-when-complete",
+	// Without the shared chunk cache: each run must fetch the overlay, as a first synthesis
+	// on a cloudlet does.
+	args := []string{"--json", "synthesis", o.base, j.source, "--exit-when-complete", "--chunk-cache-size", "0",
 		"--hostfwd", fmt.Sprintf("tcp:127.0.0.1:%d-:%d", hostPort, o.port),
 		"--probe", fmt.Sprintf("http://127.0.0.1:%d%s", hostPort, o.path),
 		"--probe-timeout", j.probeTimeout(o.overlayBytes).String()}
@@ -129,7 +131,8 @@ func readTimeline(out io.Reader, s *sample, servedSince func() int64) []string {
 // forgets what the VM wrote, and those come again from the local file.
 func prepareLocal(ctx context.Context, o options, work string) (string, error) {
 	cache := filepath.Join(work, "local-cache")
-	cmd := exec.CommandContext(ctx, o.cloudlet, "synthesis", o.base, o.profiled, "--no-early-start", "--exit-when-complete", "--cache", cache)
+	cmd := exec.CommandContext(ctx, o.cloudlet, "synthesis", o.base, o.profiled, "--no-early-start", "--exit-when-complete", "--cache", cache,
+		"--chunk-cache-size", "0")
 	cmd.Env = append(os.Environ(), "CLOUDLET_HOME="+o.home)
 	if out, err := cmd.CombinedOutput(); err != nil {
 		return "", fmt.Errorf("local: fill the cache: %w: %s", err, out)

@@ -44,6 +44,7 @@ func serveCommand() *cli.Command {
 			&cli.StringFlag{Name: "accel", Value: "auto", Usage: "accelerator for the VMs: auto, kvm or tcg"},
 			&cli.StringFlag{Name: "docker-config", Usage: "docker config file with the credentials for oci:// references (default: this user's)"},
 			&cli.BoolFlag{Name: "plain-http", Usage: "read oci:// references over plain HTTP (only registries on a network you trust)"},
+			chunkCacheFlag(),
 		}, driverFlags()...),
 		Action: runServe,
 	}
@@ -86,6 +87,13 @@ func runServe(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
+	chunks, err := openChunkCache(c, store.Home())
+	if err != nil {
+		return err
+	}
+	if chunks != nil {
+		defer chunks.Close()
+	}
 	tokens, err := serveTokens(c, stderr)
 	if err != nil {
 		return err
@@ -94,7 +102,7 @@ func runServe(c *cli.Context) error {
 	srv := api.NewServer(ctx, api.ServerOptions{Store: store, ForwardHost: host, Tokens: tokens, AllowOrigins: allow,
 		HTTP:        origin.HTTPOptions{OCI: origin.OCIOptions{Registry: registry.Options{PlainHTTP: c.Bool("plain-http"), DockerConfig: c.String("docker-config")}}},
 		MaxSessions: c.Int("max-sessions"), MaxUpload: maxUpload, MaxOverlay: maxOverlay, UploadIdle: c.Duration("upload-idle"), VM: vmo, Log: logger,
-		Sessions: sessionsDir(store), StartSupervisor: supervisorStarter(store), StopOnExit: c.Bool("stop-sessions-on-exit")})
+		Sessions: sessionsDir(store), StartSupervisor: supervisorStarter(store), StopOnExit: c.Bool("stop-sessions-on-exit"), Chunks: chunks})
 	l, err := net.Listen("tcp", c.String("listen"))
 	if err != nil {
 		return err

@@ -40,6 +40,7 @@ func synthesisCommand() *cli.Command {
 			&cli.BoolFlag{Name: "detach", Usage: "keep running in the background once the VM has resumed (and the probe answered); prints its PID and log"},
 			&cli.BoolFlag{Name: "pull-base", Usage: "oci:// only: pull the base from the overlay's subject if it is not here"},
 			&cli.BoolFlag{Name: "oci-full-download", Usage: "oci:// only: if the registry does not answer range requests, download the whole overlay before resuming"},
+			chunkCacheFlag(),
 		}, append(registryFlags(), runFlags()...)...),
 		Action: func(c *cli.Context) error {
 			if c.NArg() != 2 {
@@ -101,6 +102,14 @@ func runSynthesis(c *cli.Context) error {
 		EarlyStart: !c.Bool("no-early-start"), Probe: pr, ProbeTimeout: c.Duration("probe-timeout"),
 		ExitWhenComplete: c.Bool("exit-when-complete"),
 	}
+	chunks, err := openChunkCache(c, g.home)
+	if err != nil {
+		return err
+	}
+	if chunks != nil {
+		defer chunks.Close()
+		o.Fetch.Store = chunks
+	}
 	closeLog, err := run.apply(&o.VM, stderr)
 	if err != nil {
 		return err
@@ -112,6 +121,9 @@ func runSynthesis(c *cli.Context) error {
 			return
 		}
 		line := fmt.Sprintf("%7.3fs  %-13s %9d bytes fetched", e.Seconds, e.Name, e.Bytes)
+		if e.Fetch != nil && e.Fetch.FromStoreBytes > 0 {
+			line += fmt.Sprintf(", %d from the chunk cache", e.Fetch.FromStoreBytes)
+		}
 		if e.Detail != "" {
 			line += "  " + e.Detail
 		}

@@ -35,6 +35,9 @@ func TestMain(m *testing.M) {
 	// test process adopts such orphans, and reapOrphans collects them: no zombie outlives
 	// the tests.
 	unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+	// The tests of origins and overlays need every chunk fetched, not taken from the chunk
+	// cache that an earlier test filled; the cache's own test turns it on.
+	os.Setenv("CLOUDLET_CHUNK_CACHE_SIZE", "0")
 	dir, err := os.MkdirTemp("", "cloudlet-bin-")
 	if err != nil {
 		panic(err)

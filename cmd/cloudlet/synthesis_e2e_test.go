@@ -122,6 +122,7 @@ func testSynthesis(t *testing.T, ctx context.Context, home, id, file, applied st
 		}
 		checkCache(t, cache, applied, baseDir)
 	})
+	t.Run("chunk cache", func(t *testing.T) { testChunkCache(t, ctx, home, id) })
 	t.Run("server and client", func(t *testing.T) { testServer(t, ctx, home, id, data) })
 	t.Run("guest isolation", func(t *testing.T) { testIsolation(t, ctx, home, id, file) })
 	t.Run("sessions outlive the server", func(t *testing.T) { testSessionsOutliveServer(t, ctx, home, id) })

@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/cloudlet/cloudlet/base"
+	"github.com/cloudlet/cloudlet/chunkstore"
 	"github.com/cloudlet/cloudlet/internal/netguard"
 	"github.com/cloudlet/cloudlet/probe"
 	"github.com/cloudlet/cloudlet/synthesis"
@@ -58,6 +59,10 @@ type ServerOptions struct {
 	PruneAfter time.Duration
 	// HTTP tunes the HTTP origins of URL sessions.
 	HTTP origin.HTTPOptions
+	// Chunks, if set, is the cache of verified chunks that sessions share: a session takes
+	// from it what it has and puts there what it fetched. A supervised session opens the same
+	// directory with the same bound in its own process.
+	Chunks *chunkstore.Store
 
 	// Sessions, if set, is the directory of session directories: each session then runs in
 	// a supervisor process of its own, which StartSupervisor starts and which outlives the
@@ -341,6 +346,9 @@ func (s *Server) prepareSession(req SessionRequest, b *base.Base) (*session, syn
 	}
 	o := synthesis.Options{Base: b, Source: req.URL, HTTP: s.opts.HTTP, CacheDir: draft.Path("cache"), MountDir: draft.Path("mnt"), VM: vmo,
 		EarlyStart: !req.NoEarly, Fetch: synthesis.FetchOptions{BytesPerSecond: req.Bandwidth}, ProbeTimeout: 5 * time.Minute}
+	if s.opts.Chunks != nil {
+		o.Fetch.Store = s.opts.Chunks
+	}
 	if req.ProbePort != 0 {
 		addr, ok := sess.status.Forwards[strconv.Itoa(req.ProbePort)]
 		if !ok {

@@ -47,6 +47,9 @@ func (s *Server) createDir(sess *session, req SessionRequest, o synthesis.Option
 	if o.Probe != nil {
 		sr.Probe = o.Probe.String()
 	}
+	if c := s.opts.Chunks; c != nil {
+		sr.ChunkStore, sr.ChunkStoreBytes = c.Dir(), c.MaxBytes()
+	}
 	dir := supervisor.Dir(filepath.Join(s.opts.Sessions, sess.status.ID))
 	if err := supervisor.Create(dir, sr); err != nil {
 		return err

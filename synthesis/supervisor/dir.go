@@ -79,6 +79,10 @@ type Request struct {
 	// credentials of which docker config file (a path, never a secret).
 	Registry RegistryOptions `json:"registry,omitempty"`
 	VM       VMOptions       `json:"vm"`
+	// ChunkStore, if set, is the directory of the chunk cache that sessions share, bounded to
+	// ChunkStoreBytes.
+	ChunkStore      string `json:"chunk_store,omitempty"`
+	ChunkStoreBytes int64  `json:"chunk_store_bytes,omitempty"`
 }
 
 // State is how a session ended.

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/cloudlet/cloudlet/base"
+	"github.com/cloudlet/cloudlet/chunkstore"
 	"github.com/cloudlet/cloudlet/internal/netguard"
 	"github.com/cloudlet/cloudlet/probe"
 	"github.com/cloudlet/cloudlet/registry"
@@ -127,8 +128,26 @@ func (s *supervisor) run(ctx context.Context, req Request, store *base.Store, lo
 		o.Origin.Close()
 		return fmt.Errorf("the overlay claims %d bytes, over this server's limit of %d", n, req.MaxOverlay)
 	}
+	if chunks := openChunks(req, s.dir, log); chunks != nil {
+		defer chunks.Close()
+		o.Fetch.Store = chunks
+	}
 	_, err = synthesis.Run(ctx, o)
 	return err
+}
+
+// openChunks opens the chunk cache the request names, if any. The cache only saves fetching:
+// a session runs without it rather than fail.
+func openChunks(req Request, dir Dir, log io.Writer) *chunkstore.Store {
+	if req.ChunkStore == "" {
+		return nil
+	}
+	chunks, err := chunkstore.Open(req.ChunkStore, req.ChunkStoreBytes)
+	if err != nil {
+		fmt.Fprintf(log, "session %s: no chunk cache: %v\n", dir.ID(), err)
+		return nil
+	}
+	return chunks
 }
 
 // options are the synthesis options of the request.
