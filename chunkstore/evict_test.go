@@ -171,8 +171,9 @@ func TestTags(t *testing.T) {
 	since := s.now()
 	data, d := testChunk(0, chunk.Size)
 	s.Put(d, data)
-	s.Tag("ab12", since)
-	s.Tag("../evil", since)
+	s.Tag("ab12", since, []byte("recipe"))
+	s.Tag("cd34", since, make([]byte, MaxTagData+1)) // too much data: set without it
+	s.Tag("../evil", since, nil)
 	if err := s.Flush(context.Background()); err != nil {
 		t.Fatal(err)
 	}
@@ -189,6 +190,11 @@ func TestTags(t *testing.T) {
 	s2, _ := openTest(t, dir, 2*chunk.Size)
 	if !s2.Tagged("ab12") {
 		t.Fatal("the tag is gone after a reopen")
+	}
+	for name, want := range map[string]string{"ab12": "recipe", "cd34": ""} {
+		if got, ok := s2.TagData(name); !ok || string(got) != want {
+			t.Fatalf("tag %s data %q (set %v), want %q", name, got, ok, want)
+		}
 	}
 	s2.now = (&fakeClock{t: time.Date(2026, 3, 1, 0, 0, 0, 0, time.UTC)}).now
 	for i := 1; i <= 2; i++ { // two newer chunks: chunk 0 is evicted

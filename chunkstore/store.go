@@ -117,7 +117,7 @@ func (s *Store) writer() {
 		case req.flushed != nil:
 			close(req.flushed)
 		case req.tag != "":
-			s.setTag(req.tag, req.since)
+			s.setTag(req.tag, req.since, req.data)
 		default:
 			s.put(req.d, req.data)
 		}

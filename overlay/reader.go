@@ -145,6 +145,11 @@ func (r *Reader) Prefix(off, n int64) ([]byte, bool) {
 	return r.prefix[off : off+n], true
 }
 
+// DevstateEnd is where the device state ends: the file up to there is everything but blobs.
+func (r *Reader) DevstateEnd() int64 {
+	return r.dataStart + r.Index.Devstate.Offset + r.Index.Devstate.Length
+}
+
 // PrefixLen is how many bytes Open read first.
 func (r *Reader) PrefixLen() int64 { return int64(len(r.prefix)) }
 

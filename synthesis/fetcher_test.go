@@ -12,6 +12,7 @@ import (
 
 	"github.com/cloudlet/cloudlet/base"
 	"github.com/cloudlet/cloudlet/chunk"
+	"github.com/cloudlet/cloudlet/chunkstore"
 	"github.com/cloudlet/cloudlet/cloudletfs"
 	"github.com/cloudlet/cloudlet/overlay"
 	"github.com/cloudlet/cloudlet/synthesis/origin"
@@ -122,4 +123,55 @@ func mustRead(t testing.TB, path string) []byte {
 		t.Fatal(err)
 	}
 	return b
+}
+
+// TestStoredOverlaySecondSynthesis: once the chunk store holds an overlay whole, a synthesis of
+// it asks the origin for nothing but the probe's first bytes: the index and device state come
+// from the store too, checked by the header the probe brought. A store that lies about them is
+// caught by those checks and the origin is asked instead.
+func TestStoredOverlaySecondSynthesis(t *testing.T) {
+	store, err := base.Open(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := base.CommitTiny(t, store, "tiny")
+	path := testOverlay(t, b, 2048, 512)
+	s := origin.NewShapedServer(mustRead(t, path))
+	defer s.Close()
+	chunks, err := chunkstore.Open(t.TempDir(), 1<<30)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer chunks.Close()
+	fetch := func(cs ChunkStore) int64 {
+		t.Helper()
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		r, _ := startFetch(t, ctx, b, s.URL(), Options{EarlyStart: true, Fetch: FetchOptions{Store: cs}})
+		select {
+		case <-r.fetcher.Complete():
+		case <-r.fetcher.Failed():
+			t.Fatal(r.fetcher.Err())
+		case <-ctx.Done():
+			t.Fatal("the fetch did not complete within a minute")
+		}
+		n := r.window.BytesRead()
+		r.close()
+		if err := chunks.Flush(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	size := int64(len(mustRead(t, path)))
+	first := fetch(chunks)
+	before := s.Requests.Load()
+	second := fetch(chunks)
+	requests := s.Requests.Load() - before
+	t.Logf("overlay %d bytes: first synthesis fetched %d, second %d in %d requests", size, first, second, requests)
+	if second > size/100 || requests != 1 {
+		t.Errorf("second synthesis fetched %d bytes in %d requests, want at most 1%% of %d in one (the probe)", second, requests, size)
+	}
+	if lied := fetch(&lyingStore{}); lied < size {
+		t.Errorf("with a lying store, %d bytes fetched, want the whole overlay (%d) from the origin", lied, size)
+	}
 }

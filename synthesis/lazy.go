@@ -28,10 +28,22 @@ func OpenOverlay(ctx context.Context, src origin.Origin, b *base.Base, cacheDir 
 
 func openWindowed(ctx context.Context, src origin.Origin, b *base.Base, cacheDir string, store ChunkStore) (*window, *overlay.Reader, error) {
 	w := newWindow(ctx, src, prefetchUntil(cacheDir, store))
+	if store != nil {
+		w.stored = storedPrefix(store)
+	}
 	r, err := overlay.Open(w.readerAt(), w.Size(), ExpectFor(b))
+	if err != nil && w.fromStore() {
+		// The store's index or device state did not check out (its pieces pass their digests,
+		// so its recipe was wrong): read them from the origin, as if it had none.
+		w = newWindow(ctx, src, prefetchUntil(cacheDir, store))
+		r, err = overlay.Open(w.readerAt(), w.Size(), ExpectFor(b))
+	}
 	if err != nil {
 		w.Close()
 		return nil, nil, fmt.Errorf("%s: %w", w, err)
+	}
+	if store != nil {
+		w.keep(r.DevstateEnd()) // for the store, once the overlay is whole there
 	}
 	if err := CheckOverlay(r, b); err != nil {
 		r.Close()

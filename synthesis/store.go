@@ -21,10 +21,12 @@ type ChunkStore interface {
 	// Put stores a verified chunk, best effort (it may drop it); it must copy data.
 	Put(d chunk.Digest, data []byte)
 	// Tag notes, once the chunks put so far are stored, that the store holds every chunk of
-	// the overlay with this ID, all put or read since the time since; Tagged says whether it
-	// does (a hint: a chunk may be gone since).
-	Tag(id string, since time.Time)
+	// the overlay with this ID, all put or read since the time since, and keeps data with the
+	// note; Tagged says whether it does (a hint: a chunk may be gone since), TagData returns
+	// the data.
+	Tag(id string, since time.Time, data []byte)
 	Tagged(id string) bool
+	TagData(id string) ([]byte, bool)
 }
 
 // storeState is the fetcher's pass over the chunk store. At Start, the pass goes through the
@@ -77,7 +79,13 @@ func (f *Fetcher) tagWhenComplete(ctx context.Context) {
 	}
 	select {
 	case <-f.complete:
-		f.opts.Store.Tag(f.r.ID(), f.st.since)
+		var recipe []byte
+		if p, ok := f.origin.(interface{ prefix(context.Context) []byte }); ok {
+			if b := p.prefix(ctx); b != nil {
+				recipe = storePrefix(f.opts.Store, b)
+			}
+		}
+		f.opts.Store.Tag(f.r.ID(), f.st.since, recipe)
 	default:
 	}
 }

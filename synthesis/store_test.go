@@ -2,6 +2,7 @@ package synthesis
 
 import (
 	"context"
+	"encoding/binary"
 	"sync"
 	"testing"
 	"time"
@@ -100,9 +101,16 @@ func (s *lyingStore) Get(d chunk.Digest, p []byte) (int, bool) {
 	return chunk.Size, true
 }
 
-func (s *lyingStore) Put(chunk.Digest, []byte) {}
-func (s *lyingStore) Tag(string, time.Time)    {}
-func (s *lyingStore) Tagged(string) bool       { return true }
+func (s *lyingStore) Put(chunk.Digest, []byte)      {}
+func (s *lyingStore) Tag(string, time.Time, []byte) {}
+func (s *lyingStore) Tagged(string) bool            { return true }
+
+// TagData claims the store rebuilds the overlay's first 1 MiB (index and device state); the
+// bytes it returns are wrong.
+func (s *lyingStore) TagData(string) ([]byte, bool) {
+	const n = 1 << 20
+	return append(binary.LittleEndian.AppendUint64(nil, n), make([]byte, n/chunk.Size*32)...), true
+}
 
 // TestStoreLies: a store that returns wrong bytes is never believed: every blob is fetched
 // from the origin and the images are right (fetch checks every byte).

@@ -1,6 +1,7 @@
 package synthesis
 
 import (
+	"bytes"
 	"context"
 	"io"
 	"sync"
@@ -23,6 +24,9 @@ type window struct {
 	ctx context.Context
 	// until decides how far to prefetch, given the header's plan (0: nothing).
 	until func(overlay.Plan) int64
+	// stored, if set, returns the overlay's index and device state as a chunk store holds
+	// them (see prefix.go), or nil.
+	stored func(id string) []byte
 
 	mu     sync.Mutex
 	start  int64
@@ -31,6 +35,11 @@ type window struct {
 	served int           // guarded by mu: bytes copied out of buf
 	failed bool          // guarded by mu: the stream stopped short; read from the origin
 	moved  chan struct{} // guarded by mu: closed and replaced when filled or failed change
+	// keepEnd, once set (by keep), is where the overlay's index and device state end: those
+	// bytes are kept (in kept) when buf is dropped, for the chunk store.
+	keepEnd    int64  // guarded by mu
+	kept       []byte // guarded by mu
+	fromStored bool   // guarded by mu: buf came from the chunk store, not the origin
 
 	received atomic.Int64 // bytes that came from the origin, through the stream or not
 
@@ -67,11 +76,19 @@ type windowReaderAt struct {
 
 func (r windowReaderAt) Prefetch(p overlay.Plan) { r.w.prefetch(p) }
 
-// prefetch starts the stream of [p.First, until(p)).
+// prefetch starts the stream of [p.First, until(p)), unless the chunk store holds those bytes.
 func (w *window) prefetch(p overlay.Plan) {
 	end := min(w.until(p), p.First+maxWindow, w.Size())
 	if end <= p.First {
 		return
+	}
+	if w.stored != nil {
+		if b := w.stored(p.ID); int64(len(b)) >= end {
+			w.mu.Lock()
+			w.start, w.buf, w.filled, w.fromStored = 0, b, len(b), true
+			w.mu.Unlock()
+			return
+		}
 	}
 	ctx, cancel := context.WithCancel(w.ctx)
 	w.mu.Lock()
@@ -94,6 +111,9 @@ func (w *window) prefetch(p overlay.Plan) {
 // and once here. A read that comes later anyway goes to the origin.
 func (w *window) releaseLocked() {
 	if w.filled == len(w.buf) && w.served >= len(w.buf) {
+		if w.keepEnd > w.start && w.keepEnd <= w.start+int64(len(w.buf)) {
+			w.kept = bytes.Clone(w.buf[:w.keepEnd-w.start])
+		}
 		w.buf = nil
 	}
 }
