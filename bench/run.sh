@@ -75,6 +75,10 @@ if [[ -e /sys/module/kvm_intel || -e /sys/module/kvm_amd ]]; then accel=KVM; fi
 				echo
 				echo "### The RTT sweep"
 				echo
+				if [[ -f $out/$name-rtt.cmd ]]; then # run on its own
+					echo "Run on $(cat "$out/$name-rtt.date"): \`$(cat "$out/$name-rtt.cmd")\`"
+					echo
+				fi
 				cat "bench/$name-rtt.md"
 				echo
 				echo "![TTFR by RTT at 38 Mbit/s]($name-rtt.svg)"

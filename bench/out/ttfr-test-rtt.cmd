@@ -1,0 +1,1 @@
+bench/ttfr.sh test 4 rtt
