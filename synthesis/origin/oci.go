@@ -31,9 +31,6 @@ type OCIOptions struct {
 	// such a registry is an error that says so.
 	FullDownload bool
 	SpoolDir     string
-	// MaxSize, if positive, refuses a blob that the manifest says is larger, before any of
-	// it is fetched.
-	MaxSize int64
 }
 
 // resolveTimeout bounds the resolution of a reference (a manifest, perhaps a token first).
@@ -63,15 +60,12 @@ func openOCI(ctx context.Context, src string, opts HTTPOptions) (Origin, error) 
 	if err != nil {
 		return nil, fmt.Errorf("overlay %s: %w", name, registryError(err, opts.Guard != nil))
 	}
-	if max := opts.OCI.MaxSize; max > 0 && ov.Blob.Size > max {
-		return nil, fmt.Errorf("overlay %s: blob of %d bytes, over the limit of %d", name, ov.Blob.Size, max)
-	}
 	hopts := opts
 	hopts.Client, hopts.Guard, hopts.retryDenied = ov.Client, nil, true
 	o, err := NewHTTP(ctx, ov.URL, hopts)
 	switch {
 	case errors.Is(err, ErrNoRanges) && opts.OCI.FullDownload:
-		o, err = downloadBlob(ctx, ov, name, opts.OCI.SpoolDir)
+		o, err = downloadBlob(ctx, ov, name, opts.OCI.SpoolDir, cmp.Or(opts.IdleTimeout, defaultIdleTimeout))
 		if err != nil {
 			return nil, err
 		}
@@ -160,7 +154,8 @@ func registryError(err error, stranger bool) error {
 // that does not answer range requests. Reads wait for the download to pass their range; the
 // blobs are in prefetch order, so the working set comes first and early start still pays.
 // The blob's size and digest are checked at its end, before a read of its last byte returns.
-func downloadBlob(ctx context.Context, ov *registry.Overlay, name, dir string) (Origin, error) {
+// A download that gets no byte for idle fails, and with it the reads that wait for it.
+func downloadBlob(ctx context.Context, ov *registry.Overlay, name, dir string, idle time.Duration) (Origin, error) {
 	f, err := os.CreateTemp(dir, "overlay-*.spool")
 	if err != nil {
 		return nil, fmt.Errorf("overlay %s: %w", name, err)
@@ -174,7 +169,7 @@ func downloadBlob(ctx context.Context, ov *registry.Overlay, name, dir string) (
 			resp.Body.Close()
 		} else {
 			dctx, cancel := context.WithCancel(ctx)
-			b := &streamedBlob{f: f, size: ov.Blob.Size, digest: ov.Blob.Digest.Encoded(), name: name, cancel: cancel, done: make(chan struct{})}
+			b := &streamedBlob{f: f, size: ov.Blob.Size, digest: ov.Blob.Digest.Encoded(), name: name, idle: idle, cancel: cancel, done: make(chan struct{})}
 			go b.fetch(dctx, resp.Body)
 			return b, nil
 		}
@@ -190,6 +185,7 @@ type streamedBlob struct {
 	size   int64
 	digest string
 	name   string
+	idle   time.Duration
 	cancel context.CancelFunc
 	done   chan struct{} // closed when fetch has ended; err is set then
 	have   atomic.Int64  // bytes in the file
@@ -201,6 +197,9 @@ func (b *streamedBlob) fetch(ctx context.Context, body io.ReadCloser) {
 	defer body.Close()
 	stop := context.AfterFunc(ctx, func() { body.Close() })
 	defer stop()
+	w := newWatchdog(b.cancel)
+	defer w.stop()
+	w.arm(b.idle, "no data")
 	h := sha256.New()
 	buf := make([]byte, 256<<10)
 	r := io.LimitReader(body, b.size+1)
@@ -213,12 +212,13 @@ func (b *streamedBlob) fetch(ctx context.Context, body io.ReadCloser) {
 				return
 			}
 			b.have.Add(int64(n))
+			w.arm(b.idle, "no data")
 		}
 		if errors.Is(err, io.EOF) {
 			break
 		}
 		if err != nil {
-			b.err = transportError(err)
+			b.err = w.explain(transportError(err))
 			return
 		}
 	}

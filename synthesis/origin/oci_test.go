@@ -39,6 +39,7 @@ type registryProxy struct {
 	stripRanges bool
 	redirect    bool
 	corruptAt   int64 // if positive, the byte of every whole blob answer at this offset is flipped
+	stallAt     int64 // if positive, every whole blob answer stops sending there, connection open
 
 	mu        sync.Mutex
 	token     int
@@ -70,6 +71,9 @@ func newRegistryProxy(t *testing.T, reg *registry.TestRegistry, stripRanges, red
 				body[p.corruptAt] ^= 1
 			}
 			r.Body = io.NopCloser(bytes.NewReader(body))
+		}
+		if p.stallAt > 0 && r.StatusCode == http.StatusOK && strings.Contains(r.Request.URL.Path, "/blobs/") {
+			r.Body = &stallingBody{ReadCloser: r.Body, left: p.stallAt, ctx: r.Request.Context()}
 		}
 		return nil
 	}
@@ -146,6 +150,23 @@ type etagWriter struct {
 func (w *etagWriter) WriteHeader(code int) {
 	w.Header().Set("ETag", w.etag)
 	w.ResponseWriter.WriteHeader(code)
+}
+
+// stallingBody passes left bytes on, then sends nothing until its request ends.
+type stallingBody struct {
+	io.ReadCloser
+	left int64
+	ctx  context.Context
+}
+
+func (b *stallingBody) Read(p []byte) (int, error) {
+	if b.left <= 0 {
+		<-b.ctx.Done()
+		return 0, b.ctx.Err()
+	}
+	n, err := b.ReadCloser.Read(p[:min(int64(len(p)), b.left)])
+	b.left -= int64(n)
+	return n, err
 }
 
 func (p *registryProxy) host() string { return strings.TrimPrefix(p.URL, "http://") }
@@ -228,6 +249,22 @@ func TestOCIOrigin(t *testing.T) {
 		}
 		if err == nil || !strings.Contains(err.Error(), "got sha256") {
 			t.Fatalf("full download of a corrupt blob read to its end: %v", err)
+		}
+	})
+	t.Run("no range support, full download that stalls", func(t *testing.T) {
+		p := newRegistryProxy(t, reg, true, false)
+		p.stallAt = int64(len(data) / 2)
+		o, err := Open(ctx, registry.Scheme+p.host()+"/apps/test:v1", withOpts(func(o *HTTPOptions) {
+			o.OCI.FullDownload, o.OCI.SpoolDir, o.IdleTimeout = true, t.TempDir(), 300*time.Millisecond
+		}))
+		if err == nil {
+			defer o.Close()
+			rctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+			defer cancel()
+			_, err = readAll(rctx, o)
+		}
+		if err == nil || !strings.Contains(err.Error(), "timed out: no data for 300ms") {
+			t.Fatalf("full download whose registry stops sending: %v, want an idle timeout", err)
 		}
 	})
 	t.Run("no range support, full download", func(t *testing.T) {

@@ -79,6 +79,9 @@ func (o *fileOrigin) Size() int64    { return o.size }
 func (o *fileOrigin) String() string { return o.f.Name() }
 func (o *fileOrigin) Close() error   { return o.f.Close() }
 
+// defaultIdleTimeout is how long a read waits for the next byte of an answer by default.
+const defaultIdleTimeout = 30 * time.Second
+
 // HTTPOptions tune an HTTP origin.
 type HTTPOptions struct {
 	Client *http.Client // nil: a client with sane timeouts
@@ -147,7 +150,7 @@ func NewHTTP(ctx context.Context, rawURL string, opts HTTPOptions) (Origin, erro
 		opts.AttemptTimeout = 60 * time.Second
 	}
 	if opts.IdleTimeout == 0 {
-		opts.IdleTimeout = 30 * time.Second
+		opts.IdleTimeout = defaultIdleTimeout
 	}
 	if opts.RetryFor == 0 {
 		opts.RetryFor = 2 * time.Minute
