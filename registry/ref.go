@@ -1,14 +1,12 @@
 package registry
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"net/http"
 	"strings"
 	"time"
 
-	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"oras.land/oras-go/v2/errdef"
 	"oras.land/oras-go/v2/registry"
 	"oras.land/oras-go/v2/registry/remote"
@@ -153,16 +151,6 @@ func BlobURL(ref Ref, o Options, digest string) string {
 		scheme = "http"
 	}
 	return fmt.Sprintf("%s://%s/v2/%s/blobs/%s", scheme, ref.Host(), ref.Repository, digest)
-}
-
-// resolve finds the manifest ref names, with a message that says which of the usual causes
-// it was.
-func resolve(ctx context.Context, repo *remote.Repository, ref Ref) (ocispec.Descriptor, error) {
-	desc, err := repo.Resolve(ctx, ref.Reference.Reference)
-	if err != nil {
-		return desc, fmt.Errorf("resolve %s: %w", ref, explain(err))
-	}
-	return desc, nil
 }
 
 // explain turns a registry's error into one that names the usual causes.
