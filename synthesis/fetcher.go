@@ -69,8 +69,7 @@ type Fetcher struct {
 	opts   FetchOptions
 	limit  *rate.Limiter
 
-	fs      *cloudletfs.FS
-	fetched atomic.Int64 // bytes read from the origin
+	fs *cloudletfs.FS
 	// Where the fetcher's time goes, in nanoseconds summed over workers: waiting for range
 	// requests, decoding blobs (blob digest and decompression), checking chunk digests, and
 	// writing chunks into cloudletfs.
@@ -148,7 +147,6 @@ func Plans(ix *overlay.Index) [][]cloudletfs.State {
 // an earlier run) are not fetched again.
 func (f *Fetcher) Start(ctx context.Context, fs *cloudletfs.FS) {
 	f.fs = fs
-	f.fetched.Add(f.r.PrefixLen()) // the index read, which may carry the first blobs
 	ix := f.r.Index
 	f.mu.Lock()
 	for b, users := range f.users {
@@ -219,9 +217,6 @@ func (f *Fetcher) Err() error {
 	defer f.errMu.Unlock()
 	return f.err
 }
-
-// BytesFetched is what has been read from the origin so far.
-func (f *Fetcher) BytesFetched() int64 { return f.fetched.Load() }
 
 // FetchStats is where the fetcher's time went so far, summed over its workers (so it can
 // exceed the wall-clock time).
@@ -435,7 +430,6 @@ type runStream struct {
 	next, end         int
 	off               int64
 	buf               []byte
-	counted           int // bytes added to the fetcher's count so far
 	tail              func()
 	start, firstBytes time.Time
 	tailed            bool
@@ -449,8 +443,6 @@ func (s *runStream) progress(n int) error {
 	if s.firstBytes.IsZero() {
 		s.firstBytes = now
 	}
-	s.f.fetched.Add(int64(n - s.counted))
-	s.counted = n
 	for s.next < s.end {
 		bo, bl := s.f.r.BlobRange(s.next)
 		if bo+bl-s.off > int64(n) {

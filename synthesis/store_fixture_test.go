@@ -136,12 +136,15 @@ func (b *appBase) fetchInto(t testing.TB, ov appOverlay, store ChunkStore, dir s
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer src.Close()
-	r, err := overlay.Open(origin.ReaderAt(ctx, src), src.Size(), overlay.Expect{BaseID: hex.EncodeToString(b.id[:]), Images: b.images})
+	// A window that prefetches nothing: it only counts what the origin delivers.
+	w := newWindow(ctx, src, func(overlay.Plan) int64 { return 0 })
+	defer w.Close()
+	r, err := overlay.Open(w.readerAt(), w.Size(), overlay.Expect{BaseID: hex.EncodeToString(b.id[:]), Images: b.images})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer r.Close()
+	afterIndex := w.BytesRead()
 	var baseImgs []io.ReaderAt
 	cfg := cloudletfs.Config{Dir: dir, Identity: "test " + r.ID()}
 	plans := Plans(r.Index)
@@ -154,7 +157,7 @@ func (b *appBase) fetchInto(t testing.TB, ov appOverlay, store ChunkStore, dir s
 		baseImgs = append(baseImgs, f)
 		cfg.Images = append(cfg.Images, cloudletfs.ImageConfig{Name: im.Name, Size: im.Size, Base: f.Name(), Plan: plans[i]})
 	}
-	f := NewFetcher(r, src, baseImgs, FetchOptions{Store: store})
+	f := NewFetcher(r, w, baseImgs, FetchOptions{Store: store})
 	cfg.Demander = f
 	fsys, err := cloudletfs.Open(cfg)
 	if err != nil {
@@ -182,5 +185,6 @@ func (b *appBase) fetchInto(t testing.TB, ov appOverlay, store ChunkStore, dir s
 			t.Fatalf("image %s differs from the overlay's", im.Name)
 		}
 	}
-	return fetchResult{fetched: f.BytesFetched(), prefix: r.PrefixLen(), stats: f.Stats()}
+	// What the fetch read, and the first read of the index (the rest of it is not counted).
+	return fetchResult{fetched: r.PrefixLen() + w.BytesRead() - afterIndex, prefix: r.PrefixLen(), stats: f.Stats()}
 }
