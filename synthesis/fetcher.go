@@ -552,7 +552,7 @@ func (f *Fetcher) deliverBaseRefs(ctx context.Context) error {
 func (f *Fetcher) finishIfDone() {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if f.left == 0 && f.baseDone && f.err == nil {
+	if f.left == 0 && f.baseDone && f.Err() == nil { // errMu inside mu: fail never takes mu
 		select {
 		case <-f.complete:
 		default:

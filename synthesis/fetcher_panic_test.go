@@ -1,6 +1,7 @@
 package synthesis
 
 import (
+	"errors"
 	"strings"
 	"testing"
 	"time"
@@ -29,5 +30,20 @@ func TestFetcherPanicFailsTheFetch(t *testing.T) {
 				t.Fatalf("error %v, want the panic's message", err)
 			}
 		})
+	}
+}
+
+// TestFailWhileFinishing: a fetch that fails while another goroutine finds it done is no data
+// race (run under -race): the failure is read under its own lock.
+func TestFailWhileFinishing(t *testing.T) {
+	for range 100 {
+		f := &Fetcher{failed: make(chan struct{}), complete: make(chan struct{}), baseDone: true}
+		done := make(chan struct{})
+		go func() {
+			f.fail(errors.New("origin gone"))
+			close(done)
+		}()
+		f.finishIfDone()
+		<-done
 	}
 }
