@@ -39,6 +39,10 @@ func (w *window) fromStore() bool {
 func (w *window) prefix(ctx context.Context) []byte {
 	w.mu.Lock()
 	end, start := w.keepEnd, w.start
+	if end <= start || end > maxStoredPrefix {
+		w.mu.Unlock()
+		return nil
+	}
 	var rest []byte
 	switch {
 	case w.kept != nil:
@@ -49,7 +53,7 @@ func (w *window) prefix(ctx context.Context) []byte {
 	out := make([]byte, start, end)
 	out = append(out, rest...)
 	w.mu.Unlock()
-	if end <= 0 || end > maxStoredPrefix || int64(len(out)) != end {
+	if int64(len(out)) != end {
 		return nil
 	}
 	// The first bytes came with the probe: the origin has them at hand.

@@ -111,7 +111,7 @@ func (w *window) prefetch(p overlay.Plan) {
 // and once here. A read that comes later anyway goes to the origin.
 func (w *window) releaseLocked() {
 	if w.filled == len(w.buf) && w.served >= len(w.buf) {
-		if w.keepEnd > w.start && w.keepEnd <= w.start+int64(len(w.buf)) {
+		if w.keepEnd > w.start && w.keepEnd <= w.start+int64(len(w.buf)) && w.keepEnd <= maxStoredPrefix {
 			w.kept = bytes.Clone(w.buf[:w.keepEnd-w.start])
 		}
 		w.buf = nil
