@@ -18,7 +18,7 @@ import (
 
 // Export writes the base to w.
 func (b *Base) Export(ctx context.Context, w io.Writer, p Progress) error {
-	p = orNone(p)
+	p = OrNone(p)
 	zw, err := zstd.NewWriter(w, zstd.WithEncoderLevel(zstd.SpeedDefault))
 	if err != nil {
 		return fmt.Errorf("export base %s: %w", b.ID, err)
@@ -92,7 +92,7 @@ func (s *Store) Import(ctx context.Context, r io.Reader, p Progress) (*Base, boo
 
 // importArchive is Import with the free space of the store's filesystem taken from free.
 func (s *Store) importArchive(ctx context.Context, r io.Reader, p Progress, free func() (int64, error)) (*Base, bool, error) {
-	p = orNone(p)
+	p = OrNone(p)
 	zr, err := zstd.NewReader(r, zstd.WithDecoderMaxMemory(64<<20))
 	if err != nil {
 		return nil, false, &ImportError{"not a base export (zstd)", err}
@@ -204,6 +204,12 @@ func checkRoom(m *Manifest, free func() (int64, error)) error {
 }
 
 // progressReader counts bytes into a Progress and stops on cancellation.
+// ProgressReader reads r, adding what it reads to p, and stops once ctx ends: a copy of many
+// gigabytes shows its progress and can be cancelled.
+func ProgressReader(ctx context.Context, r io.Reader, p Progress) io.Reader {
+	return &progressReader{ctx: ctx, r: r, p: OrNone(p)}
+}
+
 type progressReader struct {
 	ctx context.Context
 	r   io.Reader

@@ -27,7 +27,8 @@ func (noProgress) Begin(string, int64) {}
 func (noProgress) Add(int64)           {}
 func (noProgress) End()                {}
 
-func orNone(p Progress) Progress {
+// OrNone is p, or a Progress that shows nothing when p is nil.
+func OrNone(p Progress) Progress {
 	if p == nil {
 		return noProgress{}
 	}
@@ -50,7 +51,7 @@ func hashFile(ctx context.Context, path string, index io.Writer, p Progress) (Fi
 	if err != nil {
 		return File{}, err
 	}
-	p = orNone(p)
+	p = OrNone(p)
 	p.Begin("hash "+st.Name(), st.Size())
 	defer p.End()
 	h := sha256.New()
@@ -93,7 +94,7 @@ func copySparse(ctx context.Context, dst string, src io.Reader, p Progress) (Fil
 	}
 	defer out.Close()
 	h := sha256.New()
-	f, err := copySparseTo(ctx, out, src, h, orNone(p))
+	f, err := copySparseTo(ctx, out, src, h, OrNone(p))
 	if err != nil {
 		return File{}, fmt.Errorf("write %s: %w", dst, err)
 	}
@@ -150,7 +151,7 @@ func CopyFileSparse(ctx context.Context, dst, src string, p Progress) error {
 	if !st.Mode().IsRegular() {
 		return fmt.Errorf("%s is not a regular file", src)
 	}
-	p = orNone(p)
+	p = OrNone(p)
 	p.Begin("copy "+st.Name(), st.Size())
 	defer p.End()
 	_, err = copySparse(ctx, dst, in, p)

@@ -22,7 +22,7 @@ func (s *Store) CheckRoom(m *Manifest) error {
 // against the manifest before the base becomes visible, and changes nothing when the base is
 // already here. It returns the base and whether it was new.
 func (s *Store) ImportFiles(ctx context.Context, raw []byte, open func(name string) (io.ReadCloser, error), p Progress) (*Base, bool, error) {
-	p = orNone(p)
+	p = OrNone(p)
 	m, id, err := parseManifest(raw)
 	if err != nil {
 		return nil, false, &ImportError{"base manifest", err}

@@ -184,7 +184,7 @@ var errDigest = errors.New("digest mismatch")
 // seeks with a range request), and checks the whole file's digest. A file whose digest is
 // wrong is removed, so that the next pull starts it afresh.
 func download(ctx context.Context, repo *remote.Repository, desc ocispec.Descriptor, path string, p base.Progress) error {
-	p = orNone(p)
+	p = base.OrNone(p)
 	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
 	if err != nil {
 		return err
@@ -238,7 +238,7 @@ func fetchRest(ctx context.Context, repo *remote.Repository, desc ocispec.Descri
 	defer p.End()
 	p.Add(have)
 	w := &sparseWriter{f: f, off: have}
-	n, err := io.Copy(io.MultiWriter(w, h), &progressReader{ctx: ctx, r: io.LimitReader(rc, desc.Size-have), p: p})
+	n, err := io.Copy(io.MultiWriter(w, h), base.ProgressReader(ctx, io.LimitReader(rc, desc.Size-have), p))
 	have += n
 	if err != nil {
 		return have, fmt.Errorf("blob %s: after %d of %d bytes: %w", desc.Digest, have, desc.Size, err)
@@ -273,16 +273,3 @@ func (w *sparseWriter) Write(p []byte) (int, error) {
 }
 
 var zeros = make([]byte, chunk.Size)
-
-type noProgress struct{}
-
-func (noProgress) Begin(string, int64) {}
-func (noProgress) Add(int64)           {}
-func (noProgress) End()                {}
-
-func orNone(p base.Progress) base.Progress {
-	if p == nil {
-		return noProgress{}
-	}
-	return p
-}

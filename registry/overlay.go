@@ -87,10 +87,10 @@ func PushOverlay(ctx context.Context, path string, ref Ref, o Options, p base.Pr
 
 // fileDescriptor hashes f for its descriptor.
 func fileDescriptor(ctx context.Context, f *os.File, size int64, mediaType string, p base.Progress) (ocispec.Descriptor, error) {
-	p = orNone(p)
+	p = base.OrNone(p)
 	d := digest.Canonical.Digester()
 	p.Begin("hash", size)
-	_, err := io.Copy(d.Hash(), &progressReader{ctx: ctx, r: io.NewSectionReader(f, 0, size), p: p})
+	_, err := io.Copy(d.Hash(), base.ProgressReader(ctx, io.NewSectionReader(f, 0, size), p))
 	p.End()
 	if err != nil {
 		return ocispec.Descriptor{}, err
@@ -108,10 +108,10 @@ func pushBlob(ctx context.Context, repo *remote.Repository, desc ocispec.Descrip
 	if ok {
 		return nil
 	}
-	p = orNone(p)
+	p = base.OrNone(p)
 	p.Begin(label, desc.Size)
 	defer p.End()
-	if err := repo.Blobs().Push(ctx, desc, &progressReader{ctx: ctx, r: r, p: p}); err != nil {
+	if err := repo.Blobs().Push(ctx, desc, base.ProgressReader(ctx, r, p)); err != nil {
 		return fmt.Errorf("blob %s: %w", desc.Digest, explain(err))
 	}
 	return nil
@@ -214,22 +214,4 @@ func ResolveOverlay(ctx context.Context, ref Ref, o Options, checkRedirect func(
 		return nil, err
 	}
 	return ov, nil
-}
-
-// progressReader counts bytes into a Progress and stops on cancellation.
-type progressReader struct {
-	ctx context.Context
-	r   io.Reader
-	p   base.Progress
-}
-
-func (r *progressReader) Read(b []byte) (int, error) {
-	if err := r.ctx.Err(); err != nil {
-		return 0, err
-	}
-	n, err := r.r.Read(b)
-	if r.p != nil {
-		r.p.Add(int64(n))
-	}
-	return n, err
 }
