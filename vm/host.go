@@ -18,11 +18,13 @@ import (
 const probeTimeout = 20 * time.Second
 
 // Host is what this host's QEMU can run, asked of QEMU once per accelerator and kept, so that
-// checking a resume costs one short QEMU run per process. Whoever resumes VMs owns one and
+// checking a resume costs one short QEMU run per process, or none with a cache directory
+// (NewCachedHost) that holds a previous process's answer. Whoever resumes VMs owns one and
 // passes it in Options.Host; it is safe for concurrent use, and its zero value asks the
 // qemu-system-x86_64 on PATH.
 type Host struct {
-	qemu string // binary, as Options.QEMU; fixed after construction
+	qemu     string // binary, as Options.QEMU; fixed after construction
+	cacheDir string // where answers are kept across processes; "" keeps none. Fixed.
 
 	// mu is held for a whole Info call: a second caller waits for the first's answer (at most
 	// probeTimeout) instead of starting QEMU again.
@@ -33,6 +35,17 @@ type Host struct {
 // NewHost returns a Host for the QEMU binary qemu ("" means qemu-system-x86_64 from PATH).
 // It probes nothing until asked.
 func NewHost(qemu string) *Host { return &Host{qemu: qemu} }
+
+// NewCachedHost is NewHost with answers kept in dir (created when first written; "" keeps
+// none), shared by every process that uses the same dir: a probe runs again only when the
+// QEMU binary, its module directories, the kernel, the host CPU or KVM's parameters have
+// changed since the kept answer. The cache is a plain directory rather than an option of
+// NewHost because callers differ in only this: those with a cloudlet home keep answers under
+// it, tests and callers without one do not.
+//
+// A wrapper script given as the binary is keyed by the script alone: a change of the QEMU it
+// runs is not seen.
+func NewCachedHost(qemu, dir string) *Host { return &Host{qemu: qemu, cacheDir: dir} }
 
 // HostInfo is what QEMU reported under one accelerator.
 type HostInfo struct {
@@ -63,7 +76,7 @@ func (h *Host) Info(ctx context.Context, accel Accel) (*HostInfo, error) {
 	if info := h.known[accel]; info != nil {
 		return info, nil
 	}
-	info, err := probeHost(ctx, h.qemu, accel)
+	info, err := h.ask(ctx, accel)
 	if err != nil {
 		return nil, err
 	}
@@ -71,6 +84,35 @@ func (h *Host) Info(ctx context.Context, accel Accel) (*HostInfo, error) {
 		h.known = map[Accel]*HostInfo{}
 	}
 	h.known[accel] = info
+	return info, nil
+}
+
+// ask returns the answer kept in the cache directory for this QEMU and host, or probes QEMU
+// and keeps its answer there. Keeping it is best effort: a cache that cannot be written (a
+// read-only home) costs a probe per process, as without one.
+func (h *Host) ask(ctx context.Context, accel Accel) (*HostInfo, error) {
+	if h.cacheDir == "" {
+		return probeHost(ctx, h.qemu, accel)
+	}
+	qemuPath, err := resolveQEMU(h.qemu)
+	if err != nil {
+		return nil, err
+	}
+	key, err := currentHostKey(qemuPath, accel)
+	if err != nil {
+		return nil, err
+	}
+	path := hostCachePath(h.cacheDir, key)
+	if info, err := readHostCache(path, key); err == nil {
+		return info, nil
+	}
+	// The key is taken before the probe: a binary replaced in between is kept under the old
+	// key, which the next process does not match.
+	info, err := probeHost(ctx, qemuPath, accel)
+	if err != nil {
+		return nil, err
+	}
+	_ = writeHostCache(path, key, info)
 	return info, nil
 }
 
