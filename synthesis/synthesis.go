@@ -61,7 +61,7 @@ type Options struct {
 
 // Event is a point on the synthesis timeline.
 type Event struct {
-	Name    string  `json:"event"` // index, resumed, first_answer, complete, stopped
+	Name    string  `json:"event"` // index, host_checked, resumed, first_answer, complete, stopped
 	Seconds float64 `json:"t_s"`   // since the start
 	Bytes   int64   `json:"bytes_fetched"`
 	// Stall is the time guest reads spent waiting for chunks so far, by image.
