@@ -30,6 +30,7 @@ var ErrNotFound = errors.New("no such base")
 //
 //	HOME/bases/ID/   one complete base (only ever created by a rename)
 //	HOME/tmp/        drafts being created or imported, each locked by its creator
+//	HOME/host/       QEMU's answers to the host probe, kept across processes (HostCache)
 type Store struct {
 	home string
 }
@@ -55,6 +56,14 @@ func Open(home string) (*Store, error) {
 
 // Home is the store's directory.
 func (s *Store) Home() string { return s.home }
+
+// HostCache is where the store at home keeps QEMU's answers to the host probe, so that a
+// process that checks a resume reads the previous process's answer instead of starting QEMU
+// (vm.NewCachedHost says when it asks again).
+func HostCache(home string) string { return filepath.Join(home, "host") }
+
+// Host is the QEMU on PATH, its probe kept in the store's HostCache.
+func (s *Store) Host() *vm.Host { return vm.NewCachedHost("", HostCache(s.home)) }
 
 func (s *Store) basesDir() string { return filepath.Join(s.home, "bases") }
 

@@ -94,7 +94,7 @@ func runBaseCreate(ctx context.Context, o baseCreateOptions, stdin io.Reader, st
 			return fmt.Errorf("%s: %s is not a regular file", f.flag, f.path)
 		}
 	}
-	host := vm.NewHost("")
+	host := o.globals.host()
 	if err := checkCanMake(ctx, host, accel, o.config); err != nil {
 		return err
 	}

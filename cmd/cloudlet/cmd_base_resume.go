@@ -66,7 +66,7 @@ func runBaseResume(ctx context.Context, o baseResumeOptions, stdout, stderr io.W
 		return err
 	}
 	start := time.Now()
-	host := vm.NewHost("")
+	host := o.globals.host()
 	if _, err := vm.CheckResume(ctx, vm.Options{Config: b.Manifest.VM, Accel: o.run.accel, Host: host}); err != nil {
 		return vm.Refusal("base "+b.ID, err)
 	}

@@ -72,8 +72,9 @@ func runServe(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	// Sessions run in this process share one probe of QEMU (supervised ones ask in their own).
-	vmo := vm.Options{Accel: accel, Log: stderr, Host: vm.NewHost("")}
+	// Sessions run in this process, and supervised ones, share one probe of QEMU, kept under the
+	// home.
+	vmo := vm.Options{Accel: accel, Log: stderr, Host: globalsOf(c).host()}
 	if vmo.Driver, vmo.Libvirt, err = parseDriver(c); err != nil {
 		return err
 	}

@@ -115,6 +115,7 @@ func runSynthesis(c *cli.Context) error {
 		return err
 	}
 	defer closeLog()
+	o.VM.Host = g.host()
 	o.OnEvent = func(e synthesis.Event) {
 		if g.json {
 			json.NewEncoder(stdout).Encode(e)

@@ -113,6 +113,7 @@ func (s *supervisor) run(ctx context.Context, req Request, store *base.Store, lo
 		return err
 	}
 	o, err := s.options(req, b, log)
+	o.VM.Host = store.Host() // the server's answer, or the previous session's: no probe
 	if err != nil {
 		return err
 	}
