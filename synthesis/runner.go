@@ -65,7 +65,7 @@ func (s *runner) run(ctx context.Context) error {
 	if err := check.wait(); err != nil {
 		return err
 	}
-	s.emitAt("host_checked", fmt.Sprintf("in %.3fs", check.took.Seconds()), check.at)
+	s.emit("host_checked", fmt.Sprintf("check took %.3fs", check.took.Seconds()))
 	s.fetcher.Start(ctx, s.fsys)
 	s.onClose(s.fetcher.Close)
 	if !s.o.EarlyStart {
@@ -86,7 +86,6 @@ type hostCheck struct {
 	done chan struct{}
 	// Set before done is closed.
 	err  error
-	at   time.Time     // when the check ended
 	took time.Duration // how long it ran (a probe of QEMU, or the kept answer read)
 }
 
@@ -101,8 +100,7 @@ func (s *runner) startHostCheck(ctx context.Context) *hostCheck {
 		if _, err := vm.CheckResume(ctx, opts); err != nil {
 			c.err = vm.Refusal("base "+id, err)
 		}
-		c.at = time.Now()
-		c.took = c.at.Sub(start)
+		c.took = time.Since(start)
 	}()
 	return c
 }
@@ -136,11 +134,8 @@ func (s *runner) timeline() Timeline {
 }
 
 // emit records a timeline event, with what the fetcher and the images report so far.
-func (s *runner) emit(name, detail string) { s.emitAt(name, detail, time.Now()) }
-
-// emitAt records an event that happened at at (in a goroutine that must not emit itself).
-func (s *runner) emitAt(name, detail string, at time.Time) {
-	e := Event{Name: name, Seconds: at.Sub(s.start).Seconds(), Detail: detail}
+func (s *runner) emit(name, detail string) {
+	e := Event{Name: name, Seconds: time.Since(s.start).Seconds(), Detail: detail}
 	if s.fetcher != nil {
 		e.Bytes = s.window.BytesRead()
 		st := s.fetcher.Stats()
