@@ -22,12 +22,12 @@ type hostVerdict struct {
 	ProbeError string `json:"probe_error,omitempty"`
 }
 
-// checkHere asks this host's QEMU, under the accelerator a resume would use, whether it can
-// resume b.
-func checkHere(ctx context.Context, b *base.Base, want vm.Accel) hostVerdict {
+// checkHere asks this host's QEMU (through host), under the accelerator a resume would use,
+// whether it can resume b.
+func checkHere(ctx context.Context, host *vm.Host, b *base.Base, want vm.Accel) hostVerdict {
 	accel, _ := vm.ChooseAccel(want)
 	v := hostVerdict{Accel: string(accel)}
-	info, err := vm.NewHost("").Info(ctx, accel)
+	info, err := host.Info(ctx, accel)
 	if err != nil {
 		v.ProbeError = err.Error()
 		return v
@@ -74,8 +74,8 @@ func showPlatform(w io.Writer, c vm.Config, here hostVerdict) {
 
 // warnIfNotHere tells, after a base arrives from elsewhere, whether this host could not
 // resume it: better now than when a synthesis is asked of it.
-func warnIfNotHere(ctx context.Context, b *base.Base, stderr io.Writer) {
-	here := checkHere(ctx, b, vm.AccelAuto)
+func warnIfNotHere(ctx context.Context, host *vm.Host, b *base.Base, stderr io.Writer) {
+	here := checkHere(ctx, host, b, vm.AccelAuto)
 	if here.ProbeError != "" || here.CanResume {
 		return
 	}

@@ -127,7 +127,7 @@ func runBaseShow(ctx context.Context, g globals, id string, accel vm.Accel, stdo
 	if err != nil {
 		return err
 	}
-	here := checkHere(ctx, b, accel)
+	here := checkHere(ctx, g.host(), b, accel)
 	if g.json {
 		return json.NewEncoder(stdout).Encode(struct {
 			ID       string         `json:"id"`
@@ -223,7 +223,7 @@ func runBaseImport(ctx context.Context, g globals, file string, stdout, stderr i
 	} else {
 		fmt.Fprintf(stderr, "base %s is already here\n", b.ID)
 	}
-	warnIfNotHere(ctx, b, stderr)
+	warnIfNotHere(ctx, g.host(), b, stderr)
 	fmt.Fprintln(stdout, b.ID)
 	return nil
 }
