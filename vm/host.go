@@ -94,11 +94,15 @@ func (h *Host) ask(ctx context.Context, accel Accel) (*HostInfo, error) {
 	if h.cacheDir == "" {
 		return probeHost(ctx, h.qemu, accel)
 	}
-	qemuPath, err := resolveQEMU(h.qemu)
+	found, err := lookQEMU(h.qemu)
 	if err != nil {
 		return nil, err
 	}
-	key, err := currentHostKey(qemuPath, accel)
+	resolved, err := resolveQEMU(found)
+	if err != nil {
+		return nil, err
+	}
+	key, err := currentHostKey(resolved, accel)
 	if err != nil {
 		return nil, err
 	}
@@ -107,8 +111,9 @@ func (h *Host) ask(ctx context.Context, accel Accel) (*HostInfo, error) {
 		return info, nil
 	}
 	// The key is taken before the probe: a binary replaced in between is kept under the old
-	// key, which the next process does not match.
-	info, err := probeHost(ctx, qemuPath, accel)
+	// key, which the next process does not match. QEMU runs by the name it was found under,
+	// as the VM will.
+	info, err := probeHost(ctx, found, accel)
 	if err != nil {
 		return nil, err
 	}

@@ -76,8 +76,8 @@ func hostCachePath(dir string, k hostKey) string {
 	return filepath.Join(dir, "qemu-"+hex.EncodeToString(sum[:12])+".json")
 }
 
-// currentHostKey computes the key of a probe of the binary at qemuPath (resolved by
-// resolveQEMU) under accel.
+// currentHostKey computes the key of a probe of the binary at qemuPath (as resolveQEMU
+// returns it) under accel.
 func currentHostKey(qemuPath string, accel Accel) (hostKey, error) {
 	var st syscall.Stat_t
 	if err := syscall.Stat(qemuPath, &st); err != nil {
@@ -96,18 +96,15 @@ func currentHostKey(qemuPath string, accel Accel) (hostKey, error) {
 	return k, nil
 }
 
-// resolveQEMU finds the binary a probe runs: found on PATH, absolute, symlinks resolved, so
-// that the key describes the file QEMU is started from.
-func resolveQEMU(qemu string) (string, error) {
-	p, err := lookQEMU(qemu)
+// resolveQEMU names the file that the binary found (by lookQEMU) runs: absolute, symlinks
+// resolved, so that the key describes that file and a link pointed elsewhere changes it.
+func resolveQEMU(found string) (string, error) {
+	p, err := filepath.Abs(found)
 	if err != nil {
-		return "", err
-	}
-	if p, err = filepath.Abs(p); err != nil {
-		return "", fmt.Errorf("resolve %s: %w", qemu, err)
+		return "", fmt.Errorf("resolve %s: %w", found, err)
 	}
 	if p, err = filepath.EvalSymlinks(p); err != nil {
-		return "", fmt.Errorf("resolve %s: %w", qemu, err)
+		return "", fmt.Errorf("resolve %s: %w", found, err)
 	}
 	return p, nil
 }

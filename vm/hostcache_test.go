@@ -213,3 +213,40 @@ func TestHostCacheRealQEMU(t *testing.T) {
 		t.Fatalf("kept answer: Haswell under TCG: got %v, want missing features", err)
 	}
 }
+
+// TestHostCacheFollowsLink: a QEMU named through a symlink is keyed by the file the link
+// points to: pointing it at another binary asks that one.
+func TestHostCacheFollowsLink(t *testing.T) {
+	testguest.Require(t, "qemu-system-x86_64")
+	binA, logA := fakeQEMU(t)
+	binB, logB := fakeQEMU(t)
+	link := filepath.Join(t.TempDir(), "qemu")
+	dir := t.TempDir()
+	point := func(target string) {
+		os.Remove(link)
+		if err := os.Symlink(target, link); err != nil {
+			t.Fatal(err)
+		}
+	}
+	steps := []struct {
+		target     string
+		probesA    int // in all, after this step
+		probesB    int
+		cacheFiles int
+	}{
+		{binA, 1, 0, 1},
+		{binA, 1, 0, 1}, // kept
+		{binB, 1, 1, 2}, // another binary, another file
+		{binA, 1, 1, 2}, // back: the first answer still holds
+	}
+	for i, s := range steps {
+		point(s.target)
+		infoTCG(t, vm.NewCachedHost(link, dir))
+		if a, b := probes(t, logA), probes(t, logB); a != s.probesA || b != s.probesB {
+			t.Fatalf("step %d: probes %d and %d, want %d and %d", i, a, b, s.probesA, s.probesB)
+		}
+		if m, _ := filepath.Glob(filepath.Join(dir, "*.json")); len(m) != s.cacheFiles {
+			t.Fatalf("step %d: %d cache files, want %d", i, len(m), s.cacheFiles)
+		}
+	}
+}

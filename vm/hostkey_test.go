@@ -1,6 +1,7 @@
 package vm
 
 import (
+	"encoding/json"
 	"os"
 	"path/filepath"
 	"strings"
@@ -66,4 +67,34 @@ func TestHostKeyKVM(t *testing.T) {
 	if a, b := set("Y"), set("Y"); a != b {
 		t.Fatal("the same parameters give two keys")
 	}
+}
+
+// FuzzReadHostCache: whatever a cache file holds, reading it never panics, and an answer is
+// returned only for the key it was asked under.
+func FuzzReadHostCache(f *testing.F) {
+	key := hostKey{QEMU: "/usr/bin/qemu-system-x86_64", Size: 1, Accel: AccelTCG}
+	good, err := json.Marshal(newHostRecord(key, &HostInfo{Accel: AccelTCG, QEMU: "7.2.22",
+		machine:     map[string]string{"q35": "pc-q35-7.2", "pc-q35-7.2": "pc-q35-7.2"},
+		cpus:        map[string]cpuDefinition{"max": {Name: "max"}},
+		maxFeatures: map[string]bool{"lm": true}, devices: map[string]bool{"virtio-blk-pci": true}}))
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Add(good)
+	f.Add([]byte(`{"version":1,"key":{},"machines":{"a":""},"cpus":[null],"devices":[""]}`))
+	f.Add([]byte(`{"version":1`))
+	path := filepath.Join(f.TempDir(), "cache.json")
+	f.Fuzz(func(t *testing.T, data []byte) {
+		if err := os.WriteFile(path, data, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		info, err := readHostCache(path, key)
+		if err != nil {
+			return
+		}
+		if info.Accel != key.Accel || info.QEMU == "" {
+			t.Fatalf("accepted an answer %+v for key %+v", info, key)
+		}
+		info.Check(DefaultConfig())
+	})
 }
