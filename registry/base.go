@@ -1,7 +1,6 @@
 package registry
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"io"
@@ -15,7 +14,6 @@ import (
 	"oras.land/oras-go/v2/registry/remote"
 
 	"github.com/cloudlet/cloudlet/base"
-	"github.com/cloudlet/cloudlet/chunk"
 )
 
 // The types of a base artifact: its config blob is the base's manifest.json, byte for byte,
@@ -185,27 +183,3 @@ func checkLayer(layers []ocispec.Descriptor, want ocispec.Descriptor) error {
 	}
 	return fmt.Errorf("the artifact has no blob for %s", name)
 }
-
-// sparseWriter writes at off and on, leaving all-zero runs of chunk.Size as holes: images are
-// mostly zeros. A file cut short ends at its last non-zero chunk, and holes read as the zeros
-// they stand for, so its size is still where a resumed download picks up.
-type sparseWriter struct {
-	f   *os.File
-	off int64
-}
-
-func (w *sparseWriter) Write(p []byte) (int, error) {
-	for i := 0; i < len(p); i += chunk.Size {
-		c := p[i:min(i+chunk.Size, len(p))]
-		if bytes.Equal(c, zeros[:len(c)]) {
-			continue
-		}
-		if _, err := w.f.WriteAt(c, w.off+int64(i)); err != nil {
-			return i, err
-		}
-	}
-	w.off += int64(len(p))
-	return len(p), nil
-}
-
-var zeros = make([]byte, chunk.Size)

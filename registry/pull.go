@@ -1,6 +1,7 @@
 package registry
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -82,7 +83,6 @@ func fetchRest(ctx context.Context, open OpenBlob, ref Ref, desc ocispec.Descrip
 	p.Begin("pull "+desc.Annotations[ocispec.AnnotationTitle], desc.Size)
 	defer p.End()
 	p.Add(have)
-	w := &sparseWriter{f: f, off: have}
 	buf := make([]byte, min(pullStep, desc.Size-have))
 	for have < desc.Size {
 		b := buf[:min(int64(len(buf)), desc.Size-have)]
@@ -94,10 +94,9 @@ func fetchRest(ctx context.Context, open OpenBlob, ref Ref, desc ocispec.Descrip
 		if err != nil {
 			return have, fmt.Errorf("after %d of %d bytes: %w", have, desc.Size, err)
 		}
-		if _, err := w.Write(b); err != nil {
+		if _, err := base.WriteSparse(ctx, f, have, bytes.NewReader(b), h, nil); err != nil {
 			return have, err
 		}
-		h.Write(b)
 		have += int64(len(b))
 	}
 	// The zero chunks at the end were not written.

@@ -31,7 +31,9 @@ func TestPullStalls(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	reg := registry.StartRegistry(t)
-	b, mem := commitRandom(t, newStore(t))
+	mem := make([]byte, 16<<20)
+	mrand.New(mrand.NewSource(1)).Read(mem)
+	b := base.CommitTinyMemory(t, newStore(t), "random", func(*vm.Config) {}, mem)
 	if _, err := registry.PushBase(ctx, b, reg.Ref(t, "bases/random:1"), reg.Options(), nil); err != nil {
 		t.Fatal(err)
 	}
@@ -100,32 +102,6 @@ func TestPullStalls(t *testing.T) {
 // blobs reads pulled blobs as the CLI does, with the default timeouts.
 func blobs(o registry.Options) registry.OpenBlob {
 	return origin.RegistryBlobs(origin.HTTPOptions{OCI: origin.OCIOptions{Registry: o}})
-}
-
-// commitRandom commits a tiny base whose memory image is random, so that bytes put at the
-// wrong place in a pulled copy do not pass for the right ones.
-func commitRandom(t *testing.T, s *base.Store) (*base.Base, []byte) {
-	t.Helper()
-	d, err := s.NewDraft()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg := vm.DefaultConfig()
-	cfg.MemoryBytes = 16 << 20
-	mem := make([]byte, cfg.MemoryBytes)
-	mrand.New(mrand.NewSource(1)).Read(mem)
-	files := map[string][]byte{base.DiskFile: make([]byte, 1<<20), base.MemoryFile: mem,
-		base.DevstateFile: []byte("devstate"), base.KernelFile: []byte("kernel")}
-	for name, b := range files {
-		if err := os.WriteFile(d.Path(name), b, 0o600); err != nil {
-			t.Fatal(err)
-		}
-	}
-	b, err := d.Commit(context.Background(), base.Manifest{Name: "random", VM: cfg, Accel: "tcg"}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return b, mem
 }
 
 // stallProxy passes requests on to a registry; its answers to GETs of one path (a blob's or a
