@@ -74,7 +74,7 @@ func download(ctx context.Context, open OpenBlob, ref Ref, desc ocispec.Descript
 func fetchRest(ctx context.Context, open OpenBlob, ref Ref, desc ocispec.Descriptor, f *os.File, have int64, h hash.Hash, p base.Progress) (int64, error) {
 	r, err := open(ctx, ref, desc)
 	if err != nil {
-		return have, fmt.Errorf("blob %s: %w", desc.Digest, explain(err))
+		return have, explain(err)
 	}
 	defer r.Close()
 	if err := f.Truncate(have); err != nil {

@@ -4,6 +4,10 @@ import (
 	"bytes"
 	"context"
 	mrand "math/rand"
+	"net/http"
+	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
 	"os"
 	"strings"
 	"testing"
@@ -93,4 +97,56 @@ func TestPullStalls(t *testing.T) {
 // blobs reads pulled blobs as the CLI does, with the default timeouts.
 func blobs(o registry.Options) registry.OpenBlob {
 	return origin.RegistryBlobs(origin.HTTPOptions{OCI: origin.OCIOptions{Registry: o}})
+}
+
+// A registry that answers range requests with whole blobs: a pull that allows the full
+// download (as the CLI does) gets the base; one that does not says why it failed.
+func TestPullWithoutRanges(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	reg := registry.StartRegistry(t)
+	mem := make([]byte, 16<<20)
+	mrand.New(mrand.NewSource(2)).Read(mem)
+	b := base.CommitTinyMemory(t, newStore(t), "random", func(*vm.Config) {}, mem)
+	if _, err := registry.PushBase(ctx, b, reg.Ref(t, "bases/random:1"), reg.Options(), nil); err != nil {
+		t.Fatal(err)
+	}
+	rp := httputil.NewSingleHostReverseProxy(&url.URL{Scheme: "http", Host: reg.Host})
+	direct := rp.Director
+	rp.Director = func(req *http.Request) {
+		direct(req)
+		req.Header.Del("Range")
+	}
+	srv := httptest.NewServer(rp)
+	defer srv.Close()
+	ref, err := registry.ParseRef(strings.TrimPrefix(srv.URL, "http://") + "/bases/random:1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		name    string
+		full    bool
+		wantErr string
+	}{
+		{"full download", true, ""},
+		{"ranges only", false, "206 Partial Content"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			dst := newStore(t)
+			open := origin.RegistryBlobs(origin.HTTPOptions{OCI: origin.OCIOptions{Registry: reg.Options(), FullDownload: c.full, SpoolDir: t.TempDir()}})
+			got, _, err := registry.PullBase(ctx, dst, ref, reg.Options(), open, nil)
+			if c.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), c.wantErr) {
+					t.Fatalf("pull: %v; want an error saying %q", err, c.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if data, err := os.ReadFile(got.Path(base.MemoryFile)); err != nil || got.ID != b.ID || !bytes.Equal(data, mem) {
+				t.Fatalf("pulled base %s (%v), want %s with the memory image pushed", got.ID, err, b.ID)
+			}
+		})
+	}
 }

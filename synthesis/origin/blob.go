@@ -26,12 +26,12 @@ func RegistryBlobs(opts HTTPOptions) registry.OpenBlob {
 		if ropts.Transport == nil {
 			ropts.Transport = newHTTPClient(opts.Guard).Transport
 		}
+		name := fmt.Sprintf("blob %s of %s", desc.Digest, ref)
 		client, err := registry.BlobClient(ref, ropts, checkRedirect)
 		if err != nil {
-			return nil, err
+			return nil, fmt.Errorf("%s: %w", name, err)
 		}
 		url := registry.BlobURL(ref, ropts, desc.Digest.String())
-		name := fmt.Sprintf("blob %s of %s", desc.Digest, ref)
 		var o Origin
 		o, err = openBlob(ctx, url, client, name, opts)
 		if errors.Is(err, ErrNoRanges) && opts.OCI.FullDownload {
@@ -39,7 +39,7 @@ func RegistryBlobs(opts HTTPOptions) registry.OpenBlob {
 			o, err = downloadBlob(ctx, ov, name, opts.OCI.SpoolDir, cmp.Or(opts.IdleTimeout, defaultIdleTimeout))
 		}
 		if err != nil {
-			return nil, err
+			return nil, fmt.Errorf("%s: %w", name, err)
 		}
 		if o.Size() != desc.Size {
 			o.Close()
