@@ -25,19 +25,20 @@ func (w *window) keep(end int64) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	w.keepEnd = end
-	if w.kept != nil && int64(len(w.kept)) > end-w.start {
-		w.kept = bytes.Clone(w.kept[:max(end-w.start, 0)])
+	if limit := w.keepLimitLocked(); w.kept != nil && int64(len(w.kept)) > limit-w.start {
+		w.kept = bytes.Clone(w.kept[:max(limit-w.start, 0)])
 	}
 }
 
-// keepEnd is how far kept may reach: to the device state's end once keep said where that is,
-// and as far as a recipe may rebuild before. A window without a chunk store keeps nothing.
+// keepLimitLocked is how far kept may reach: to the device state's end once keep said where
+// that is, and as far as a recipe may rebuild before. A window without a chunk store, or of an
+// overlay whose index and device state are too large for a recipe, keeps nothing.
 func (w *window) keepLimitLocked() int64 {
 	switch {
-	case w.stored == nil:
+	case w.stored == nil || w.keepEnd > maxStoredPrefix:
 		return 0
 	case w.keepEnd > 0:
-		return min(w.keepEnd, maxStoredPrefix)
+		return w.keepEnd
 	}
 	return maxStoredPrefix
 }
