@@ -11,6 +11,30 @@ import (
 	"github.com/cloudlet/cloudlet/synthesis/origin"
 )
 
+// fetchStored runs a synthesis's fetch of the overlay s serves for base b, with the chunk store
+// cs (chunks, or chunks seen through a wrapper), until it completes; it flushes chunks and
+// returns the bytes the window read from the origin and the requests s answered.
+func fetchStored(t *testing.T, b *base.Base, s *origin.ShapedServer, chunks *chunkstore.Store, cs ChunkStore) (bytes, requests int64) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	before := s.Requests.Load()
+	r, _ := startFetch(t, ctx, b, s.URL(), Options{EarlyStart: true, Fetch: FetchOptions{Store: cs}})
+	select {
+	case <-r.fetcher.Complete():
+	case <-r.fetcher.Failed():
+		t.Fatal(r.fetcher.Err())
+	case <-ctx.Done():
+		t.Fatal("the fetch did not complete within a minute")
+	}
+	n := r.window.BytesRead()
+	r.close()
+	if err := chunks.Flush(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	return n, s.Requests.Load() - before
+}
+
 // brokenRecipe is a chunk store whose tag data (the recipe of an overlay's index and device
 // state) is broken as data says; the rest is the store's.
 type brokenRecipe struct {
@@ -48,29 +72,9 @@ func TestBrokenRecipeRestored(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer chunks.Close()
-			fetch := func(cs ChunkStore) (bytes, requests int64) {
-				t.Helper()
-				ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-				defer cancel()
-				before := s.Requests.Load()
-				r, _ := startFetch(t, ctx, b, s.URL(), Options{EarlyStart: true, Fetch: FetchOptions{Store: cs}})
-				select {
-				case <-r.fetcher.Complete():
-				case <-r.fetcher.Failed():
-					t.Fatal(r.fetcher.Err())
-				case <-ctx.Done():
-					t.Fatal("the fetch did not complete within a minute")
-				}
-				n := r.window.BytesRead()
-				r.close()
-				if err := chunks.Flush(context.Background()); err != nil {
-					t.Fatal(err)
-				}
-				return n, s.Requests.Load() - before
-			}
-			fetch(chunks)
-			broken, brokenReqs := fetch(brokenRecipe{chunks, tt.data})
-			again, againReqs := fetch(chunks)
+			fetchStored(t, b, s, chunks, chunks)
+			broken, brokenReqs := fetchStored(t, b, s, chunks, brokenRecipe{chunks, tt.data})
+			again, againReqs := fetchStored(t, b, s, chunks, chunks)
 			t.Logf("overlay %d bytes: with the recipe broken %d bytes in %d requests, then %d in %d", size, broken, brokenReqs, again, againReqs)
 			if brokenReqs < 2 {
 				t.Fatalf("with the recipe broken, %d requests, want the index and device state from the origin too", brokenReqs)
