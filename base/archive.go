@@ -99,30 +99,84 @@ func (s *Store) importArchive(ctx context.Context, r io.Reader, p Progress, free
 	}
 	defer zr.Close()
 	tr := tar.NewReader(zr)
-	corrupt := func(err error) error {
-		if errors.Is(err, zstd.ErrMagicMismatch) {
-			return &ImportError{"not a base export (not zstd-compressed)", err}
-		}
-		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
-			return &ImportError{"archive is truncated", err}
-		}
-		return &ImportError{"archive is corrupt", err}
-	}
-
 	h, err := tr.Next()
 	if err != nil {
-		return nil, false, corrupt(err)
+		return nil, false, corruptArchive(err)
 	}
 	if h.Name != ManifestFile || h.Typeflag != tar.TypeReg || h.Size > maxManifestBytes {
 		return nil, false, &ImportError{Reason: fmt.Sprintf("archive starts with %q (%d bytes), want %s of at most %d bytes", h.Name, h.Size, ManifestFile, maxManifestBytes)}
 	}
 	raw, err := io.ReadAll(io.LimitReader(tr, maxManifestBytes))
 	if err != nil {
-		return nil, false, corrupt(err)
+		return nil, false, corruptArchive(err)
 	}
+	return s.importBase(raw, "archive manifest", free, func(m *Manifest, d *Draft) error {
+		return importEntries(ctx, tr, m, d, p)
+	})
+}
+
+// importEntries writes the archive's files, after its manifest, into d.
+func importEntries(ctx context.Context, tr *tar.Reader, m *Manifest, d *Draft, p Progress) error {
+	seen := map[string]bool{}
+	for {
+		h, err := tr.Next()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			return corruptArchive(err)
+		}
+		want, ok := m.Files[h.Name]
+		if !ok || seen[h.Name] || h.Name != filepath.Base(h.Name) || h.Typeflag != tar.TypeReg {
+			return &ImportError{Reason: fmt.Sprintf("archive holds unexpected entry %q", h.Name)}
+		}
+		if h.Size != want.Size {
+			return &ImportError{Reason: fmt.Sprintf("%s: archive entry has %d bytes, manifest says %d", h.Name, h.Size, want.Size)}
+		}
+		seen[h.Name] = true
+		p.Begin("import "+h.Name, h.Size)
+		got, err := copySparse(ctx, d.Path(h.Name), &progressReader{ctx: ctx, r: tr, p: p}, nil)
+		p.End()
+		if err != nil {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			return corruptArchive(fmt.Errorf("%s: %w", h.Name, err))
+		}
+		if got.Size < want.Size {
+			return &ImportError{Reason: fmt.Sprintf("archive is truncated: %s has %d of %d bytes", h.Name, got.Size, want.Size)}
+		}
+		if err := checkImported(h.Name, got, want); err != nil {
+			return err
+		}
+	}
+	for name := range m.Files {
+		if !seen[name] {
+			return &ImportError{Reason: fmt.Sprintf("archive lacks %s", name)}
+		}
+	}
+	return nil
+}
+
+// corruptArchive is a read error of an archive, as an ImportError that says what went wrong.
+func corruptArchive(err error) error {
+	if errors.Is(err, zstd.ErrMagicMismatch) {
+		return &ImportError{"not a base export (not zstd-compressed)", err}
+	}
+	if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+		return &ImportError{"archive is truncated", err}
+	}
+	return &ImportError{"archive is corrupt", err}
+}
+
+// importBase adds the base whose manifest is raw, unless it is here already: it checks the
+// free space (free) before anything is written, has fill write the files into a draft, and
+// seals the draft once fill has checked every file against the manifest. It returns the base
+// and whether it was new. what names the manifest in errors.
+func (s *Store) importBase(raw []byte, what string, free func() (int64, error), fill func(*Manifest, *Draft) error) (*Base, bool, error) {
 	m, id, err := parseManifest(raw)
 	if err != nil {
-		return nil, false, &ImportError{"archive manifest", err}
+		return nil, false, &ImportError{what, err}
 	}
 	if b, err := s.Get(id); err == nil {
 		return b, false, nil
@@ -130,7 +184,6 @@ func (s *Store) importArchive(ctx context.Context, r io.Reader, p Progress, free
 	if err := checkRoom(m, free); err != nil {
 		return nil, false, err
 	}
-
 	d, err := s.NewDraft()
 	if err != nil {
 		return nil, false, err
@@ -141,44 +194,8 @@ func (s *Store) importArchive(ctx context.Context, r io.Reader, p Progress, free
 			d.Discard()
 		}
 	}()
-	seen := map[string]bool{}
-	for {
-		h, err := tr.Next()
-		if errors.Is(err, io.EOF) {
-			break
-		}
-		if err != nil {
-			return nil, false, corrupt(err)
-		}
-		want, ok := m.Files[h.Name]
-		if !ok || seen[h.Name] || h.Name != filepath.Base(h.Name) || h.Typeflag != tar.TypeReg {
-			return nil, false, &ImportError{Reason: fmt.Sprintf("archive holds unexpected entry %q", h.Name)}
-		}
-		if h.Size != want.Size {
-			return nil, false, &ImportError{Reason: fmt.Sprintf("%s: archive entry has %d bytes, manifest says %d", h.Name, h.Size, want.Size)}
-		}
-		seen[h.Name] = true
-		p.Begin("import "+h.Name, h.Size)
-		got, err := copySparse(ctx, d.Path(h.Name), &progressReader{ctx: ctx, r: tr, p: p}, nil)
-		p.End()
-		if err != nil {
-			if ctx.Err() != nil {
-				return nil, false, ctx.Err()
-			}
-			return nil, false, corrupt(fmt.Errorf("%s: %w", h.Name, err))
-		}
-		if got.Size < want.Size {
-			return nil, false, &ImportError{Reason: fmt.Sprintf("archive is truncated: %s has %d of %d bytes", h.Name, got.Size, want.Size)}
-		}
-		if got != want {
-			return nil, false, &ImportError{Reason: fmt.Sprintf("%s: got %d bytes with sha256 %s, want %d bytes with sha256 %s",
-				h.Name, got.Size, got.SHA256, want.Size, want.SHA256)}
-		}
-	}
-	for name := range m.Files {
-		if !seen[name] {
-			return nil, false, &ImportError{Reason: fmt.Sprintf("archive lacks %s", name)}
-		}
+	if err := fill(m, d); err != nil {
+		return nil, false, err
 	}
 	b, err := d.seal(raw)
 	if err != nil {
@@ -186,6 +203,15 @@ func (s *Store) importArchive(ctx context.Context, r io.Reader, p Progress, free
 	}
 	sealed = true
 	return b, true, nil
+}
+
+// checkImported holds a file written by an import to its manifest entry.
+func checkImported(name string, got, want File) error {
+	if got != want {
+		return &ImportError{Reason: fmt.Sprintf("%s: got %d bytes with sha256 %s, want %d bytes with sha256 %s",
+			name, got.Size, got.SHA256, want.Size, want.SHA256)}
+	}
+	return nil
 }
 
 // checkRoom refuses a base whose files, as the manifest sizes them, do not fit in the free

@@ -94,44 +94,48 @@ func copySparse(ctx context.Context, dst string, src io.Reader, p Progress) (Fil
 	}
 	defer out.Close()
 	h := sha256.New()
-	f, err := copySparseTo(ctx, out, src, h, OrNone(p))
+	size, err := WriteSparse(ctx, out, 0, src, h, p)
 	if err != nil {
 		return File{}, fmt.Errorf("write %s: %w", dst, err)
 	}
-	if err := out.Truncate(f.Size); err != nil {
+	if err := out.Truncate(size); err != nil {
 		return File{}, fmt.Errorf("write %s: %w", dst, err)
 	}
-	f.SHA256 = hex.EncodeToString(h.Sum(nil))
-	return f, out.Close()
+	return File{Size: size, SHA256: hex.EncodeToString(h.Sum(nil))}, out.Close()
 }
 
 var zeroChunk = make([]byte, chunk.Size)
 
-func copySparseTo(ctx context.Context, out *os.File, src io.Reader, h hash.Hash, p Progress) (File, error) {
+// WriteSparse copies src into out from byte off on, and into h, leaving each all-zero run of
+// chunk.Size as a hole, and returns how many bytes it copied. The caller sets out's size: a
+// file ends at its last non-zero chunk until then, and its holes read as the zeros they stand
+// for, so a download cut short can resume at its size.
+func WriteSparse(ctx context.Context, out *os.File, off int64, src io.Reader, h hash.Hash, p Progress) (int64, error) {
+	p = OrNone(p)
 	buf := make([]byte, ioBuffer)
 	var size int64
 	for {
 		if err := ctx.Err(); err != nil {
-			return File{}, err
+			return size, err
 		}
 		n, err := io.ReadFull(src, buf)
 		h.Write(buf[:n])
-		for off := 0; off < n; off += chunk.Size {
-			c := buf[off:min(off+chunk.Size, n)]
+		for i := 0; i < n; i += chunk.Size {
+			c := buf[i:min(i+chunk.Size, n)]
 			if bytes.Equal(c, zeroChunk[:len(c)]) {
 				continue
 			}
-			if _, werr := out.WriteAt(c, size+int64(off)); werr != nil {
-				return File{}, werr
+			if _, werr := out.WriteAt(c, off+size+int64(i)); werr != nil {
+				return size, werr
 			}
 		}
 		size += int64(n)
 		p.Add(int64(n))
 		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
-			return File{Size: size}, nil
+			return size, nil
 		}
 		if err != nil {
-			return File{}, err
+			return size, err
 		}
 	}
 }

@@ -23,37 +23,14 @@ func (s *Store) CheckRoom(m *Manifest) error {
 // already here. It returns the base and whether it was new.
 func (s *Store) ImportFiles(ctx context.Context, raw []byte, open func(name string) (io.ReadCloser, error), p Progress) (*Base, bool, error) {
 	p = OrNone(p)
-	m, id, err := parseManifest(raw)
-	if err != nil {
-		return nil, false, &ImportError{"base manifest", err}
-	}
-	if b, err := s.Get(id); err == nil {
-		return b, false, nil
-	}
-	if err := s.CheckRoom(m); err != nil {
-		return nil, false, err
-	}
-	d, err := s.NewDraft()
-	if err != nil {
-		return nil, false, err
-	}
-	sealed := false
-	defer func() {
-		if !sealed {
-			d.Discard()
+	return s.importBase(raw, "base manifest", func() (int64, error) { return freeBytes(s.home) }, func(m *Manifest, d *Draft) error {
+		for _, name := range sortedNames(m) {
+			if err := importFile(ctx, d, name, m.Files[name], open, p); err != nil {
+				return err
+			}
 		}
-	}()
-	for _, name := range sortedNames(m) {
-		if err := importFile(ctx, d, name, m.Files[name], open, p); err != nil {
-			return nil, false, err
-		}
-	}
-	b, err := d.seal(raw)
-	if err != nil {
-		return nil, false, err
-	}
-	sealed = true
-	return b, true, nil
+		return nil
+	})
 }
 
 func importFile(ctx context.Context, d *Draft, name string, want File, open func(string) (io.ReadCloser, error), p Progress) error {
@@ -69,9 +46,5 @@ func importFile(ctx context.Context, d *Draft, name string, want File, open func
 	if err != nil {
 		return fmt.Errorf("import %s: %w", name, err)
 	}
-	if got != want {
-		return &ImportError{Reason: fmt.Sprintf("%s: got %d bytes with sha256 %s, want %d bytes with sha256 %s",
-			name, got.Size, got.SHA256, want.Size, want.SHA256)}
-	}
-	return nil
+	return checkImported(name, got, want)
 }

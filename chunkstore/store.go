@@ -53,10 +53,14 @@ type Store struct {
 
 	// Puts are written by one goroutine, off the fetch path: a create and a rename cost
 	// 0.1 to 1 ms on a busy disk, more than fetching the chunk did.
-	queueMu sync.RWMutex // the sender's side of queue
+	// queue is never closed: a Flush sends to it without a lock (it may wait for room, and a
+	// lock held meanwhile would stall Close and every Put behind it). Close closes closing
+	// instead, and the writer then writes what is queued and ends.
+	queueMu sync.RWMutex // the non-blocking senders' side of queue
 	queue   chan putRequest
-	closed  bool // guarded by queueMu (write lock): queue is closed
-	written chan struct{}
+	closed  bool          // guarded by queueMu (write lock): closing is closed
+	closing chan struct{} // closed by Close
+	written chan struct{} // closed when the writer has ended
 
 	hits, misses, corrupt, puts, putErrors, dropped, evicted, usage atomic.Int64
 }
@@ -87,7 +91,7 @@ func Open(dir string, maxBytes int64) (*Store, error) {
 	s := &Store{dir: dir, maxBytes: maxBytes, slice: max(maxBytes/sliceDiv, chunk.Size),
 		now: time.Now, touchEvery: TouchEvery, logf: log.Printf}
 	s.usage.Store(-1)
-	s.queue, s.written = make(chan putRequest, putQueue), make(chan struct{})
+	s.queue, s.closing, s.written = make(chan putRequest, putQueue), make(chan struct{}), make(chan struct{})
 	go s.writer()
 	return s, nil
 }
@@ -98,7 +102,7 @@ func (s *Store) Close() error {
 	s.queueMu.Lock()
 	if !s.closed {
 		s.closed = true
-		close(s.queue)
+		close(s.closing)
 	}
 	s.queueMu.Unlock()
 	<-s.written
@@ -109,18 +113,34 @@ func (s *Store) Close() error {
 	return nil
 }
 
-// writer writes queued chunks until Close.
+// writer writes queued chunks until Close, then what is queued at that time.
 func (s *Store) writer() {
 	defer close(s.written)
-	for req := range s.queue {
-		switch {
-		case req.flushed != nil:
-			close(req.flushed)
-		case req.tag != "":
-			s.setTag(req.tag, req.since, req.data)
-		default:
-			s.put(req.d, req.data)
+	for {
+		select {
+		case req := <-s.queue:
+			s.handle(req)
+		case <-s.closing:
+			for {
+				select {
+				case req := <-s.queue:
+					s.handle(req)
+				default:
+					return
+				}
+			}
 		}
+	}
+}
+
+func (s *Store) handle(req putRequest) {
+	switch {
+	case req.flushed != nil:
+		close(req.flushed)
+	case req.tag != "":
+		s.setTag(req.tag, req.since, req.data)
+	default:
+		s.put(req.d, req.data)
 	}
 }
 
@@ -222,24 +242,21 @@ func (s *Store) Put(d chunk.Digest, data []byte) {
 // Flush waits until the chunks put so far are written (or failed), or ctx ends.
 func (s *Store) Flush(ctx context.Context) error {
 	flushed := make(chan struct{})
-	s.queueMu.RLock()
-	if s.closed {
-		s.queueMu.RUnlock()
-		return nil // Close wrote them
-	}
 	select {
 	case s.queue <- putRequest{flushed: flushed}:
-		s.queueMu.RUnlock()
+	case <-s.closing: // Close writes them
 	case <-ctx.Done():
-		s.queueMu.RUnlock()
 		return ctx.Err()
 	}
+	// After Close, or with a marker queued as Close came (which may be left in the queue),
+	// the writer's end says the chunks before it were written.
 	select {
 	case <-flushed:
-		return nil
+	case <-s.written:
 	case <-ctx.Done():
 		return ctx.Err()
 	}
+	return nil
 }
 
 // put writes a chunk now.

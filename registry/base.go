@@ -1,11 +1,7 @@
 package registry
 
 import (
-	"bytes"
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
-	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -18,7 +14,6 @@ import (
 	"oras.land/oras-go/v2/registry/remote"
 
 	"github.com/cloudlet/cloudlet/base"
-	"github.com/cloudlet/cloudlet/chunk"
 )
 
 // The types of a base artifact: its config blob is the base's manifest.json, byte for byte,
@@ -106,22 +101,15 @@ func fileNames(m *base.Manifest) []string {
 // PullBase adds the base that ref names to store, and returns it with whether it was new. The
 // config blob is the base's manifest (its digest checked, so it is the base ID); every file
 // is checked against the digest that manifest records. Files are downloaded into
-// HOME/pulls/ID first, and a pull that broke off resumes from the bytes it has.
-func PullBase(ctx context.Context, store *base.Store, ref Ref, o Options, p base.Progress) (*base.Base, bool, error) {
+// HOME/pulls/ID first, read with open, and a pull that broke off resumes from the bytes it has.
+func PullBase(ctx context.Context, store *base.Store, ref Ref, o Options, open OpenBlob, p base.Progress) (*base.Base, bool, error) {
 	repo, err := Repository(ref, o)
 	if err != nil {
 		return nil, false, err
 	}
-	_, m, err := fetchManifest(ctx, repo, ref, ArtifactTypeBase)
+	m, raw, err := fetchBaseManifest(ctx, repo, ref, o)
 	if err != nil {
 		return nil, false, err
-	}
-	if m.Config.MediaType != MediaTypeBaseManifest || m.Config.Size <= 0 || m.Config.Size > maxManifestBytes {
-		return nil, false, fmt.Errorf("%s: config of type %q and %d bytes: want %s of at most %d", ref, m.Config.MediaType, m.Config.Size, MediaTypeBaseManifest, maxManifestBytes)
-	}
-	raw, err := content.FetchAll(ctx, repo, m.Config)
-	if err != nil {
-		return nil, false, fmt.Errorf("%s: base manifest: %w", ref, explain(err))
 	}
 	bm, id, err := base.ParseManifest(raw)
 	if err != nil {
@@ -147,7 +135,7 @@ func PullBase(ctx context.Context, store *base.Store, ref Ref, o Options, p base
 		if err := checkLayer(m.Layers, want); err != nil {
 			return nil, false, fmt.Errorf("%s: base %s: %w", ref, id, err)
 		}
-		if err := download(ctx, repo, want, filepath.Join(dir, name), p); err != nil {
+		if err := download(ctx, open, ref, want, filepath.Join(dir, name), p); err != nil {
 			return nil, false, fmt.Errorf("pull %s: %s: %w", ref, name, err)
 		}
 	}
@@ -159,6 +147,25 @@ func PullBase(ctx context.Context, store *base.Store, ref Ref, o Options, p base
 	}
 	os.RemoveAll(dir)
 	return b, isNew, nil
+}
+
+// fetchBaseManifest reads the artifact's manifest and its config, the base's manifest, each
+// within o's manifest timeout.
+func fetchBaseManifest(ctx context.Context, repo *remote.Repository, ref Ref, o Options) (ocispec.Manifest, []byte, error) {
+	mctx, cancel := o.manifestContext(ctx)
+	defer cancel()
+	_, m, err := fetchManifest(mctx, repo, ref, ArtifactTypeBase)
+	if err != nil {
+		return m, nil, o.manifestError(ctx, err)
+	}
+	if m.Config.MediaType != MediaTypeBaseManifest || m.Config.Size <= 0 || m.Config.Size > maxManifestBytes {
+		return m, nil, fmt.Errorf("%s: config of type %q and %d bytes: want %s of at most %d", ref, m.Config.MediaType, m.Config.Size, MediaTypeBaseManifest, maxManifestBytes)
+	}
+	raw, err := content.FetchAll(mctx, repo, m.Config)
+	if err != nil {
+		return m, nil, fmt.Errorf("%s: base manifest %s: %w", ref, m.Config.Digest, o.manifestError(ctx, explain(err)))
+	}
+	return m, raw, nil
 }
 
 // checkLayer finds the artifact's blob for a file of the base, which must have the file's
@@ -176,100 +183,3 @@ func checkLayer(layers []ocispec.Descriptor, want ocispec.Descriptor) error {
 	}
 	return fmt.Errorf("the artifact has no blob for %s", name)
 }
-
-// errDigest is a downloaded blob whose bytes do not have its digest.
-var errDigest = errors.New("digest mismatch")
-
-// download fetches a blob into path, resuming after the bytes path already has (the registry
-// seeks with a range request), and checks the whole file's digest. A file whose digest is
-// wrong is removed, so that the next pull starts it afresh.
-func download(ctx context.Context, repo *remote.Repository, desc ocispec.Descriptor, path string, p base.Progress) error {
-	p = base.OrNone(p)
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	st, err := f.Stat()
-	if err != nil {
-		return err
-	}
-	have := st.Size()
-	if have > desc.Size {
-		have = 0
-	}
-	h := sha256.New()
-	if _, err := io.Copy(h, io.NewSectionReader(f, 0, have)); err != nil {
-		return err
-	}
-	if have < desc.Size {
-		if have, err = fetchRest(ctx, repo, desc, f, have, h, p); err != nil {
-			return err
-		}
-	}
-	if got := hex.EncodeToString(h.Sum(nil)); got != desc.Digest.Encoded() {
-		f.Close()
-		os.Remove(path)
-		return fmt.Errorf("blob %s: %w: got sha256 %s over %d bytes", desc.Digest, errDigest, got, have)
-	}
-	return f.Sync()
-}
-
-// fetchRest appends the blob's bytes from have on to f and h, and returns the new length.
-func fetchRest(ctx context.Context, repo *remote.Repository, desc ocispec.Descriptor, f *os.File, have int64, h io.Writer, p base.Progress) (int64, error) {
-	rc, err := repo.Blobs().Fetch(ctx, desc)
-	if err != nil {
-		return have, fmt.Errorf("blob %s: %w", desc.Digest, explain(err))
-	}
-	defer rc.Close()
-	if s, ok := rc.(io.Seeker); ok && have > 0 {
-		if _, err := s.Seek(have, io.SeekStart); err != nil {
-			return have, fmt.Errorf("blob %s: resume at %d: %w", desc.Digest, have, err)
-		}
-	} else if have > 0 {
-		// The registry cannot seek: start again.
-		have = 0
-		h.(interface{ Reset() }).Reset()
-	}
-	if err := f.Truncate(have); err != nil {
-		return have, err
-	}
-	p.Begin("pull "+desc.Annotations[ocispec.AnnotationTitle], desc.Size)
-	defer p.End()
-	p.Add(have)
-	w := &sparseWriter{f: f, off: have}
-	n, err := io.Copy(io.MultiWriter(w, h), base.ProgressReader(ctx, io.LimitReader(rc, desc.Size-have), p))
-	have += n
-	if err != nil {
-		return have, fmt.Errorf("blob %s: after %d of %d bytes: %w", desc.Digest, have, desc.Size, err)
-	}
-	if have < desc.Size {
-		return have, fmt.Errorf("blob %s: the registry sent %d of %d bytes", desc.Digest, have, desc.Size)
-	}
-	// The zero chunks at the end were not written.
-	return have, f.Truncate(have)
-}
-
-// sparseWriter writes at off and on, leaving all-zero runs of chunk.Size as holes: images are
-// mostly zeros. A file cut short ends at its last non-zero chunk, and holes read as the zeros
-// they stand for, so its size is still where a resumed download picks up.
-type sparseWriter struct {
-	f   *os.File
-	off int64
-}
-
-func (w *sparseWriter) Write(p []byte) (int, error) {
-	for i := 0; i < len(p); i += chunk.Size {
-		c := p[i:min(i+chunk.Size, len(p))]
-		if bytes.Equal(c, zeros[:len(c)]) {
-			continue
-		}
-		if _, err := w.f.WriteAt(c, w.off+int64(i)); err != nil {
-			return i, err
-		}
-	}
-	w.off += int64(len(p))
-	return len(p), nil
-}
-
-var zeros = make([]byte, chunk.Size)

@@ -190,9 +190,11 @@ func ResolveOverlay(ctx context.Context, ref Ref, o Options, checkRedirect func(
 	if err != nil {
 		return nil, err
 	}
-	desc, m, err := fetchManifest(ctx, repo, ref, ArtifactTypeOverlay)
+	mctx, cancel := o.manifestContext(ctx)
+	desc, m, err := fetchManifest(mctx, repo, ref, ArtifactTypeOverlay)
+	cancel()
 	if err != nil {
-		return nil, err
+		return nil, o.manifestError(ctx, err)
 	}
 	if len(m.Layers) != 1 || m.Layers[0].MediaType != MediaTypeOverlay {
 		return nil, fmt.Errorf("%s: %w: want one blob of type %s, got %d blobs", ref, ErrBadArtifact, MediaTypeOverlay, len(m.Layers))

@@ -1,6 +1,8 @@
 package registry
 
 import (
+	"cmp"
+	"context"
 	"errors"
 	"fmt"
 	"net/http"
@@ -51,6 +53,25 @@ type Options struct {
 	// Transport carries every request, to the registry and to where it redirects; nil is a
 	// default one. A server gives one whose dialer refuses its own network.
 	Transport http.RoundTripper
+	// ManifestTimeout bounds the fetch of a manifest or a config, token included (0:
+	// DefaultManifestTimeout): they are a few KiB, and a registry that stops sending one must
+	// not hang a pull. Blobs are read with idle timeouts instead (see OpenBlob).
+	ManifestTimeout time.Duration
+}
+
+// DefaultManifestTimeout is ManifestTimeout's default.
+const DefaultManifestTimeout = 60 * time.Second
+
+func (o Options) manifestContext(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(ctx, cmp.Or(o.ManifestTimeout, DefaultManifestTimeout))
+}
+
+// manifestError names the timeout when it, not the caller, ended a fetch.
+func (o Options) manifestError(ctx context.Context, err error) error {
+	if errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil {
+		return fmt.Errorf("%w (no complete answer within %v)", err, cmp.Or(o.ManifestTimeout, DefaultManifestTimeout))
+	}
+	return err
 }
 
 // credential resolves credentials for host: the explicit ones for the registry's host only,

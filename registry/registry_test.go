@@ -75,7 +75,7 @@ func TestPushPull(t *testing.T) {
 	// Pull by tag, and by the subject's digest, into other homes.
 	for _, ref := range []registry.Ref{baseRef, reg.Ref(t, "apps/tiny@"+ov.Subject.Digest.String())} {
 		dst := newStore(t)
-		got, isNew, err := registry.PullBase(ctx, dst, ref, reg.Options(), nil)
+		got, isNew, err := registry.PullBase(ctx, dst, ref, reg.Options(), blobs(reg.Options()), nil)
 		if err != nil {
 			t.Fatalf("pull %s: %v", ref, err)
 		}
@@ -85,7 +85,7 @@ func TestPushPull(t *testing.T) {
 		if err := got.Verify(ctx, nil); err != nil {
 			t.Fatal(err)
 		}
-		if _, isNew, err := registry.PullBase(ctx, dst, ref, reg.Options(), nil); err != nil || isNew {
+		if _, isNew, err := registry.PullBase(ctx, dst, ref, reg.Options(), blobs(reg.Options()), nil); err != nil || isNew {
 			t.Fatalf("second pull: new %v, %v; want the base already here", isNew, err)
 		}
 		if _, err := os.Stat(filepath.Join(dst.Home(), "pulls", b.ID)); !os.IsNotExist(err) {
@@ -132,12 +132,12 @@ func TestPullResume(t *testing.T) {
 			if err := os.WriteFile(filepath.Join(dir, base.MemoryFile), c.partial, 0o600); err != nil {
 				t.Fatal(err)
 			}
-			_, _, err := registry.PullBase(ctx, dst, ref, opts, nil)
+			_, _, err := registry.PullBase(ctx, dst, ref, opts, blobs(opts), nil)
 			if c.wantErr != "" {
 				if err == nil || !strings.Contains(err.Error(), c.wantErr) || !strings.Contains(err.Error(), base.MemoryFile) {
 					t.Fatalf("pull over %s: %v, want an error naming %s and %q", c.name, err, base.MemoryFile, c.wantErr)
 				}
-				_, _, err = registry.PullBase(ctx, dst, ref, opts, nil)
+				_, _, err = registry.PullBase(ctx, dst, ref, opts, blobs(opts), nil)
 			}
 			if err != nil {
 				t.Fatal(err)
@@ -192,7 +192,7 @@ func TestRegistryErrors(t *testing.T) {
 	if _, err := registry.ResolveOverlay(ctx, reg.Ref(t, "apps/x:base"), reg.Options(), nil); err == nil || !strings.Contains(err.Error(), registry.ArtifactTypeBase) {
 		t.Fatalf("resolve a base as an overlay: %v", err)
 	}
-	if _, _, err := registry.PullBase(ctx, newStore(t), good, reg.Options(), nil); err == nil || !strings.Contains(err.Error(), registry.ArtifactTypeOverlay) {
+	if _, _, err := registry.PullBase(ctx, newStore(t), good, reg.Options(), blobs(reg.Options()), nil); err == nil || !strings.Contains(err.Error(), registry.ArtifactTypeOverlay) {
 		t.Fatalf("pull an overlay as a base: %v", err)
 	}
 }

@@ -6,12 +6,20 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"io"
+	"log"
 	mrand "math/rand"
 	"net/http"
+	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -140,4 +148,108 @@ func TestOverlay(t testing.TB, b *base.Base, n int64, seed int64) string {
 		t.Fatal(err)
 	}
 	return path
+}
+
+// StallProxy passes requests on to a registry; its answers to GETs of one path (a blob's or a
+// manifest's) stop sending (without closing) once they reach byte stallAt of what they serve,
+// so a range request that starts there stalls at once. Only the first stalls answers stall
+// (-1: all).
+type StallProxy struct {
+	Host    string // 127.0.0.1:PORT
+	path    string // the end of the path
+	stallAt int64
+	stalls  atomic.Int64
+	quit    chan struct{}
+
+	mu     sync.Mutex
+	starts []int64 // guarded by mu: where each GET of the blob started
+}
+
+// StartStallProxy starts a StallProxy in front of r for the test.
+func (r *TestRegistry) StartStallProxy(t testing.TB, path string, stallAt int64, stalls int64) *StallProxy {
+	t.Helper()
+	sp := &StallProxy{path: path, stallAt: stallAt, quit: make(chan struct{})}
+	sp.stalls.Store(stalls)
+	rp := httputil.NewSingleHostReverseProxy(&url.URL{Scheme: "http", Host: r.Host})
+	rp.FlushInterval = -1 // each byte reaches the client before the stall
+	rp.ModifyResponse = sp.modify
+	rp.ErrorLog = log.New(io.Discard, "", 0) // the stalled answers' ends
+	srv := httptest.NewServer(rp)
+	t.Cleanup(func() {
+		close(sp.quit) // first: the server waits for its handlers
+		srv.Close()
+	})
+	sp.Host = strings.TrimPrefix(srv.URL, "http://")
+	return sp
+}
+
+func (sp *StallProxy) modify(resp *http.Response) error {
+	req := resp.Request
+	if req.Method != http.MethodGet || !strings.HasSuffix(req.URL.Path, sp.path) {
+		return nil
+	}
+	if resp.StatusCode/100 != 2 {
+		return nil
+	}
+	start, end := int64(0), int64(1<<62)
+	if r := req.Header.Get("Range"); r != "" {
+		s, e, _ := strings.Cut(strings.TrimPrefix(r, "bytes="), "-")
+		start, _ = strconv.ParseInt(s, 10, 64)
+		end, _ = strconv.ParseInt(e, 10, 64)
+	}
+	sp.mu.Lock()
+	sp.starts = append(sp.starts, start)
+	sp.mu.Unlock()
+	if start > sp.stallAt || end < sp.stallAt || !sp.stall() {
+		return nil
+	}
+	resp.Body = &stallBody{ReadCloser: resp.Body, pos: start, stallAt: sp.stallAt, done: req.Context().Done(), quit: sp.quit}
+	return nil
+}
+
+// stall says whether this answer stalls, and counts it.
+func (sp *StallProxy) stall() bool {
+	for {
+		n := sp.stalls.Load()
+		switch {
+		case n < 0:
+			return true
+		case n == 0:
+			return false
+		case sp.stalls.CompareAndSwap(n, n-1):
+			return true
+		}
+	}
+}
+
+// Started says whether a GET of the path started at byte at.
+func (sp *StallProxy) Started(at int64) bool {
+	sp.mu.Lock()
+	defer sp.mu.Unlock()
+	for _, s := range sp.starts {
+		if s == at {
+			return true
+		}
+	}
+	return false
+}
+
+type stallBody struct {
+	io.ReadCloser
+	pos, stallAt int64
+	done, quit   <-chan struct{}
+}
+
+func (b *stallBody) Read(p []byte) (int, error) {
+	if b.pos >= b.stallAt {
+		select {
+		case <-b.done:
+		case <-b.quit:
+		}
+		return 0, io.ErrUnexpectedEOF
+	}
+	p = p[:min(int64(len(p)), b.stallAt-b.pos)]
+	n, err := b.ReadCloser.Read(p)
+	b.pos += int64(n)
+	return n, err
 }

@@ -145,28 +145,12 @@ func TestStoredOverlaySecondSynthesis(t *testing.T) {
 	defer chunks.Close()
 	fetch := func(cs ChunkStore) int64 {
 		t.Helper()
-		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-		defer cancel()
-		r, _ := startFetch(t, ctx, b, s.URL(), Options{EarlyStart: true, Fetch: FetchOptions{Store: cs}})
-		select {
-		case <-r.fetcher.Complete():
-		case <-r.fetcher.Failed():
-			t.Fatal(r.fetcher.Err())
-		case <-ctx.Done():
-			t.Fatal("the fetch did not complete within a minute")
-		}
-		n := r.window.BytesRead()
-		r.close()
-		if err := chunks.Flush(context.Background()); err != nil {
-			t.Fatal(err)
-		}
+		n, _ := fetchStored(t, b, s, chunks, cs)
 		return n
 	}
 	size := int64(len(mustRead(t, path)))
 	first := fetch(chunks)
-	before := s.Requests.Load()
-	second := fetch(chunks)
-	requests := s.Requests.Load() - before
+	second, requests := fetchStored(t, b, s, chunks, chunks)
 	t.Logf("overlay %d bytes: first synthesis fetched %d, second %d in %d requests", size, first, second, requests)
 	if second > size/100 || requests != 1 {
 		t.Errorf("second synthesis fetched %d bytes in %d requests, want at most 1%% of %d in one (the probe)", second, requests, size)

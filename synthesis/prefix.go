@@ -1,6 +1,7 @@
 package synthesis
 
 import (
+	"bytes"
 	"context"
 	"encoding/binary"
 
@@ -24,6 +25,46 @@ func (w *window) keep(end int64) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	w.keepEnd = end
+	if limit := w.keepLimitLocked(); w.kept != nil && int64(len(w.kept)) > limit-w.start {
+		w.kept = bytes.Clone(w.kept[:max(limit-w.start, 0)])
+	}
+}
+
+// keepLimitLocked is how far kept may reach: to the device state's end once keep said where
+// that is, and as far as a recipe may rebuild before. A window without a chunk store, or of an
+// overlay whose index and device state are too large for a recipe, keeps nothing.
+func (w *window) keepLimitLocked() int64 {
+	switch {
+	case w.stored == nil || w.keepEnd > maxStoredPrefix:
+		return 0
+	case w.keepEnd > 0:
+		return w.keepEnd
+	}
+	return maxStoredPrefix
+}
+
+// keepLocked keeps, as buf is dropped, what of it lies before the device state's end. Open
+// may read the whole buffer before keep was called (when it held the index alone): then all
+// of it is kept, and keep trims it.
+func (w *window) keepLocked() {
+	if end := w.keepLimitLocked(); end > w.start {
+		n := min(end-w.start, int64(w.filled))
+		if n == int64(len(w.buf)) {
+			w.kept = w.buf
+		} else {
+			w.kept = bytes.Clone(w.buf[:n])
+		}
+	}
+}
+
+// extendKept adds to kept a read that the origin served right after it, such as the device
+// state read after an index the buffer held: a store whose recipe broke gets it again.
+func (w *window) extendKept(p []byte, off int64) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.buf == nil && w.kept != nil && off == w.start+int64(len(w.kept)) && off+int64(len(p)) <= w.keepLimitLocked() {
+		w.kept = append(w.kept, p...)
+	}
 }
 
 // fromStore says whether the window serves the overlay's index and device state from the
@@ -47,11 +88,11 @@ func (w *window) prefix(ctx context.Context) []byte {
 	switch {
 	case w.kept != nil:
 		rest = w.kept
-	case w.buf != nil && w.filled >= int(end-start):
-		rest = w.buf[:end-start]
+	case w.buf != nil:
+		rest = w.buf[:w.filled]
 	}
 	out := make([]byte, start, end)
-	out = append(out, rest...)
+	out = append(out, rest[:min(int64(len(rest)), end-start)]...)
 	w.mu.Unlock()
 	if int64(len(out)) != end {
 		return nil

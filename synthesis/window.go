@@ -1,7 +1,6 @@
 package synthesis
 
 import (
-	"bytes"
 	"context"
 	"io"
 	"sync"
@@ -111,9 +110,7 @@ func (w *window) prefetch(p overlay.Plan) {
 // and once here. A read that comes later anyway goes to the origin.
 func (w *window) releaseLocked() {
 	if w.filled == len(w.buf) && w.served >= len(w.buf) {
-		if w.keepEnd > w.start && w.keepEnd <= w.start+int64(len(w.buf)) && w.keepEnd <= maxStoredPrefix {
-			w.kept = bytes.Clone(w.buf[:w.keepEnd-w.start])
-		}
+		w.keepLocked()
 		w.buf = nil
 	}
 }
@@ -153,7 +150,11 @@ func (w *window) ReadAtProgress(ctx context.Context, p []byte, off int64, progre
 		if !inside {
 			w.mu.Unlock()
 			from := done
-			return origin.ReadProgress(ctx, w.Origin, p[from:], off+int64(from), w.counting(func(n int) { progress(from + n) }))
+			err := origin.ReadProgress(ctx, w.Origin, p[from:], off+int64(from), w.counting(func(n int) { progress(from + n) }))
+			if err == nil {
+				w.extendKept(p[from:], off+int64(from))
+			}
+			return err
 		}
 		have := min(int64(len(p)), w.start+int64(w.filled)-off)
 		if have > int64(done) {

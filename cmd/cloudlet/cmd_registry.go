@@ -5,12 +5,15 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/urfave/cli/v2"
 
 	"github.com/cloudlet/cloudlet/base"
 	"github.com/cloudlet/cloudlet/registry"
+	"github.com/cloudlet/cloudlet/synthesis/origin"
 )
 
 // registryFlags are the flags of every command that talks to an OCI registry.
@@ -93,8 +96,10 @@ func basePullCommand() *cli.Command {
 		Usage:     "add a base from an OCI registry",
 		ArgsUsage: "REGISTRY/REPOSITORY(:TAG|@sha256:DIGEST)",
 		Description: "Every file is checked against the base's manifest, whose digest is the base ID. Files are\n" +
-			"downloaded into HOME/pulls first: a pull that broke off resumes where it stopped.",
-		Flags: registryFlags(),
+			"downloaded into HOME/pulls first: a pull that broke off resumes where it stopped. A read that\n" +
+			"gets no byte for 30 s is retried from where it stopped, for as long as retries make progress.",
+		Flags: append(registryFlags(),
+			&cli.DurationFlag{Name: "retry-for", Value: 2 * time.Minute, Usage: "how long to retry a registry that makes no progress before giving up (a slow but moving link never gives up)"}),
 		Action: func(c *cli.Context) error {
 			if c.NArg() != 1 {
 				return fmt.Errorf("%w: base pull takes one reference", errUsage)
@@ -107,7 +112,8 @@ func basePullCommand() *cli.Command {
 			if err != nil {
 				return err
 			}
-			b, isNew, err := registry.PullBase(c.Context, s, ref, registryOptions(c), newProgress(c.App.ErrWriter))
+			o := registryOptions(c)
+			b, isNew, err := registry.PullBase(c.Context, s, ref, o, baseBlobs(s, o, c.Duration("retry-for")), newProgress(c.App.ErrWriter))
 			if err != nil {
 				return err
 			}
@@ -141,9 +147,17 @@ func printImported(g globals, b *base.Base, isNew bool, stdout, stderr io.Writer
 	return nil
 }
 
+// baseBlobs reads the files of a base being pulled: a read that gets no byte for the idle
+// timeout is retried from where it stopped, until retryFor passes without progress. A
+// registry that does not answer ranges is downloaded whole, into the pulls directory.
+func baseBlobs(s *base.Store, o registry.Options, retryFor time.Duration) registry.OpenBlob {
+	return origin.RegistryBlobs(origin.HTTPOptions{RetryFor: retryFor,
+		OCI: origin.OCIOptions{Registry: o, FullDownload: true, SpoolDir: filepath.Join(s.Home(), "pulls")}})
+}
+
 // pullBaseFor makes sure the base id (or prefix) of a synthesis from the oci:// source src is
 // in the store, pulling it from the overlay's subject if it is not.
-func pullBaseFor(ctx context.Context, g globals, id, src string, o registry.Options, stderr io.Writer) error {
+func pullBaseFor(ctx context.Context, g globals, id, src string, o registry.Options, retryFor time.Duration, stderr io.Writer) error {
 	s, err := openStore(g)
 	if err != nil {
 		return err
@@ -167,7 +181,7 @@ func pullBaseFor(ctx context.Context, g globals, id, src string, o registry.Opti
 	}
 	baseRef := ref
 	baseRef.Reference.Reference = ov.Subject.Digest.String()
-	b, _, err := registry.PullBase(ctx, s, baseRef, o, newProgress(stderr))
+	b, _, err := registry.PullBase(ctx, s, baseRef, o, baseBlobs(s, o, retryFor), newProgress(stderr))
 	if err != nil {
 		return fmt.Errorf("--pull-base: %w", err)
 	}

@@ -77,7 +77,7 @@ func runSynthesis(c *cli.Context) error {
 		if !strings.HasPrefix(src, registry.Scheme) {
 			return fmt.Errorf("%w: --pull-base needs an oci:// overlay", errUsage)
 		}
-		if err := pullBaseFor(ctx, g, c.Args().Get(0), src, ropts, stderr); err != nil {
+		if err := pullBaseFor(ctx, g, c.Args().Get(0), src, ropts, c.Duration("retry-for"), stderr); err != nil {
 			return err
 		}
 	}

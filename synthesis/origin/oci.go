@@ -60,9 +60,7 @@ func openOCI(ctx context.Context, src string, opts HTTPOptions) (Origin, error) 
 	if err != nil {
 		return nil, fmt.Errorf("overlay %s: %w", name, registryError(err, opts.Guard != nil))
 	}
-	hopts := opts
-	hopts.Client, hopts.Guard, hopts.retryDenied = ov.Client, nil, true
-	o, err := NewHTTP(ctx, ov.URL, hopts)
+	o, err := openBlob(ctx, ov.URL, ov.Client, name, opts)
 	switch {
 	case errors.Is(err, ErrNoRanges) && opts.OCI.FullDownload:
 		o, err = downloadBlob(ctx, ov, name, opts.OCI.SpoolDir, cmp.Or(opts.IdleTimeout, defaultIdleTimeout))
@@ -74,11 +72,6 @@ func openOCI(ctx context.Context, src string, opts HTTPOptions) (Origin, error) 
 			"(--oci-full-download downloads it whole before the VM starts): %w", name, err)
 	case err != nil:
 		return nil, fmt.Errorf("overlay %s: %w", name, err)
-	default:
-		h := o.(*httpOrigin)
-		// A blob fetched by digest cannot change, and blob storage behind a redirect may answer
-		// each request with other validators: the digest pins it, not an ETag.
-		h.validator, h.byETag, h.name = "", false, name
 	}
 	if err := checkBlob(ctx, o, ov); err != nil {
 		o.Close()
