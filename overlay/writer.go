@@ -62,14 +62,6 @@ type Summary struct {
 // against the entry's digest. Blobs are staged in a temporary file in tmpDir.
 func Write(ctx context.Context, out io.Writer, tmpDir string, m Meta, devstate []byte, entries []Entry, order []int, read ReadChunk) (Summary, error) {
 	var s Summary
-	if m.BlobRaw <= 0 {
-		m.BlobRaw = DefaultBlobRaw
-	}
-	m.BlobRaw = max(chunk.Size, m.BlobRaw/chunk.Size*chunk.Size)
-	if m.RestBlobRaw <= 0 {
-		m.RestBlobRaw = min(m.BlobRaw, DefaultRestBlobRaw)
-	}
-	m.RestBlobRaw = max(chunk.Size, m.RestBlobRaw/chunk.Size*chunk.Size)
 	ix := &Index{BaseID: m.BaseID, ChunkSize: chunk.Size, Codec: m.Codec, Images: m.Images, Config: m.Config}
 	entries, order = canonical(entries, order)
 
@@ -123,6 +115,8 @@ func Write(ctx context.Context, out io.Writer, tmpDir string, m Meta, devstate [
 			ix.Prefetch = append(ix.Prefetch, uint32(i))
 		}
 	}
+
+	m.blobSizes(len(ix.Prefetch), m.WorkingSet)
 
 	tmp, err := os.CreateTemp(tmpDir, "overlay-blobs-")
 	if err != nil {
