@@ -147,7 +147,7 @@ func Create(ctx context.Context, o Options) (Result, error) {
 	logf("snapshot taken; building the overlay\n")
 	buildStart := time.Now()
 
-	entries, stats, err := diff(ctx, fsys, b, o.Progress)
+	entries, order, stats, err := diff(ctx, fsys, b, o.Progress)
 	if err != nil {
 		return res, err
 	}
@@ -156,7 +156,7 @@ func Create(ctx context.Context, o Options) (Result, error) {
 	if err != nil {
 		return res, err
 	}
-	res.Overlay, err = writeOverlay(ctx, o, fsys, entries, dev)
+	res.Overlay, err = writeOverlay(ctx, o, fsys, entries, order, dev)
 	if err != nil {
 		return res, err
 	}
@@ -170,7 +170,7 @@ func Create(ctx context.Context, o Options) (Result, error) {
 	return res, nil
 }
 
-func writeOverlay(ctx context.Context, o Options, fsys *cloudletfs.FS, entries []overlay.Entry, dev []byte) (overlay.Summary, error) {
+func writeOverlay(ctx context.Context, o Options, fsys *cloudletfs.FS, entries []overlay.Entry, order []int, dev []byte) (overlay.Summary, error) {
 	b := o.Base
 	var baseID [32]byte
 	if n, err := hex.Decode(baseID[:], []byte(b.ID)); err != nil || n != len(baseID) {
@@ -185,7 +185,7 @@ func writeOverlay(ctx context.Context, o Options, fsys *cloudletfs.FS, entries [
 	for _, img := range imgs {
 		meta.Images = append(meta.Images, overlay.Image{Name: img.Name(), Size: img.Size()})
 	}
-	return overlay.WriteFile(ctx, o.Output, o.WorkDir, meta, dev, entries, nil, func(im uint8, i int64) ([]byte, error) {
+	return overlay.WriteFile(ctx, o.Output, o.WorkDir, meta, dev, entries, order, func(im uint8, i int64) ([]byte, error) {
 		return readChunk(ctx, imgs[im], i)
 	})
 }

@@ -57,7 +57,7 @@ type Summary struct {
 // entry positions of KindBlob entries in prefetch order; blob entries not listed follow in
 // place order (image, then chunk number), so that a file's chunks share blobs and a next
 // version of the same app, with its files at the same places, shares whole blobs with this
-// one. Content at several places is stored at the lowest of them (see canonical), keeping the
+// one (overlay.Reorder lists only the working set). Content at several places is stored at the lowest of them (see canonical), keeping the
 // prefetch position order gave it. read supplies each stored chunk's bytes, which are checked
 // against the entry's digest. Blobs are staged in a temporary file in tmpDir.
 func Write(ctx context.Context, out io.Writer, tmpDir string, m Meta, devstate []byte, entries []Entry, order []int, read ReadChunk) (Summary, error) {

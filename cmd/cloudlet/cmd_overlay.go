@@ -212,7 +212,7 @@ func runOverlayInfo(g globals, path string, stdout io.Writer) error {
 		info.Chunks["blob"], info.Chunks["self"], info.Chunks["base"], info.Chunks["zero"])
 	fmt.Fprintf(stdout, "devstate:    %d bytes\n", info.DevstateBytes)
 	if info.WorkingSetBlobs == 0 {
-		fmt.Fprintf(stdout, "working set: not profiled (prefetch follows place order: image, then chunk)\n")
+		fmt.Fprintf(stdout, "working set: not profiled (prefetch follows the capture's first-access order)\n")
 	} else {
 		fmt.Fprintf(stdout, "working set: %d blobs, %d bytes\n", info.WorkingSetBlobs, info.WorkingSetBytes)
 	}
