@@ -92,7 +92,7 @@ func Open(ra io.ReaderAt, size int64, want Expect) (*Reader, error) {
 		return nil, corrupt("file", "data ends at %d, but the file has %d bytes (truncated?)", last, size)
 	}
 	r.blobs, err = ristretto.NewCache(&ristretto.Config[uint32, []byte]{
-		NumCounters: 10 * (blobCacheBytes / DefaultBlobRaw), MaxCost: blobCacheBytes, BufferItems: 64,
+		NumCounters: 10 * (blobCacheBytes / DefaultRestBlobRaw), MaxCost: blobCacheBytes, BufferItems: 64,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("overlay: blob cache: %w", err)

@@ -12,19 +12,15 @@ type Place struct {
 // the stored chunks at first moved to the front of the prefetch order, in that order, as the
 // working set: a recorded working set then comes in blobs of its own, fetched with one range
 // request. A place that is a self reference stands for the stored chunk it repeats; places
-// that are not stored chunks are skipped. The rest follow in r's prefetch order. Blobs are
-// staged in tmpDir. It returns the number of chunks in the working set.
+// that are not stored chunks are skipped. The rest follow in place order (see Write): they
+// are fetched in the background or on demand, and a next version of the app, profiled too,
+// then shares whole blobs of them with this one. Blobs are staged in tmpDir. It returns the
+// number of chunks in the working set.
 func Reorder(ctx context.Context, r *Reader, first []Place, path, tmpDir string) (int, error) {
 	ix := r.Index
 	entries, at := ix.entries()
-	order, seen := ix.storedAt(first, at)
+	order := ix.storedAt(first, at)
 	ws := len(order)
-	for _, p := range ix.Prefetch {
-		if !seen[int(p)] {
-			seen[int(p)] = true
-			order = append(order, int(p))
-		}
-	}
 	dev, err := r.Devstate()
 	if err != nil {
 		return 0, err
@@ -62,7 +58,7 @@ func (ix *Index) entries() ([]Entry, map[placeKey]int) {
 }
 
 // storedAt lists the stored entries that places name, first mention first, each once.
-func (ix *Index) storedAt(places []Place, at map[placeKey]int) ([]int, map[int]bool) {
+func (ix *Index) storedAt(places []Place, at map[placeKey]int) []int {
 	var order []int
 	seen := map[int]bool{}
 	for _, p := range places {
@@ -82,5 +78,5 @@ func (ix *Index) storedAt(places []Place, at map[placeKey]int) ([]int, map[int]b
 			order = append(order, e)
 		}
 	}
-	return order, seen
+	return order
 }

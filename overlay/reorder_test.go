@@ -13,8 +13,8 @@ import (
 
 // TestReorder: a rewritten overlay puts the named stored chunks first, in the order named
 // (a self reference standing for the chunk it repeats; other places skipped, repeats once),
-// keeps the old prefetch order for the rest, counts the working set, applies to the same
-// images, and is a private file.
+// puts the rest in place order, counts the working set, applies to the same images, and is a
+// private file.
 func TestReorder(t *testing.T) {
 	tc := newCase(t, overlay.CodecZstd, 3)
 	r, err := overlay.Open(bytes.NewReader(tc.file), int64(len(tc.file)), tc.expect())
@@ -43,9 +43,9 @@ func TestReorder(t *testing.T) {
 	first := []overlay.Place{placeOf(ix, last), placeOf(ix, self), placeOf(ix, zero),
 		{Image: "nope", Index: 0}, placeOf(ix, last), placeOf(ix, prev)}
 	want := []overlay.Place{placeOf(ix, last), placeOf(ix, int(ix.Chunks[self].Self)), placeOf(ix, prev)}
-	var rest []overlay.Place
-	for _, p := range ix.Prefetch {
-		if pl := placeOf(ix, int(p)); !slices.Contains(want, pl) {
+	var rest []overlay.Place // the other stored chunks, in place order
+	for e, c := range ix.Chunks {
+		if pl := placeOf(ix, e); c.Kind == overlay.KindBlob && !slices.Contains(want, pl) {
 			rest = append(rest, pl)
 		}
 	}

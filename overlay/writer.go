@@ -18,8 +18,11 @@ type Meta struct {
 	Images []Image
 	Config []byte // VM configuration, JSON
 	Codec  Codec
-	// BlobRaw is the uncompressed size of a blob; 0 means DefaultBlobRaw.
+	// BlobRaw is the uncompressed size of a working-set blob; 0 means DefaultBlobRaw.
 	BlobRaw int
+	// RestBlobRaw is the uncompressed size of the blobs after the working set; 0 means the
+	// smaller of BlobRaw and DefaultRestBlobRaw.
+	RestBlobRaw int
 	// WorkingSet is how many leading entries of the prefetch order form the recorded working
 	// set; the blobs holding them are counted in the index.
 	WorkingSet int
@@ -52,15 +55,15 @@ type Summary struct {
 
 // Write builds an overlay into out. entries are the changed chunks, in any order. order lists
 // entry positions of KindBlob entries in prefetch order; blob entries not listed follow in
-// image order. read supplies each stored chunk's bytes, which are checked against the entry's
-// digest. Blobs are staged in a temporary file in tmpDir.
+// place order (image, then chunk number), so that a file's chunks share blobs and a next
+// version of the same app, with its files at the same places, shares whole blobs with this
+// one (overlay.Reorder lists only the working set). Content at several places is stored at the lowest of them (see canonical), keeping the
+// prefetch position order gave it. read supplies each stored chunk's bytes, which are checked
+// against the entry's digest. Blobs are staged in a temporary file in tmpDir.
 func Write(ctx context.Context, out io.Writer, tmpDir string, m Meta, devstate []byte, entries []Entry, order []int, read ReadChunk) (Summary, error) {
 	var s Summary
-	if m.BlobRaw <= 0 {
-		m.BlobRaw = DefaultBlobRaw
-	}
-	m.BlobRaw = max(chunk.Size, m.BlobRaw/chunk.Size*chunk.Size)
 	ix := &Index{BaseID: m.BaseID, ChunkSize: chunk.Size, Codec: m.Codec, Images: m.Images, Config: m.Config}
+	entries, order = canonical(entries, order)
 
 	// Entries sorted by place; pos maps each place to its entry number.
 	sorted := make([]int, len(entries))
@@ -113,6 +116,8 @@ func Write(ctx context.Context, out io.Writer, tmpDir string, m Meta, devstate [
 		}
 	}
 
+	m.blobSizes(len(ix.Prefetch), m.WorkingSet)
+
 	tmp, err := os.CreateTemp(tmpDir, "overlay-blobs-")
 	if err != nil {
 		return s, fmt.Errorf("overlay: %w", err)
@@ -162,7 +167,11 @@ func Write(ctx context.Context, out io.Writer, tmpDir string, m Meta, devstate [
 		raw = append(raw, data...)
 		s.StoredChunks++
 		// The working set ends a blob, so it is one contiguous range of whole blobs.
-		if len(raw) >= m.BlobRaw || n+1 == m.WorkingSet {
+		limit := m.BlobRaw
+		if n >= m.WorkingSet {
+			limit = m.RestBlobRaw
+		}
+		if len(raw) >= limit || n+1 == m.WorkingSet {
 			if err := flush(); err != nil {
 				return s, err
 			}

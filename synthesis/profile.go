@@ -17,8 +17,8 @@ const slowLinkRate = 10e6 / 8
 // Profile records a working set the way REAP does: it synthesises the overlay locally, notes
 // the order in which the VM first touches overlay chunks until the probe answers (plus
 // o.ProfileTail), and rewrites the overlay so those chunks come first, in that order, in
-// blobs of their own: one range request fetches the whole working set. The new overlay is
-// written atomically to output.
+// blobs of their own: one range request fetches the whole working set. The rest follow in
+// place order (see overlay.Reorder). The new overlay is written atomically to output.
 //
 // It does so runs times and takes the union (first run's order, then what later runs added):
 // a guest does not touch quite the same memory twice (the page allocator hands out whatever
