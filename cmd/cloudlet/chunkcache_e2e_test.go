@@ -17,7 +17,7 @@ import (
 )
 
 // testChunkCache: two syntheses of the same profiled overlay (the app with a 5 MB file
-// besides, about 10 MB: far more than its index and device state) from a shaped HTTP origin,
+// besides, about 5.4 MB: far more than its index and device state) from a shaped HTTP origin,
 // each into a fresh cache directory, with the chunk cache of the same home: the second fetches
 // what precedes the blobs and nothing else (not even the working set, which a first synthesis
 // asks for with the index), and answers about as soon as a synthesis from a local file. TCG is
