@@ -6,6 +6,10 @@
 //
 //	go run ./bench/chunkcache -home H -base ID -v1 app-v1.overlay -v2 app-v2.overlay
 //
+// With -row LABEL it prints only one row of a summary table, for the pair named LABEL (the
+// header comes from -header), so that a script can put several pairs in one table
+// (bench/chunkcache.sh).
+//
 // What precedes the blobs (header, index, device state) no cache can spare. Bytes are counted
 // at the origin. Every byte delivered is verified by the fetcher as in a synthesis.
 package main
@@ -31,64 +35,83 @@ func main() {
 	baseID := flag.String("base", "", "base ID")
 	v1 := flag.String("v1", "", "overlay of the app")
 	v2 := flag.String("v2", "", "overlay of the app with one more file")
+	row := flag.String("row", "", "print only the summary table's row for this pair, named LABEL")
+	header := flag.Bool("header", false, "print only the summary table's header (for -row) and exit")
 	flag.Parse()
-	if err := run(*home, *baseID, *v1, *v2); err != nil {
+	if *header {
+		printHeader(os.Stdout)
+		return
+	}
+	ms, err := run(context.Background(), *home, *baseID, *v1, *v2)
+	if err != nil {
 		fmt.Fprintln(os.Stderr, "chunkcache:", err)
 		os.Exit(1)
 	}
+	if *row != "" {
+		printRow(os.Stdout, *row, ms)
+	} else {
+		printDetail(os.Stdout, ms)
+	}
 }
 
-func run(home, baseID, v1, v2 string) error {
+// The cases, in the order they run: each but the first fetches into the chunk cache that the
+// ones before it filled.
+const (
+	caseNoCache = iota // v2 with no chunk cache
+	caseV1             // v1 into an empty chunk cache
+	caseWithV1         // v2 with v1's chunks in the cache
+	caseAgain          // v2 a second time
+	nCases
+)
+
+var caseNames = [nCases]string{"v2, no chunk cache", "v1 into an empty chunk cache",
+	"v2 with v1's chunks in the cache", "v2 again"}
+
+// measures is what one run measured.
+type measures struct {
+	cases [nCases]result
+	cov   cover // of v2 by the cache that holds v1's chunks
+}
+
+func run(ctx context.Context, home, baseID, v1, v2 string) (measures, error) {
+	var ms measures
 	store, err := base.Open(home)
 	if err != nil {
-		return err
+		return ms, err
 	}
 	b, err := store.Get(baseID)
 	if err != nil {
-		return err
+		return ms, err
 	}
 	tmp, err := os.MkdirTemp("", "chunkcache-bench-")
 	if err != nil {
-		return err
+		return ms, err
 	}
 	defer os.RemoveAll(tmp)
 	chunks, err := chunkstore.Open(tmp+"/chunks", 4<<30)
 	if err != nil {
-		return err
+		return ms, err
 	}
 	defer chunks.Close()
-	ctx := context.Background()
-	fmt.Println("| case | overlay bytes | fetched | header, index, device state | fetched beyond them | from the chunk cache | fetch time |")
-	fmt.Println("|---|---:|---:|---:|---:|---:|---:|")
-	cases := []struct {
-		name, file string
-		store      synthesis.ChunkStore
-	}{
-		{"v2, no chunk cache", v2, nil},
-		{"v1 into an empty chunk cache", v1, chunks},
-		{"v2 with v1's chunks in the cache", v2, chunks},
-		{"v2 again", v2, chunks},
-	}
-	var cov cover
-	for _, c := range cases {
-		r, err := fetch(ctx, b, c.file, c.store, tmp)
-		if err != nil {
-			return fmt.Errorf("%s: %w", c.name, err)
+	files := [nCases]string{v2, v1, v2, v2}
+	for i, file := range files {
+		var cs synthesis.ChunkStore
+		if i != caseNoCache {
+			cs = chunks
 		}
-		fmt.Printf("| %s | %d | %d | %d | %d | %d | %.2f s |\n", c.name, r.size, r.fetched, r.head,
-			r.fetched-r.head, r.stats.FromStoreBytes, r.took.Seconds())
+		if ms.cases[i], err = fetch(ctx, b, file, cs, tmp); err != nil {
+			return ms, fmt.Errorf("%s: %w", caseNames[i], err)
+		}
 		if err := chunks.Flush(ctx); err != nil {
-			return err
+			return ms, err
 		}
-		if c.name == "v1 into an empty chunk cache" {
-			if cov, err = coverage(ctx, b, v2, chunks); err != nil {
-				return err
+		if i == caseV1 {
+			if ms.cov, err = coverage(ctx, b, v2, chunks); err != nil {
+				return ms, err
 			}
 		}
 	}
-	fmt.Printf("\nWith v1's chunks in the cache, it held %d of v2's %d stored chunks (%d of %d bytes raw); %d of v2's %d blobs had all their chunks there.\n",
-		cov.have, cov.chunks, cov.haveBytes, cov.bytes, cov.wholeBlobs, cov.blobs)
-	return nil
+	return ms, nil
 }
 
 // cover is how much of an overlay's stored chunks a chunk cache holds.
