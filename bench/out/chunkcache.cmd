@@ -1,0 +1,1 @@
+bench/chunkcache.sh 1
