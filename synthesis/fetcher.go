@@ -45,7 +45,8 @@ const backgroundRun = 512 << 10
 const streamRange = 4 << 20
 
 // bulkAfter is how many blobs the VM may demand before the fetcher decides it is pulling most
-// of the overlay anyway, and streams the rest in bulk instead of blob by blob.
+// of the overlay anyway, and streams the rest in bulk instead of blob by blob. An overlay that
+// records no working set streams in bulk from the start (see NewFetcher).
 const bulkAfter = 8
 
 const (
@@ -56,7 +57,8 @@ const (
 
 // Fetcher moves an overlay's chunks into cloudletfs: the working set first (a stream of
 // ranges), then the rest in prefetch order, with demand misses jumping the queue; once the VM
-// is seen pulling most of the overlay anyway, or for download-first, the rest streams in bulk.
+// is seen pulling most of the overlay anyway, for an overlay with no working set, or for
+// download-first, the rest streams in bulk.
 // Each blob is delivered as soon as its bytes are in, and every blob and chunk is verified
 // before it is delivered. It is cloudletfs's Demander.
 type Fetcher struct {
@@ -109,7 +111,10 @@ func NewFetcher(r *overlay.Reader, src origin.Origin, base []io.ReaderAt, opts F
 	ix := r.Index
 	f := &Fetcher{r: r, origin: src, base: base, opts: opts, place: map[[2]int64]int{},
 		users: make([][]int, len(ix.Blobs)), state: make([]uint8, len(ix.Blobs)), left: len(ix.Blobs),
-		wake: make(chan struct{}, 1), complete: make(chan struct{}), failed: make(chan struct{}), bulk: opts.Bulk}
+		wake: make(chan struct{}, 1), complete: make(chan struct{}), failed: make(chan struct{}),
+		// With no working set recorded, nothing says which blobs the VM needs first: stream it
+		// all from the start rather than pay a round trip per demanded blob before deciding to.
+		bulk: opts.Bulk || ix.WorkingSetBlobs == 0}
 	for e, c := range ix.Chunks {
 		f.place[[2]int64{int64(c.Image), c.Index}] = e
 		switch c.Kind {
