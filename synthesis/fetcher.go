@@ -45,8 +45,14 @@ const backgroundRun = 512 << 10
 const streamRange = 4 << 20
 
 // bulkAfter is how many blobs the VM may demand before the fetcher decides it is pulling most
-// of the overlay anyway, and streams the rest in bulk instead of blob by blob. An overlay that
-// records no working set streams in bulk from the start (see NewFetcher).
+// of the overlay anyway, and streams the rest in bulk instead of blob by blob.
+//
+// An overlay that records no working set gives no reason to wait for demands: its background
+// runs chain from the start (see NewFetcher), one blob each until the switch, so that a demand
+// for a blob already in flight waits for one blob at most, never for a 4 MiB range. (Measured
+// on a guest that reads its whole overlay first, at 1 Gbit/s and 20 ms: 1.09x download-first
+// with the switch after 8 blobs, 0.68x with chained blobs, 0.78x with 4 MiB ranges at once;
+// on a guest that needs half its overlay, at 10 Mbit/s: 0.59x, 0.66x, 0.71x.)
 const bulkAfter = 8
 
 const (
@@ -56,9 +62,9 @@ const (
 )
 
 // Fetcher moves an overlay's chunks into cloudletfs: the working set first (a stream of
-// ranges), then the rest in prefetch order, with demand misses jumping the queue; once the VM
-// is seen pulling most of the overlay anyway, for an overlay with no working set, or for
-// download-first, the rest streams in bulk.
+// ranges), then the rest in prefetch order, with demand misses jumping the queue (with no
+// working set, that rest follows without pausing for them); once the VM is seen pulling most of
+// the overlay anyway, or for download-first, the rest streams in bulk.
 // Each blob is delivered as soon as its bytes are in, and every blob and chunk is verified
 // before it is delivered. It is cloudletfs's Demander.
 type Fetcher struct {
@@ -84,7 +90,8 @@ type Fetcher struct {
 	next     int      // guarded by mu: next blob in background order
 	bgRuns   int      // guarded by mu: background runs in flight (two while one ends)
 	bgTail   bool     // guarded by mu: the background run in flight is about to end
-	bulk     bool     // guarded by mu: stream the rest without pausing for demands
+	chain    bool     // guarded by mu: background runs chain without a gap and do not pause for demands
+	bulk     bool     // guarded by mu: chained, and stream ranges (4 MiB) rather than one blob
 	demanded int      // guarded by mu: blobs fetched on demand so far
 	demands  int      // guarded by mu: demand fetches in flight
 	left     int      // guarded by mu: blobs not done
@@ -112,9 +119,10 @@ func NewFetcher(r *overlay.Reader, src origin.Origin, base []io.ReaderAt, opts F
 	f := &Fetcher{r: r, origin: src, base: base, opts: opts, place: map[[2]int64]int{},
 		users: make([][]int, len(ix.Blobs)), state: make([]uint8, len(ix.Blobs)), left: len(ix.Blobs),
 		wake: make(chan struct{}, 1), complete: make(chan struct{}), failed: make(chan struct{}),
-		// With no working set recorded, nothing says which blobs the VM needs first: stream it
-		// all from the start rather than pay a round trip per demanded blob before deciding to.
-		bulk: opts.Bulk || ix.WorkingSetBlobs == 0}
+		// With no working set recorded, nothing says which blobs the VM needs first: keep the
+		// link busy from the start rather than pay a round trip per demanded blob until the
+		// switch to bulk.
+		chain: opts.Bulk || ix.WorkingSetBlobs == 0, bulk: opts.Bulk}
 	for e, c := range ix.Chunks {
 		f.place[[2]int64{int64(c.Image), c.Index}] = e
 		switch c.Kind {
@@ -286,10 +294,11 @@ func (f *Fetcher) pickLocked() (first, end int, background, ok bool) {
 		if f.state[b] == blobWaiting {
 			f.demanded++
 			f.bulk = f.bulk || f.demanded >= bulkAfter
+			f.chain = f.chain || f.bulk
 			return b, b + 1, false, true
 		}
 	}
-	if f.bgRuns > 1 || f.bgRuns == 1 && !f.bgTail || f.demands > 0 && !f.bulk || f.storeBusyLocked() {
+	if f.bgRuns > 1 || f.bgRuns == 1 && !f.bgTail || f.demands > 0 && !f.chain || f.storeBusyLocked() {
 		// bgTail is set only by runs that stream (see worker): others run one at a time.
 		// While the store pass runs, a range request would fetch what the store has.
 		return 0, 0, false, false
@@ -330,10 +339,10 @@ func (f *Fetcher) worker(ctx context.Context) {
 	for {
 		f.mu.Lock()
 		first, end, background, ok := f.pickLocked()
-		// The working set and the bulk stream chain their ranges without a gap; while the VM
-		// is served blob by blob, a background run waits for the last to end, so that a demand
-		// miss shares the link with one background run at most.
-		stream := background && (first < int(f.r.Index.WorkingSetBlobs) || f.bulk)
+		// The working set and chained runs (bulk, or no working set) follow each other without
+		// a gap; otherwise, while the VM is served blob by blob, a background run waits for the
+		// last to end, so that a demand miss shares the link with one background run at most.
+		stream := background && (first < int(f.r.Index.WorkingSetBlobs) || f.chain)
 		if ok {
 			for b := first; b < end; b++ {
 				f.state[b] = blobInFlight
