@@ -51,7 +51,8 @@ func (o *recordingOrigin) asked() []askedRange {
 // ends) and do not pause while a demand miss is fetched, and that miss still jumps the queue
 // with a request of its own. A profiled overlay still fetches what follows its working set one
 // request at a time, pausing for demands. Until the VM has demanded bulkAfter blobs, either
-// asks for one blob a request.
+// asks for one blob a request, unless (unprofiled) the link moves more than that in a round
+// trip.
 func TestUnprofiledStreamsAtOnce(t *testing.T) {
 	store, err := base.Open(t.TempDir())
 	if err != nil {
@@ -61,17 +62,21 @@ func TestUnprofiledStreamsAtOnce(t *testing.T) {
 	const n = 4096 // 16 MiB of incompressible chunks in 1 MiB blobs
 	for _, tc := range []struct {
 		name    string
-		ws      int  // chunks in the working set
-		chained bool // background requests overlap, and start while the demand is fetched
+		ws      int           // chunks in the working set
+		rtt     time.Duration // the link's latency per request
+		chained bool          // background requests overlap, and start while the demand is fetched
+		multi   bool          // some background request asks for more than one blob
 	}{
-		{name: "unprofiled", ws: 0, chained: true},
-		{name: "profiled", ws: 1024, chained: false},
+		{name: "unprofiled", ws: 0, rtt: 20 * time.Millisecond, chained: true},
+		{name: "profiled", ws: 1024, rtt: 20 * time.Millisecond, chained: false},
+		// 2.4 MB in a round trip: two blobs a request keep the link busy.
+		{name: "unprofiled long round trip", ws: 0, rtt: 300 * time.Millisecond, chained: true, multi: true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			path := testOverlay(t, b, n, tc.ws)
 			s := origin.NewShapedServer(mustRead(t, path))
 			defer s.Close()
-			s.Shape(20*time.Millisecond, 8<<20) // the whole overlay takes about 2 s
+			s.Shape(tc.rtt, 8<<20) // the whole overlay takes about 2 s
 			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 			defer cancel()
 			src, err := origin.Open(ctx, s.URL(), origin.HTTPOptions{})
@@ -141,6 +146,8 @@ func TestUnprofiledStreamsAtOnce(t *testing.T) {
 				t.Errorf("first background request at %d, want %d (blob %d)", bg[0].off, bgStart, firstBg)
 			}
 			var overlaps, duringDemand int
+			multi := false
+			next := firstBg // the blob the next background request should start at
 			for i, a := range bg {
 				if i > 0 && a.start.Before(bg[i-1].end) {
 					overlaps++
@@ -148,13 +155,30 @@ func TestUnprofiledStreamsAtOnce(t *testing.T) {
 				if a.start.After(demand.start) && a.start.Before(demand.end) {
 					duringDemand++
 				}
-				if o, l := r.reader.BlobRange(firstBg + i); a.off != o || a.n != l {
-					t.Errorf("background request %d asked for %d+%d, want blob %d alone (%d+%d)", i, a.off, a.n, firstBg+i, o, l)
+				end := next // blobs [next, end) are what a asked for
+				for end < len(ix.Blobs) {
+					if o, l := r.reader.BlobRange(end); o+l > a.off+a.n {
+						break
+					}
+					end++
+				}
+				if o, _ := r.reader.BlobRange(next); a.off != o || end == next {
+					t.Fatalf("background request %d asked for %d+%d, want whole blobs from blob %d (at %d)", i, a.off, a.n, next, o)
+				}
+				if a.n > streamRange {
+					t.Errorf("background request %d asked for %d bytes, more than a stream range (%d)", i, a.n, streamRange)
+				}
+				multi = multi || end-next > 1
+				if next = end; next == lastBlob {
+					next++
 				}
 			}
 			t.Logf("%d background requests, %d asked before the last ended, %d while the demand was fetched", len(bg), overlaps, duringDemand)
 			if chained := overlaps > 0 && duringDemand > 0; chained != tc.chained {
 				t.Errorf("%d background requests asked before the last ended, %d while the demand was fetched: want chained %v", overlaps, duringDemand, tc.chained)
+			}
+			if multi != tc.multi {
+				t.Errorf("a background request for more than one blob: %v, want %v", multi, tc.multi)
 			}
 		})
 	}
