@@ -436,13 +436,13 @@ func (f *Fetcher) fetchRun(ctx context.Context, first, end int, tail func()) err
 	})
 	f.requests.Add(1)
 	f.lap(&f.requestNs, s.start)
-	s.measure()
 	if s.err != nil {
 		return s.err
 	}
 	if err != nil {
 		return fmt.Errorf("fetch blobs %d-%d: %w", first, end-1, err)
 	}
+	s.measure()
 	return nil
 }
 
@@ -454,6 +454,7 @@ type runStream struct {
 	buf               []byte
 	tail              func()
 	start, firstBytes time.Time
+	firstN            int // bytes in at firstBytes
 	tailed            bool
 	err               error
 }
@@ -463,7 +464,7 @@ type runStream struct {
 func (s *runStream) progress(n int) error {
 	now := time.Now()
 	if s.firstBytes.IsZero() {
-		s.firstBytes = now
+		s.firstBytes, s.firstN = now, n
 	}
 	for s.next < s.end {
 		bo, bl := s.f.r.BlobRange(s.next)
@@ -487,10 +488,11 @@ func (s *runStream) progress(n int) error {
 }
 
 // measure notes, from a range that streamed, how many bytes the link moves in a round trip: its
-// rate once the first bytes were in, times how long they took to come.
+// rate once the first bytes were in, times how long they took to come. A range that came in one
+// piece says nothing about the rate.
 func (s *runStream) measure() {
 	streamed := time.Since(s.firstBytes)
-	if s.firstBytes.IsZero() || streamed <= 0 || s.err != nil {
+	if s.firstBytes.IsZero() || streamed <= 0 || s.firstN >= len(s.buf) {
 		return
 	}
 	latency := s.firstBytes.Sub(s.start)
