@@ -46,6 +46,14 @@ const streamRange = 4 << 20
 
 // bulkAfter is how many blobs the VM may demand before the fetcher decides it is pulling most
 // of the overlay anyway, and streams the rest in bulk instead of blob by blob.
+//
+// An overlay that records no working set gives no reason to wait for demands: its background
+// runs chain from the start (see NewFetcher), one blob each (or a round trip's worth of bytes,
+// if more) until the switch, so that a demand for a blob already in flight waits for little
+// more than one blob, not for a 4 MiB range. (Measured on a guest that reads its whole
+// overlay first, at 1 Gbit/s and 20 ms: 1.09x download-first with the switch after 8 blobs,
+// 0.68x with chained blobs, 0.78x with 4 MiB ranges at once; on a guest that needs half its
+// overlay, at 10 Mbit/s: 0.59x, 0.66x, 0.71x.)
 const bulkAfter = 8
 
 const (
@@ -55,8 +63,9 @@ const (
 )
 
 // Fetcher moves an overlay's chunks into cloudletfs: the working set first (a stream of
-// ranges), then the rest in prefetch order, with demand misses jumping the queue; once the VM
-// is seen pulling most of the overlay anyway, or for download-first, the rest streams in bulk.
+// ranges), then the rest in prefetch order, with demand misses jumping the queue (with no
+// working set, that rest follows without pausing for them); once the VM is seen pulling most of
+// the overlay anyway, or for download-first, the rest streams in bulk.
 // Each blob is delivered as soon as its bytes are in, and every blob and chunk is verified
 // before it is delivered. It is cloudletfs's Demander.
 type Fetcher struct {
@@ -82,7 +91,9 @@ type Fetcher struct {
 	next     int      // guarded by mu: next blob in background order
 	bgRuns   int      // guarded by mu: background runs in flight (two while one ends)
 	bgTail   bool     // guarded by mu: the background run in flight is about to end
-	bulk     bool     // guarded by mu: stream the rest without pausing for demands
+	chain    bool     // guarded by mu: background runs chain without a gap and do not pause for demands
+	bulk     bool     // guarded by mu: chained, and stream ranges (4 MiB) rather than one blob
+	perRTT   int64    // guarded by mu: bytes the link moves in a round trip, as the last range saw
 	demanded int      // guarded by mu: blobs fetched on demand so far
 	demands  int      // guarded by mu: demand fetches in flight
 	left     int      // guarded by mu: blobs not done
@@ -109,7 +120,11 @@ func NewFetcher(r *overlay.Reader, src origin.Origin, base []io.ReaderAt, opts F
 	ix := r.Index
 	f := &Fetcher{r: r, origin: src, base: base, opts: opts, place: map[[2]int64]int{},
 		users: make([][]int, len(ix.Blobs)), state: make([]uint8, len(ix.Blobs)), left: len(ix.Blobs),
-		wake: make(chan struct{}, 1), complete: make(chan struct{}), failed: make(chan struct{}), bulk: opts.Bulk}
+		wake: make(chan struct{}, 1), complete: make(chan struct{}), failed: make(chan struct{}),
+		// With no working set recorded, nothing says which blobs the VM needs first: keep the
+		// link busy from the start rather than pay a round trip per demanded blob until the
+		// switch to bulk.
+		chain: opts.Bulk || ix.WorkingSetBlobs == 0, bulk: opts.Bulk}
 	for e, c := range ix.Chunks {
 		f.place[[2]int64{int64(c.Image), c.Index}] = e
 		switch c.Kind {
@@ -281,10 +296,11 @@ func (f *Fetcher) pickLocked() (first, end int, background, ok bool) {
 		if f.state[b] == blobWaiting {
 			f.demanded++
 			f.bulk = f.bulk || f.demanded >= bulkAfter
+			f.chain = f.chain || f.bulk
 			return b, b + 1, false, true
 		}
 	}
-	if f.bgRuns > 1 || f.bgRuns == 1 && !f.bgTail || f.demands > 0 && !f.bulk || f.storeBusyLocked() {
+	if f.bgRuns > 1 || f.bgRuns == 1 && !f.bgTail || f.demands > 0 && !f.chain || f.storeBusyLocked() {
 		// bgTail is set only by runs that stream (see worker): others run one at a time.
 		// While the store pass runs, a range request would fetch what the store has.
 		return 0, 0, false, false
@@ -308,8 +324,13 @@ func (f *Fetcher) pickLocked() (first, end int, background, ok bool) {
 	}
 	ws := int(f.r.Index.WorkingSetBlobs)
 	limit := int64(backgroundRun)
-	if first < ws || f.bulk {
+	switch {
+	case first < ws || f.bulk:
 		limit = streamRange
+	case f.chain:
+		// Two chained runs in flight keep the link busy only if each holds a round trip's
+		// worth of bytes (a long fat link); the next blob still starts the run.
+		limit = min(max(limit, f.perRTT), streamRange)
 	}
 	size := f.r.Index.Blobs[first].Length
 	for end < len(f.state) && f.state[end] == blobWaiting && end != ws {
@@ -325,10 +346,10 @@ func (f *Fetcher) worker(ctx context.Context) {
 	for {
 		f.mu.Lock()
 		first, end, background, ok := f.pickLocked()
-		// The working set and the bulk stream chain their ranges without a gap; while the VM
-		// is served blob by blob, a background run waits for the last to end, so that a demand
-		// miss shares the link with one background run at most.
-		stream := background && (first < int(f.r.Index.WorkingSetBlobs) || f.bulk)
+		// The working set and chained runs (bulk, or no working set) follow each other without
+		// a gap; otherwise, while the VM is served blob by blob, a background run waits for the
+		// last to end, so that a demand miss shares the link with one background run at most.
+		stream := background && (first < int(f.r.Index.WorkingSetBlobs) || f.chain)
 		if ok {
 			for b := first; b < end; b++ {
 				f.state[b] = blobInFlight
@@ -421,6 +442,7 @@ func (f *Fetcher) fetchRun(ctx context.Context, first, end int, tail func()) err
 	if err != nil {
 		return fmt.Errorf("fetch blobs %d-%d: %w", first, end-1, err)
 	}
+	s.measure()
 	return nil
 }
 
@@ -432,6 +454,7 @@ type runStream struct {
 	buf               []byte
 	tail              func()
 	start, firstBytes time.Time
+	firstN            int // bytes in at firstBytes
 	tailed            bool
 	err               error
 }
@@ -441,7 +464,7 @@ type runStream struct {
 func (s *runStream) progress(n int) error {
 	now := time.Now()
 	if s.firstBytes.IsZero() {
-		s.firstBytes = now
+		s.firstBytes, s.firstN = now, n
 	}
 	for s.next < s.end {
 		bo, bl := s.f.r.BlobRange(s.next)
@@ -462,6 +485,21 @@ func (s *runStream) progress(n int) error {
 		}
 	}
 	return nil
+}
+
+// measure notes, from a range that streamed, how many bytes the link moves in a round trip: its
+// rate once the first bytes were in, times how long they took to come. A range that came in one
+// piece says nothing about the rate.
+func (s *runStream) measure() {
+	streamed := time.Since(s.firstBytes)
+	if s.firstBytes.IsZero() || streamed <= 0 || s.firstN >= len(s.buf) {
+		return
+	}
+	latency := s.firstBytes.Sub(s.start)
+	n := int64(float64(len(s.buf)) / streamed.Seconds() * latency.Seconds())
+	s.f.mu.Lock()
+	s.f.perRTT = n
+	s.f.mu.Unlock()
 }
 
 // deliverRun verifies and delivers blobs [first, end) held in buf, which starts at file
