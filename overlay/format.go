@@ -45,11 +45,15 @@ const DefaultBlobRaw = 1 << 20
 // DefaultRestBlobRaw is the default uncompressed size of the blobs after the working set.
 // They are fetched in the background or one by one on demand, and the shared chunk cache
 // spares only blobs whose chunks it holds all of: smaller blobs let a next version of an app
-// share more of them, and a demand miss waits for less. Measured on the test app (v2 = v1 plus
-// a 4 MB file, v1's chunks in the cache, see bench/NOTES.md): 256 KiB blobs fetched 9.28 MB
-// of v2's blobs against 10.59 MB with 1 MiB ones, for an overlay 0.05 % larger (v1's, mostly
-// compressible, 3.5 %); 64 KiB fetched 8.75 MB but cost 3.9 % on v1.
-const DefaultRestBlobRaw = 256 << 10
+// share more of them, and a demand miss waits for less. Measured on the test guest (v2 = v1
+// plus a 4 MB file, v1's chunks in the cache, bench/chunkcache.sh 2, see bench/NOTES.md), v2
+// fetched 1.20-1.21 times the change when profiled and 1.28 times when not with 64 KiB blobs,
+// against 1.25-1.32 and 1.39 with 256 KiB (128 KiB: 1.23-1.26 and 1.33). The cost: overlays
+// up to 0.4 % larger (the test app's v2 and the realistic overlay) and an index 4-6 % larger,
+// read before the first fetch (+15 KB on the 25.8 MB test app, +38 KB on the 53 MB realistic
+// overlay). TTFR on the test guest at 10 Mbit/s did not get worse: medians of 7 runs, 1.49 s
+// against 1.77 s profiled, 2.77 s against 4.18 s unprofiled.
+const DefaultRestBlobRaw = 64 << 10
 
 // Limits, checked before anything is allocated for a value read from a file.
 const (

@@ -1,1 +1,1 @@
-bench/chunkcache.sh 1
+bench/chunkcache.sh 2
