@@ -73,7 +73,7 @@ func TestUnprofiledStreamsAtOnce(t *testing.T) {
 		{name: "unprofiled long round trip", ws: 0, rtt: 300 * time.Millisecond, chained: true, multi: true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			path := testOverlay(t, b, n, tc.ws)
+			path := testOverlayBlobs(t, b, n, tc.ws, 1<<20)
 			s := origin.NewShapedServer(mustRead(t, path))
 			defer s.Close()
 			s.Shape(tc.rtt, 8<<20) // the whole overlay takes about 2 s

@@ -22,6 +22,13 @@ import (
 // (incompressible) bytes, in chunk order, the first ws of them recorded as the working set.
 func testOverlay(t testing.TB, b *base.Base, n, ws int) string {
 	t.Helper()
+	return testOverlayBlobs(t, b, n, ws, 0)
+}
+
+// testOverlayBlobs is testOverlay with the raw size of the blobs after the working set (0: the
+// writer's default).
+func testOverlayBlobs(t testing.TB, b *base.Base, n, ws, restBlobRaw int) string {
+	t.Helper()
 	rng := rand.New(rand.NewSource(int64(n)))
 	data := make([][]byte, n)
 	entries := make([]overlay.Entry, n)
@@ -40,7 +47,7 @@ func testOverlay(t testing.TB, b *base.Base, n, ws int) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	m := overlay.Meta{BaseID: id, Images: ExpectFor(b).Images, Config: cfg, Codec: overlay.CodecZstd, WorkingSet: ws}
+	m := overlay.Meta{BaseID: id, Images: ExpectFor(b).Images, Config: cfg, Codec: overlay.CodecZstd, WorkingSet: ws, RestBlobRaw: restBlobRaw}
 	path := filepath.Join(t.TempDir(), "test.overlay")
 	_, err = overlay.WriteFile(context.Background(), path, t.TempDir(), m, []byte("devstate"), entries, order,
 		func(image uint8, index int64) ([]byte, error) { return data[index], nil })
