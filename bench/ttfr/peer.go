@@ -29,6 +29,7 @@ type peer struct {
 	diskSize        int64
 	diskURL, memURL string // on the current link's origin
 	port            int    // guest port the probe asks
+	path            string // of the probe's URL, as the other modes ask it
 	workDir         string
 	// host is this host's QEMU as asked once, at preparation: a timed resume does not
 	// probe it again.
@@ -86,7 +87,7 @@ func preparePeer(ctx context.Context, o options, work string) (*peer, error) {
 		return nil, err
 	}
 	enc, _ := zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedBetterCompression))
-	p := &peer{b: b, memory: enc.EncodeAll(raw, nil), diskSize: b.Manifest.Files[base.DiskFile].Size, port: o.port, workDir: work, host: host}
+	p := &peer{b: b, memory: enc.EncodeAll(raw, nil), diskSize: b.Manifest.Files[base.DiskFile].Size, port: o.port, path: o.path, workDir: work, host: host}
 	if p.disk, err = os.ReadFile(qcow); err != nil {
 		return nil, err
 	}
@@ -125,7 +126,7 @@ func (p *peer) run(ctx context.Context, l link) (sample, error) {
 	if err != nil {
 		return out, err
 	}
-	pr, err := probe.Parse(fmt.Sprintf("http://127.0.0.1:%d/", hostPort))
+	pr, err := probe.Parse(fmt.Sprintf("http://127.0.0.1:%d%s", hostPort, p.path))
 	if err != nil {
 		return out, err
 	}
