@@ -1,1 +1,1 @@
-bench/ttfr.sh realistic 1 links -- -modes profiled,unprofiled,download-first,local
+bench/ttfr.sh realistic 2

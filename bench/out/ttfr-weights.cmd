@@ -1,1 +1,1 @@
-bench/ttfr.sh weights 2 links -- -modes profiled,unprofiled,download-first,local
+bench/ttfr.sh weights 2

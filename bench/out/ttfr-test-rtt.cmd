@@ -1,1 +1,0 @@
-bench/ttfr.sh test 4 rtt
