@@ -96,15 +96,15 @@ func (s *runStream) progress(n int) error {
 }
 
 // measure notes, from a range that streamed, how many bytes the link moves in a round trip: its
-// rate once the first bytes were in, times how long they took to come. A range that came in one
-// piece says nothing about the rate.
+// rate once the first bytes were in (the bytes after them over the time after them), times how
+// long they took to come. A range that came in one piece says nothing about the rate.
 func (s *runStream) measure() {
 	streamed := time.Since(s.firstBytes)
 	if s.firstBytes.IsZero() || streamed <= 0 || s.firstN >= len(s.buf) {
 		return
 	}
 	latency := s.firstBytes.Sub(s.start)
-	n := int64(float64(len(s.buf)) / streamed.Seconds() * latency.Seconds())
+	n := int64(float64(len(s.buf)-s.firstN) / streamed.Seconds() * latency.Seconds())
 	s.f.mu.Lock()
 	s.f.perRTT = n
 	s.f.mu.Unlock()
