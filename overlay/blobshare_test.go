@@ -169,14 +169,7 @@ func TestNextVersionSharesBlobs(t *testing.T) {
 // refer to it, the content keeps its prefetch position, and the overlay applies.
 func TestCanonicalCopy(t *testing.T) {
 	rng := rand.New(rand.NewSource(7))
-	tc := &testCase{}
-	rng.Read(tc.baseID[:])
-	for _, im := range images {
-		b := make([]byte, im.Size)
-		rng.Read(b)
-		tc.base = append(tc.base, b)
-		tc.want = append(tc.want, append([]byte(nil), b...))
-	}
+	tc := randomBase(rng)
 	chunkOf := func(im uint8, i int64) []byte { return tc.want[im][i*chunk.Size : (i+1)*chunk.Size] }
 	page, other := make([]byte, chunk.Size), make([]byte, chunk.Size)
 	rng.Read(page[:100])

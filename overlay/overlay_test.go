@@ -25,9 +25,8 @@ type testCase struct {
 
 var images = []overlay.Image{{Name: "disk", Size: 200*chunk.Size + 512}, {Name: "memory", Size: 256 * chunk.Size}}
 
-func newCase(t testing.TB, codec overlay.Codec, seed int64) *testCase {
-	t.Helper()
-	rng := rand.New(rand.NewSource(seed))
+// randomBase is a test case with random base images and no change yet: want equals base.
+func randomBase(rng *rand.Rand) *testCase {
 	tc := &testCase{}
 	rng.Read(tc.baseID[:])
 	for _, im := range images {
@@ -36,6 +35,13 @@ func newCase(t testing.TB, codec overlay.Codec, seed int64) *testCase {
 		tc.base = append(tc.base, b)
 		tc.want = append(tc.want, append([]byte(nil), b...))
 	}
+	return tc
+}
+
+func newCase(t testing.TB, codec overlay.Codec, seed int64) *testCase {
+	t.Helper()
+	rng := rand.New(rand.NewSource(seed))
+	tc := randomBase(rng)
 	chunkOf := func(img []byte, i int64) []byte {
 		return img[i*chunk.Size : min((i+1)*chunk.Size, int64(len(img)))]
 	}
