@@ -31,6 +31,7 @@ import (
 	"net"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"slices"
 	"strings"
 	"syscall"
@@ -52,8 +53,9 @@ type options struct {
 	title                                   string
 	out                                     string
 	netns                                   bool
-	needed                                  int64 // bytes of the profiled overlay before its working set ends
-	overlayBytes                            int64 // the profiled overlay's size
+	timelines                               string // a directory for each run's timeline, or ""
+	needed                                  int64  // bytes of the profiled overlay before its working set ends
+	overlayBytes                            int64  // the profiled overlay's size
 }
 
 // sample is one synthesis run.
@@ -80,6 +82,8 @@ type sample struct {
 	CPU         float64 `json:"cpu_s"`
 	TreePeakRSS int64   `json:"peak_rss_with_children_bytes"`
 	TreeCPU     float64 `json:"cpu_with_children_s"`
+	// timeline is the run's own output, for -timelines.
+	timeline []string
 }
 
 var allModes = []string{"profiled", "unprofiled", "download-first", "peer", "local"}
@@ -101,6 +105,7 @@ func main() {
 	flag.StringVar(&modes, "modes", strings.Join(allModes, ","), "modes to run")
 	flag.StringVar(&o.title, "title", "", "what is measured, for the report (e.g. the guest)")
 	flag.StringVar(&o.out, "out", "bench/ttfr", "output prefix: .md, .json and .svg are written")
+	flag.StringVar(&o.timelines, "timelines", "", "write each run's timeline (the synthesis's JSON events) to MODE-LINK-RTT-RUN.jsonl in this directory")
 	flag.BoolVar(&o.netns, "netns", false, "shape the link in the kernel: origin in a network namespace behind a veth pair (root)")
 	serve := flag.String("serve-dir", "", "(internal) serve this directory as the -netns origin")
 	listen := flag.String("listen", "", "(internal) the -netns origin's address")
@@ -303,12 +308,24 @@ func measureLink(ctx context.Context, o options, p *peer, c condition, files map
 				return nil, fmt.Errorf("%s at %s: %w", mode, c, err)
 			}
 			s.Mode, s.LinkBits, s.RTT, s.Run = mode, c.bits, c.rtt.Seconds(), run
+			if err := saveTimeline(o.timelines, s); err != nil {
+				return nil, err
+			}
 			fmt.Fprintf(os.Stderr, "      TTFR %.2f s, %.1f MB before it, %d of %d overlay chunks touched missed, peak RSS %.0f MB, CPU %.2f s\n",
 				s.TTFR, float64(s.BytesBefore)/1e6, s.Missed, s.Touched, float64(s.PeakRSS)/1e6, s.CPU)
 			samples = append(samples, s)
 		}
 	}
 	return samples, nil
+}
+
+// saveTimeline writes a run's timeline into dir, if one was asked for.
+func saveTimeline(dir string, s sample) error {
+	if dir == "" || s.timeline == nil {
+		return nil
+	}
+	name := fmt.Sprintf("%s-%dbit-rtt%dms-run%d.jsonl", s.Mode, s.LinkBits, int(s.RTT*1000), s.Run+1)
+	return os.WriteFile(filepath.Join(dir, name), []byte(strings.Join(s.timeline, "\n")+"\n"), 0o644)
 }
 
 func freePort() (int, error) {

@@ -72,7 +72,7 @@ func synthesise(ctx context.Context, o options, j job) (sample, error) {
 		return s, err
 	}
 	watch := watchUsage(cmd.Process.Pid)
-	lines := readTimeline(out, &s, func() int64 { return served() - before })
+	s.timeline = readTimeline(out, &s, func() int64 { return served() - before })
 	u, uerr := watch.exited()
 	if err := cmd.Wait(); err != nil {
 		return s, fmt.Errorf("%v: %s", err, stderr.String())
@@ -83,7 +83,7 @@ func synthesise(ctx context.Context, o options, j job) (sample, error) {
 	u.withTree(cmd.ProcessState)
 	s.PeakRSS, s.CPU, s.TreePeakRSS, s.TreeCPU = u.PeakRSS, u.CPU, u.TreePeakRSS, u.TreeCPU
 	if s.TTFR == 0 {
-		return s, fmt.Errorf("no first answer in %q", strings.Join(lines, "\n"))
+		return s, fmt.Errorf("no first answer in %q", strings.Join(s.timeline, "\n"))
 	}
 	return s, nil
 }
