@@ -381,7 +381,7 @@ func (f *Fetcher) worker(ctx context.Context) {
 		if stream {
 			tail = f.tailOfRun
 		}
-		err := f.fetchRun(ctx, first, end, tail)
+		err := f.fetchRun(ctx, first, end, tail, !background)
 		f.mu.Lock()
 		if background {
 			f.bgRuns--

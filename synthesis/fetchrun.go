@@ -14,10 +14,17 @@ import (
 	"github.com/cloudlet/cloudlet/synthesis/origin"
 )
 
+// demandReader is an origin that serves reads the VM waits for ahead of the stream it reads
+// ahead (the window).
+type demandReader interface {
+	ReadDemand(ctx context.Context, p []byte, off int64, progress func(n int)) error
+}
+
 // fetchRun reads blobs [first, end) with one range request, and verifies and delivers each
 // blob as soon as its bytes are in, while the rest of the range is still arriving. tail is
-// called once when the rest should take about as long as a request takes to answer.
-func (f *Fetcher) fetchRun(ctx context.Context, first, end int, tail func()) error {
+// called once when the rest should take about as long as a request takes to answer. demand
+// says the VM waits for the run.
+func (f *Fetcher) fetchRun(ctx context.Context, first, end int, tail func(), demand bool) error {
 	off, _ := f.r.BlobRange(first)
 	lastOff, lastLen := f.r.BlobRange(end - 1)
 	if buf, ok := f.r.Prefix(off, lastOff+lastLen-off); ok {
@@ -35,13 +42,19 @@ func (f *Fetcher) fetchRun(ctx context.Context, first, end int, tail func()) err
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	s := runStream{f: f, next: first, end: end, off: off, buf: buf, tail: tail, start: time.Now()}
-	err := origin.ReadProgress(ctx, f.origin, buf, off, func(n int) {
+	progress := func(n int) {
 		if s.err == nil {
 			if s.err = s.progress(n); s.err != nil {
 				cancel() // a corrupt blob ends the run at once
 			}
 		}
-	})
+	}
+	var err error
+	if dr, ok := f.origin.(demandReader); ok && demand {
+		err = dr.ReadDemand(ctx, buf, off, progress)
+	} else {
+		err = origin.ReadProgress(ctx, f.origin, buf, off, progress)
+	}
 	f.requests.Add(1)
 	f.lap(&f.requestNs, s.start)
 	if s.err != nil {

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"testing"
+	"time"
 
 	"github.com/cloudlet/cloudlet/overlay"
 	"github.com/cloudlet/cloudlet/synthesis/origin"
@@ -66,5 +67,89 @@ func TestWindow(t *testing.T) {
 	}
 	if got, want := w.BytesRead(), int64(end-start+4096+64<<10); got != want {
 		t.Fatalf("BytesRead %d, want %d", got, want)
+	}
+}
+
+// TestWindowDemandAhead: a read the VM waits for, far ahead of the stream, gets a request of
+// its own instead of waiting for the stream to come to it; one just ahead waits for the
+// stream. Either way each byte is read once, so the buffer is still dropped at the end.
+func TestWindowDemandAhead(t *testing.T) {
+	data := make([]byte, 4<<20)
+	for i := range data {
+		data[i] = byte(i * 13)
+	}
+	s := origin.NewShapedServer(data)
+	defer s.Close()
+	// 1 MB/s: the stream reaches the far read only after about 3.5 s.
+	s.Shape(10*time.Millisecond, 1<<20)
+	ctx := context.Background()
+	o, err := origin.Open(ctx, s.URL(), origin.HTTPOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := newWindow(ctx, o, func(p overlay.Plan) int64 { return p.ResumeEnd })
+	defer w.Close()
+	const start, end = 16 << 10, 4 << 20
+	w.prefetch(overlay.Plan{First: start, IndexEnd: start, ResumeEnd: end})
+
+	read := func(off, n int64, demand bool) time.Duration {
+		t.Helper()
+		p := make([]byte, n)
+		t0 := time.Now()
+		var err error
+		if demand {
+			err = w.ReadDemand(ctx, p, off, func(int) {})
+		} else {
+			err = w.ReadAtProgress(ctx, p, off, func(int) {})
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(p, data[off:off+n]) {
+			t.Fatalf("read %d+%d: wrong bytes", off, n)
+		}
+		return time.Since(t0)
+	}
+	read(start, 64<<10, false) // the stream is flowing, and its pace known
+	time.Sleep(100 * time.Millisecond)
+	const far = 3 << 20
+	if took := read(far, 64<<10, true); took > time.Second {
+		t.Fatalf("a demand 3 MiB ahead of a 1 MB/s stream took %v: it waited for the stream", took)
+	}
+	if got := s.Requests.Load(); got != 3 {
+		t.Fatalf("%d requests, want 3 (probe, window, the far demand)", got)
+	}
+	// Just ahead of the stream: waits for it, no request of its own.
+	w.mu.Lock()
+	next := w.start + int64(w.filled)
+	w.mu.Unlock()
+	read(next, 4<<10, true)
+	if got := s.Requests.Load(); got != 3 {
+		t.Fatalf("%d requests after a demand just ahead of the stream, want still 3", got)
+	}
+	// The rest, as the fetcher's stream reads it.
+	for off := int64(start + 64<<10); off < end; {
+		n := min(int64(256<<10), end-off)
+		switch {
+		case off < next && off+n > next:
+			n = next - off
+		case off == next:
+			n = 4 << 10
+		case off < far && off+n > far:
+			n = far - off
+		case off == far:
+			off += 64 << 10
+			continue
+		}
+		if off != next {
+			read(off, n, false)
+		}
+		off += n
+	}
+	w.mu.Lock()
+	released := w.buf == nil
+	w.mu.Unlock()
+	if !released {
+		t.Fatal("the window kept its buffer after every byte was read once, some by a demand of their own")
 	}
 }
