@@ -18,7 +18,7 @@ import (
 // files. The tree comes from the layouts alone, so it can exist before the FS behind it.
 type rootNode struct {
 	fs.Inode
-	src   *source
+	gate  *gate
 	files []File
 	log   *log.Logger
 	own   owners
@@ -41,17 +41,17 @@ func (r *rootNode) OnAdd(ctx context.Context) {
 		return r.NewPersistentInode(ctx, &dirNode{owner: owner}, fs.StableAttr{Mode: fuse.S_IFDIR})
 	}
 	pseudo := func(path string, open func(*FS) fs.FileHandle) *fs.Inode {
-		n := &pseudoFile{path: path, src: r.src, open: open, log: r.log, owner: r.own.server}
+		n := &pseudoFile{path: path, gate: r.gate, open: open, log: r.log, owner: r.own.server}
 		return r.NewPersistentInode(ctx, n, fs.StableAttr{Mode: fuse.S_IFREG})
 	}
 	stats := dir(r.own.server)
 	r.AddChild("stats", stats, false)
 	streamsDir := dir(r.own.server)
 	r.AddChild("streams", streamsDir, false)
-	for i, l := range r.src.layouts {
+	for i, l := range r.gate.layouts {
 		d := dir(r.own.images)
 		r.AddChild(l.Name, d, false)
-		img := &imageNode{src: r.src, i: i, layout: l, log: r.log, owner: r.own.images, readOnly: r.readOnly}
+		img := &imageNode{gate: r.gate, i: i, layout: l, log: r.log, owner: r.own.images, readOnly: r.readOnly}
 		d.AddChild("image", r.NewPersistentInode(ctx, img, fs.StableAttr{Mode: fuse.S_IFREG}), false)
 		stats.AddChild(l.Name, pseudo("stats/"+l.Name, func(fsys *FS) fs.FileHandle {
 			return &bytesHandle{b: []byte(fsys.images[i].Stats().String())}
@@ -96,7 +96,7 @@ func (n *dirNode) Getattr(ctx context.Context, f fs.FileHandle, out *fuse.AttrOu
 // layout; its bytes from the i-th image of the FS, once there.
 type imageNode struct {
 	fs.Inode
-	src      *source
+	gate     *gate
 	i        int
 	layout   Layout
 	log      *log.Logger
@@ -140,9 +140,9 @@ func (n *imageNode) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint
 	return nil, fuse.FOPEN_KEEP_CACHE, 0
 }
 
-// image waits for the FS behind the mount (see source.wait).
+// image waits for the FS behind the mount (see gate.wait).
 func (n *imageNode) image(ctx context.Context) (*Image, error) {
-	img, err := n.src.image(ctx, n.i)
+	img, err := n.gate.image(ctx, n.i)
 	if err != nil {
 		return nil, fmt.Errorf("image %s: %w", n.layout.Name, err)
 	}
@@ -192,7 +192,7 @@ func (n *imageNode) Flush(ctx context.Context, f fs.FileHandle) syscall.Errno { 
 type pseudoFile struct {
 	fs.Inode
 	path  string // stats/IMAGE or streams/KIND, for errors
-	src   *source
+	gate  *gate
 	open  func(*FS) fs.FileHandle
 	log   *log.Logger
 	owner User
@@ -212,7 +212,7 @@ func (n *pseudoFile) Open(ctx context.Context, flags uint32) (fs.FileHandle, uin
 	if flags&(syscall.O_WRONLY|syscall.O_RDWR) != 0 {
 		return nil, 0, syscall.EACCES
 	}
-	fsys, err := n.src.wait(ctx)
+	fsys, err := n.gate.wait(ctx)
 	if err != nil {
 		return nil, 0, toErrno(n.log, fmt.Errorf("%s: %w", n.path, err))
 	}

@@ -50,7 +50,7 @@ type User struct {
 // Mount is a live cloudletfs mount.
 type Mount struct {
 	Dir    string
-	src    *source // the FS behind the mount, once there
+	gate   *gate // the FS behind the mount, once there
 	server *fuse.Server
 	conn   string // /sys/fs/fuse/connections/N: the kernel side, for aborting
 }
@@ -61,11 +61,11 @@ const attrTimeout = time.Hour
 // Mount serves the images at dir. A stale mount left at dir by a crashed run is cleared first.
 // The serving process must never access its own mount (go-fuse would deadlock).
 func (fsys *FS) Mount(dir string, opts MountOptions) (*Mount, error) {
-	return mount(dir, servedSource(fsys), fsys.cfg.Files, opts)
+	return mount(dir, servedGate(fsys), fsys.cfg.Files, opts)
 }
 
-// mount serves at dir the tree of src's images and files, whether src has its FS yet or not.
-func mount(dir string, src *source, files []File, opts MountOptions) (*Mount, error) {
+// mount serves at dir the tree of g's images and files, whether g has its FS yet or not.
+func mount(dir string, g *gate, files []File, opts MountOptions) (*Mount, error) {
 	if opts.Log == nil {
 		opts.Log = log.New(os.Stderr, "", log.LstdFlags)
 	}
@@ -94,7 +94,7 @@ func mount(dir string, src *source, files []File, opts MountOptions) (*Mount, er
 		}
 	}
 	timeout := attrTimeout
-	root := &rootNode{src: src, files: files, log: opts.Log, own: own, readOnly: opts.ReadOnly}
+	root := &rootNode{gate: g, files: files, log: opts.Log, own: own, readOnly: opts.ReadOnly}
 	options := []string{"default_permissions"}
 	if opts.ReadOnly {
 		options = append(options, "ro")
@@ -138,7 +138,7 @@ func mount(dir string, src *source, files []File, opts MountOptions) (*Mount, er
 		return nil, fmt.Errorf("mount cloudletfs at %s: %w", dir, err)
 	}
 	mountFusectl()
-	m := &Mount{Dir: dir, src: src, server: server}
+	m := &Mount{Dir: dir, gate: g, server: server}
 	var st unix.Stat_t
 	if err := unix.Stat(dir, &st); err == nil {
 		m.conn = fmt.Sprintf("/sys/fs/fuse/connections/%d", unix.Minor(st.Dev))
@@ -162,7 +162,7 @@ func mount(dir string, src *source, files []File, opts MountOptions) (*Mount, er
 // holders get ENOTCONN, and no dead mount is left behind. A pending mount that was never
 // served fails its waiting requests with EIO and touches no FS.
 func (m *Mount) Unmount() error {
-	fsys := m.src.end()
+	fsys := m.gate.end()
 	if fsys != nil {
 		fsys.shutdown()
 	}

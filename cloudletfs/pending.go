@@ -24,7 +24,7 @@ func MountPending(dir string, images []Layout, opts MountOptions) (*Mount, error
 	if err := checkLayouts(images); err != nil {
 		return nil, err
 	}
-	return mount(dir, newSource(append([]Layout(nil), images...)), nil, opts)
+	return mount(dir, newGate(append([]Layout(nil), images...)), nil, opts)
 }
 
 // Serve gives a pending mount its FS. The FS's images must have the mount's names and sizes,
@@ -36,10 +36,10 @@ func (m *Mount) Serve(fsys *FS) error {
 		return fmt.Errorf("cloudletfs: serve at %s: the FS has %d files (%s first), and a pending mount serves none: files are made at mount time",
 			m.Dir, n, fsys.cfg.Files[0].Name)
 	}
-	if err := sameLayouts(fsys.layouts(), m.src.layouts); err != nil {
+	if err := sameLayouts(fsys.layouts(), m.gate.layouts); err != nil {
 		return fmt.Errorf("cloudletfs: serve at %s: %w", m.Dir, err)
 	}
-	return m.src.serve(fsys)
+	return m.gate.serve(fsys)
 }
 
 // layouts are the names and sizes of the FS's images, in order.

@@ -9,10 +9,10 @@ import (
 // errUnmounted fails requests that waited for an FS that never came: the mount ended first.
 var errUnmounted = errors.New("the mount ended before its FS was served")
 
-// source is "the FS behind a mount, once there": given at mount time (FS.Mount) or later
+// gate is "the FS behind a mount, once there": given at mount time (FS.Mount) or later
 // (MountPending, then Serve). The nodes ask it for the FS on each request that needs one;
 // until Serve, such a request waits on a channel select, with no goroutine of its own.
-type source struct {
+type gate struct {
 	// Fixed after construction.
 	layouts []Layout
 	ready   chan struct{} // closed once fsys is set: fsys may then be read without mu
@@ -23,49 +23,49 @@ type source struct {
 	ended bool // guarded by mu
 }
 
-func newSource(layouts []Layout) *source {
-	return &source{layouts: layouts, ready: make(chan struct{}), gone: make(chan struct{})}
+func newGate(layouts []Layout) *gate {
+	return &gate{layouts: layouts, ready: make(chan struct{}), gone: make(chan struct{})}
 }
 
-// servedSource is the source of a mount whose FS is there from the start.
-func servedSource(fsys *FS) *source {
-	s := newSource(fsys.layouts())
-	s.fsys = fsys
-	close(s.ready)
-	return s
+// servedGate is the gate of a mount whose FS is there from the start.
+func servedGate(fsys *FS) *gate {
+	g := newGate(fsys.layouts())
+	g.fsys = fsys
+	close(g.ready)
+	return g
 }
 
 // wait returns the FS once it is there. The request's ctx (go-fuse cancels it when the
 // caller is interrupted) or the end of the mount end the wait.
-func (s *source) wait(ctx context.Context) (*FS, error) {
+func (g *gate) wait(ctx context.Context) (*FS, error) {
 	// Once served, serve even if the mount is ending: the FS's own shutdown fails what
 	// must fail then, as for a mount that was never pending.
-	if fsys := s.served(); fsys != nil {
+	if fsys := g.served(); fsys != nil {
 		return fsys, nil
 	}
 	select {
-	case <-s.ready:
-		return s.fsys, nil
+	case <-g.ready:
+		return g.fsys, nil
 	case <-ctx.Done():
 		return nil, ctx.Err()
-	case <-s.gone:
+	case <-g.gone:
 		return nil, errUnmounted
 	}
 }
 
 // served returns the FS if it is there, without waiting.
-func (s *source) served() *FS {
+func (g *gate) served() *FS {
 	select {
-	case <-s.ready:
-		return s.fsys
+	case <-g.ready:
+		return g.fsys
 	default:
 		return nil
 	}
 }
 
 // image returns the i-th image, once the FS is there.
-func (s *source) image(ctx context.Context, i int) (*Image, error) {
-	fsys, err := s.wait(ctx)
+func (g *gate) image(ctx context.Context, i int) (*Image, error) {
+	fsys, err := g.wait(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -73,28 +73,28 @@ func (s *source) image(ctx context.Context, i int) (*Image, error) {
 }
 
 // serve sets the FS and lets waiting requests proceed. The caller has checked its layout.
-func (s *source) serve(fsys *FS) error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
+func (g *gate) serve(fsys *FS) error {
+	g.mu.Lock()
+	defer g.mu.Unlock()
 	switch {
-	case s.ended:
+	case g.ended:
 		return errors.New("cloudletfs: serve: the mount is unmounted")
-	case s.fsys != nil:
+	case g.fsys != nil:
 		return errors.New("cloudletfs: serve: the mount already has its FS")
 	}
-	s.fsys = fsys
-	close(s.ready)
+	g.fsys = fsys
+	close(g.ready)
 	return nil
 }
 
 // end marks the mount as ending: requests still waiting for an FS fail, and Serve is
 // refused from now on. It returns the FS if the mount had one.
-func (s *source) end() *FS {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if !s.ended {
-		s.ended = true
-		close(s.gone)
+func (g *gate) end() *FS {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if !g.ended {
+		g.ended = true
+		close(g.gone)
 	}
-	return s.fsys
+	return g.fsys
 }
