@@ -1,7 +1,6 @@
 package cloudletfs_test
 
 import (
-	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -9,7 +8,6 @@ import (
 	"fmt"
 	"math/rand"
 	"os"
-	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
@@ -19,151 +17,7 @@ import (
 
 	"github.com/cloudlet/cloudlet/chunk"
 	"github.com/cloudlet/cloudlet/cloudletfs"
-	"github.com/cloudlet/cloudlet/internal/testguest"
 )
-
-// stillWaiting is how long a request must stay blocked before Serve to count as waiting.
-const stillWaiting = 200 * time.Millisecond
-
-// pendingMount is a test mount made before its FS.
-type pendingMount struct {
-	mnt  *cloudletfs.Mount
-	dir  string
-	fsys *cloudletfs.FS // served, closed after the unmount
-}
-
-func (m *pendingMount) path(parts ...string) string {
-	return filepath.Join(append([]string{m.dir}, parts...)...)
-}
-
-// mountPending mounts the layouts at a new mount point; cleanup unmounts it (unless the test
-// did) and then closes the FS it was served, if any.
-func mountPending(t *testing.T, layouts []cloudletfs.Layout) *pendingMount {
-	t.Helper()
-	testguest.RequireFUSE(t)
-	dir := t.TempDir()
-	mnt, err := cloudletfs.MountPending(dir, layouts, cloudletfs.MountOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	m := &pendingMount{mnt: mnt, dir: dir}
-	t.Cleanup(func() {
-		if mounted, _ := mountinfo.Mounted(dir); mounted {
-			if err := mnt.Unmount(); err != nil {
-				t.Errorf("unmount: %v", err)
-			}
-		}
-		if m.fsys != nil {
-			if err := m.fsys.Close(); err != nil {
-				t.Errorf("close: %v", err)
-			}
-		}
-	})
-	return m
-}
-
-// serve opens the fixture's FS over a new cache and serves the mount with it.
-func (m *pendingMount) serve(t *testing.T, f *fixture) *cloudletfs.MemSource {
-	t.Helper()
-	src := &cloudletfs.MemSource{Data: f.want}
-	fsys, err := cloudletfs.Open(cloudletfs.Config{Dir: t.TempDir(), Images: f.configs, Demander: src, Identity: "fixture"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	src.Attach(fsys)
-	if err := m.mnt.Serve(fsys); err != nil {
-		fsys.Close()
-		t.Fatalf("serve: %v", err)
-	}
-	m.fsys = fsys
-	return src
-}
-
-func (f *fixture) layouts() []cloudletfs.Layout {
-	var out []cloudletfs.Layout
-	for _, c := range f.configs {
-		out = append(out, cloudletfs.Layout{Name: c.Name, Size: c.Size})
-	}
-	return out
-}
-
-// request is one thing done on a mount in the background; done receives its outcome.
-type request struct {
-	name string
-	done chan error
-}
-
-func start(name string, run func() error) request {
-	r := request{name: name, done: make(chan error, 1)}
-	go func() { r.done <- run() }()
-	return r
-}
-
-// checkWaiting fails the test for every request that has returned.
-func checkWaiting(t *testing.T, reqs []request) {
-	t.Helper()
-	time.Sleep(stillWaiting)
-	for _, r := range reqs {
-		select {
-		case err := <-r.done:
-			t.Fatalf("%s returned before Serve (%v), want it to wait", r.name, err)
-		default:
-		}
-	}
-}
-
-// outcome waits for a request's outcome, for at most d.
-func outcome(t *testing.T, r request, d time.Duration) error {
-	t.Helper()
-	select {
-	case err := <-r.done:
-		return err
-	case <-time.After(d):
-		t.Fatalf("%s still waiting after %v", r.name, d)
-		return nil
-	}
-}
-
-// readChunk reads chunk c of an image through the mount and compares it with want.
-func readChunk(path string, c int64, want []byte) error {
-	file, err := os.Open(path)
-	if err != nil {
-		return err
-	}
-	defer file.Close()
-	buf := make([]byte, chunk.Size)
-	if _, err := file.ReadAt(buf, c*chunk.Size); err != nil {
-		return err
-	}
-	if !bytes.Equal(buf, want) {
-		return fmt.Errorf("chunk %d: the bytes differ from the model", c)
-	}
-	return nil
-}
-
-// statWithin stats path, failing the test if that takes longer than two seconds.
-func statWithin(t *testing.T, path string) os.FileInfo {
-	t.Helper()
-	type result struct {
-		st  os.FileInfo
-		err error
-	}
-	done := make(chan result, 1)
-	go func() {
-		st, err := os.Stat(path)
-		done <- result{st, err}
-	}()
-	select {
-	case r := <-done:
-		if r.err != nil {
-			t.Fatal(r.err)
-		}
-		return r.st
-	case <-time.After(2 * time.Second):
-		t.Fatalf("stat %s still waiting after 2 s, want an answer at once", path)
-		return nil
-	}
-}
 
 // TestPendingMountServes: a mount made from layouts answers stat at once; reads, writes,
 // fsyncs, opens of stats/ and streams/ and a child's private mmap, all started before Serve,
