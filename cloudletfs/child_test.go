@@ -57,6 +57,8 @@ func runChild(role, arg string) error {
 		return mmapChild(role == "mmap-shared", args[0], args[1:])
 	case "daemon":
 		return daemonChild(args[0], args[1], args[2])
+	case "request":
+		return requestChild(args[0], args[1])
 	}
 	return fmt.Errorf("unknown role %q", role)
 }

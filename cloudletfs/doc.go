@@ -10,6 +10,11 @@
 // page cache (so QEMU can mmap them, shared or private), stats/ snapshots and streams/ that
 // follow events live. toErrno is the only place errors become errno values.
 //
+// A mount may exist before its FS (pending.go): MountPending builds the tree from the images'
+// names and sizes, which equal the base's, so QEMU can start and open its images while the
+// overlay's index is still on its way; reads and writes wait until Mount.Serve gives the
+// mount its FS. One small type, gate, owns "the FS, once there"; the nodes ask it.
+//
 // Access (access.go): mounts use default_permissions, and the images are 0600, owned by the
 // one user that may open them (this process's, or MountOptions.User's: QEMU's, with
 // allow_other); caches are 0700/0600.

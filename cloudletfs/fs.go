@@ -94,7 +94,7 @@ func Open(cfg Config) (*FS, error) {
 		return nil, err
 	}
 	for _, ic := range cfg.Images {
-		if ic.Name == "" || strings.ContainsAny(ic.Name, "/.") || f.byName[ic.Name] != nil {
+		if !validImageName(ic.Name) || f.byName[ic.Name] != nil {
 			f.closeImages()
 			return nil, fmt.Errorf("cloudletfs: bad or repeated image name %q", ic.Name)
 		}

@@ -3,6 +3,7 @@ package cloudletfs
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log"
 	"syscall"
 
@@ -13,12 +14,14 @@ import (
 // The FUSE layer is a thin adapter: nodes translate requests into calls on Image and FS, and
 // toErrno is the one place errors become errno values.
 
-// rootNode builds the tree: IMAGE/image for each image, stats/IMAGE, streams/KIND.
+// rootNode builds the tree: IMAGE/image for each image, stats/IMAGE, streams/KIND, and the
+// files. The tree comes from the layouts alone, so it can exist before the FS behind it.
 type rootNode struct {
 	fs.Inode
-	fsys *FS
-	log  *log.Logger
-	own  owners
+	gate  *gate
+	files []File
+	log   *log.Logger
+	own   owners
 	// readOnly refuses writes to the images here too, not only in the kernel (a ro mount).
 	readOnly bool
 }
@@ -37,31 +40,33 @@ func (r *rootNode) OnAdd(ctx context.Context) {
 	dir := func(owner User) *fs.Inode {
 		return r.NewPersistentInode(ctx, &dirNode{owner: owner}, fs.StableAttr{Mode: fuse.S_IFDIR})
 	}
-	pseudo := func(open func() fs.FileHandle) *fs.Inode {
-		return r.NewPersistentInode(ctx, &pseudoFile{open: open, owner: r.own.server}, fs.StableAttr{Mode: fuse.S_IFREG})
+	pseudo := func(path string, open func(*FS) fs.FileHandle) *fs.Inode {
+		n := &pseudoFile{path: path, gate: r.gate, open: open, log: r.log, owner: r.own.server}
+		return r.NewPersistentInode(ctx, n, fs.StableAttr{Mode: fuse.S_IFREG})
 	}
 	stats := dir(r.own.server)
 	r.AddChild("stats", stats, false)
 	streamsDir := dir(r.own.server)
 	r.AddChild("streams", streamsDir, false)
-	for _, img := range r.fsys.images {
+	for i, l := range r.gate.layouts {
 		d := dir(r.own.images)
-		r.AddChild(img.name, d, false)
-		d.AddChild("image", r.NewPersistentInode(ctx, &imageNode{img: img, log: r.log, owner: r.own.images, readOnly: r.readOnly}, fs.StableAttr{Mode: fuse.S_IFREG}), false)
-		stats.AddChild(img.name, pseudo(func() fs.FileHandle {
-			return &bytesHandle{b: []byte(img.Stats().String())}
+		r.AddChild(l.Name, d, false)
+		img := &imageNode{gate: r.gate, i: i, layout: l, log: r.log, owner: r.own.images, readOnly: r.readOnly}
+		d.AddChild("image", r.NewPersistentInode(ctx, img, fs.StableAttr{Mode: fuse.S_IFREG}), false)
+		stats.AddChild(l.Name, pseudo("stats/"+l.Name, func(fsys *FS) fs.FileHandle {
+			return &bytesHandle{b: []byte(fsys.images[i].Stats().String())}
 		}), false)
 	}
-	for _, file := range r.fsys.cfg.Files {
+	for _, file := range r.files {
 		r.AddChild(file.Name, r.NewPersistentInode(ctx, &fileNode{data: file.Data, owner: r.own.images}, fs.StableAttr{Mode: fuse.S_IFREG}), false)
 	}
 	for k, name := range streamNames {
-		streamsDir.AddChild(name, pseudo(func() fs.FileHandle {
-			return &streamHandle{r: &follower[ChunkEvent]{log: r.fsys.ev.chunks[k]}}
+		streamsDir.AddChild(name, pseudo("streams/"+name, func(fsys *FS) fs.FileHandle {
+			return &streamHandle{r: &follower[ChunkEvent]{log: fsys.ev.chunks[k]}}
 		}), false)
 	}
-	streamsDir.AddChild("io", pseudo(func() fs.FileHandle {
-		return &streamHandle{r: &follower[IOEvent]{log: r.fsys.ev.ioLog}}
+	streamsDir.AddChild("io", pseudo("streams/io", func(fsys *FS) fs.FileHandle {
+		return &streamHandle{r: &follower[IOEvent]{log: fsys.ev.ioLog}}
 	}), false)
 }
 
@@ -87,10 +92,13 @@ func (n *dirNode) Getattr(ctx context.Context, f fs.FileHandle, out *fuse.AttrOu
 }
 
 // imageNode is disk/image or memory/image: handle-less, served through the page cache with
-// constant attributes, so QEMU can mmap it (shared or private).
+// constant attributes, so QEMU can mmap it (shared or private). Its attributes come from the
+// layout; its bytes from the i-th image of the FS, once there.
 type imageNode struct {
 	fs.Inode
-	img      *Image
+	gate     *gate
+	i        int
+	layout   Layout
 	log      *log.Logger
 	owner    User
 	readOnly bool
@@ -108,7 +116,7 @@ var (
 
 func (n *imageNode) Getattr(ctx context.Context, f fs.FileHandle, out *fuse.AttrOut) syscall.Errno {
 	setOwner(&out.Attr, n.owner, fuse.S_IFREG|imageMode)
-	out.Size = uint64(n.img.size)
+	out.Size = uint64(n.layout.Size)
 	out.Blocks = (out.Size + 511) / 512
 	out.Blksize = 4096
 	return 0
@@ -117,7 +125,7 @@ func (n *imageNode) Getattr(ctx context.Context, f fs.FileHandle, out *fuse.Attr
 // Setattr accepts what QEMU and tools do to an image of the right size (a truncate to its
 // own size, times, modes) and refuses resizing.
 func (n *imageNode) Setattr(ctx context.Context, f fs.FileHandle, in *fuse.SetAttrIn, out *fuse.AttrOut) syscall.Errno {
-	if sz, ok := in.GetSize(); ok && int64(sz) != n.img.size {
+	if sz, ok := in.GetSize(); ok && int64(sz) != n.layout.Size {
 		return syscall.EPERM
 	}
 	return n.Getattr(ctx, f, out)
@@ -132,8 +140,21 @@ func (n *imageNode) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint
 	return nil, fuse.FOPEN_KEEP_CACHE, 0
 }
 
+// image waits for the FS behind the mount (see gate.wait).
+func (n *imageNode) image(ctx context.Context) (*Image, error) {
+	img, err := n.gate.image(ctx, n.i)
+	if err != nil {
+		return nil, fmt.Errorf("image %s: %w", n.layout.Name, err)
+	}
+	return img, nil
+}
+
 func (n *imageNode) Read(ctx context.Context, f fs.FileHandle, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
-	got, err := n.img.ReadAt(ctx, dest, off)
+	img, err := n.image(ctx)
+	if err != nil {
+		return nil, toErrno(n.log, err)
+	}
+	got, err := img.ReadAt(ctx, dest, off)
 	if err != nil {
 		return nil, toErrno(n.log, err)
 	}
@@ -144,7 +165,11 @@ func (n *imageNode) Write(ctx context.Context, f fs.FileHandle, data []byte, off
 	if n.readOnly {
 		return 0, syscall.EROFS
 	}
-	got, err := n.img.WriteAt(ctx, data, off)
+	img, err := n.image(ctx)
+	if err != nil {
+		return 0, toErrno(n.log, err)
+	}
+	got, err := img.WriteAt(ctx, data, off)
 	if err != nil {
 		return 0, toErrno(n.log, err)
 	}
@@ -152,16 +177,24 @@ func (n *imageNode) Write(ctx context.Context, f fs.FileHandle, data []byte, off
 }
 
 func (n *imageNode) Fsync(ctx context.Context, f fs.FileHandle, flags uint32) syscall.Errno {
-	return toErrno(n.log, n.img.Sync())
+	img, err := n.image(ctx)
+	if err != nil {
+		return toErrno(n.log, err)
+	}
+	return toErrno(n.log, img.Sync())
 }
 
 func (n *imageNode) Flush(ctx context.Context, f fs.FileHandle) syscall.Errno { return 0 }
 
 // pseudoFile is a read-only file under stats/ or streams/ whose content is made per open: a
-// snapshot of counters, or a live stream. DIRECT_IO, since no size is known in advance.
+// snapshot of counters, or a live stream. DIRECT_IO, since no size is known in advance. An
+// open waits for the FS behind the mount, whose counters and streams these are.
 type pseudoFile struct {
 	fs.Inode
-	open  func() fs.FileHandle
+	path  string // stats/IMAGE or streams/KIND, for errors
+	gate  *gate
+	open  func(*FS) fs.FileHandle
+	log   *log.Logger
 	owner User
 }
 
@@ -179,7 +212,11 @@ func (n *pseudoFile) Open(ctx context.Context, flags uint32) (fs.FileHandle, uin
 	if flags&(syscall.O_WRONLY|syscall.O_RDWR) != 0 {
 		return nil, 0, syscall.EACCES
 	}
-	return n.open(), fuse.FOPEN_DIRECT_IO | fuse.FOPEN_NONSEEKABLE, 0
+	fsys, err := n.gate.wait(ctx)
+	if err != nil {
+		return nil, 0, toErrno(n.log, fmt.Errorf("%s: %w", n.path, err))
+	}
+	return n.open(fsys), fuse.FOPEN_DIRECT_IO | fuse.FOPEN_NONSEEKABLE, 0
 }
 
 // bytesHandle serves one snapshot (stats/IMAGE).

@@ -50,7 +50,7 @@ type User struct {
 // Mount is a live cloudletfs mount.
 type Mount struct {
 	Dir    string
-	fsys   *FS
+	gate   *gate // the FS behind the mount, once there
 	server *fuse.Server
 	conn   string // /sys/fs/fuse/connections/N: the kernel side, for aborting
 }
@@ -61,6 +61,11 @@ const attrTimeout = time.Hour
 // Mount serves the images at dir. A stale mount left at dir by a crashed run is cleared first.
 // The serving process must never access its own mount (go-fuse would deadlock).
 func (fsys *FS) Mount(dir string, opts MountOptions) (*Mount, error) {
+	return mount(dir, servedGate(fsys), fsys.cfg.Files, opts)
+}
+
+// mount serves at dir the tree of g's images and files, whether g has its FS yet or not.
+func mount(dir string, g *gate, files []File, opts MountOptions) (*Mount, error) {
 	if opts.Log == nil {
 		opts.Log = log.New(os.Stderr, "", log.LstdFlags)
 	}
@@ -89,7 +94,7 @@ func (fsys *FS) Mount(dir string, opts MountOptions) (*Mount, error) {
 		}
 	}
 	timeout := attrTimeout
-	root := &rootNode{fsys: fsys, log: opts.Log, own: own, readOnly: opts.ReadOnly}
+	root := &rootNode{gate: g, files: files, log: opts.Log, own: own, readOnly: opts.ReadOnly}
 	options := []string{"default_permissions"}
 	if opts.ReadOnly {
 		options = append(options, "ro")
@@ -133,7 +138,7 @@ func (fsys *FS) Mount(dir string, opts MountOptions) (*Mount, error) {
 		return nil, fmt.Errorf("mount cloudletfs at %s: %w", dir, err)
 	}
 	mountFusectl()
-	m := &Mount{Dir: dir, fsys: fsys, server: server}
+	m := &Mount{Dir: dir, gate: g, server: server}
 	var st unix.Stat_t
 	if err := unix.Stat(dir, &st); err == nil {
 		m.conn = fmt.Sprintf("/sys/fs/fuse/connections/%d", unix.Minor(st.Dev))
@@ -154,9 +159,13 @@ func (fsys *FS) Mount(dir string, opts MountOptions) (*Mount, error) {
 // Unmount ends the mount's service and detaches it; the FS must be closed after. Requests in
 // flight fail (stop the VM first). If something still holds the mount open (a shell in the
 // directory, a process not yet reaped), it is detached lazily and its connection aborted:
-// holders get ENOTCONN, and no dead mount is left behind.
+// holders get ENOTCONN, and no dead mount is left behind. A pending mount that was never
+// served fails its waiting requests with EIO and touches no FS.
 func (m *Mount) Unmount() error {
-	m.fsys.shutdown()
+	fsys := m.gate.end()
+	if fsys != nil {
+		fsys.shutdown()
+	}
 	if err := syscall.Unmount(m.Dir, 0); err != nil {
 		if lerr := syscall.Unmount(m.Dir, unix.MNT_DETACH); lerr != nil {
 			// Not privileged for umount(2): fusermount, as go-fuse mounted it.
@@ -164,12 +173,45 @@ func (m *Mount) Unmount() error {
 				return fmt.Errorf("unmount %s: %w (lazy: %v)", m.Dir, uerr, lerr)
 			}
 		}
-		if m.conn != "" {
-			os.WriteFile(m.conn+"/abort", []byte("1"), 0)
+		// A mount never served answers every request with EIO from now on, but the kernel
+		// retries a failed read: aborting at once would turn some of those answers into
+		// ECONNABORTED. Its holders get a moment to see the EIO and close.
+		grace := time.Duration(0)
+		if fsys == nil {
+			grace = pendingUnmountGrace
 		}
+		m.abortAfter(grace)
 	}
 	m.server.Wait()
 	return nil
+}
+
+// pendingUnmountGrace is how long Unmount of a never-served mount waits for the holders of
+// its detached mount to close before it aborts the connection.
+const pendingUnmountGrace = time.Second
+
+// abortAfter aborts the mount's connection, unless its server ends by itself (the last holder
+// of the detached mount closed) within grace.
+func (m *Mount) abortAfter(grace time.Duration) {
+	if m.conn == "" {
+		return
+	}
+	if grace > 0 {
+		ended := make(chan struct{})
+		go func() {
+			m.server.Wait()
+			close(ended)
+		}()
+		t := time.NewTimer(grace)
+		defer t.Stop()
+		select {
+		case <-ended:
+			return
+		case <-t.C:
+		}
+		defer func() { <-ended }()
+	}
+	os.WriteFile(m.conn+"/abort", []byte("1"), 0)
 }
 
 // closeOnExecFUSE marks every /dev/fuse descriptor of this process close-on-exec.
