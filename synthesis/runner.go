@@ -48,18 +48,23 @@ func newRunner(o Options) *runner {
 // event loop ends; whatever it set up is undone when it returns.
 func (s *runner) run(ctx context.Context) error {
 	defer s.close()
-	// The host check's QEMU probe (a few tenths of a second) runs beside the index's fetch and
-	// the mount, so that it does not delay the first answer; no blob is fetched, and QEMU is
-	// not started, before it has passed.
+	// The host check (the kept answer, or a probe of QEMU) and QEMU's start (a tenth of a
+	// second, as long as the index takes on a fast link) run beside the index's fetch, on a
+	// mount that holds the images' reads until the index is in, so that neither delays the
+	// first answer. QEMU does not start, and no blob is fetched, before the check has passed.
 	check := s.startHostCheck(ctx)
 	defer check.wait()
+	if err := s.mount(); err != nil {
+		return err
+	}
+	qemu := s.startQEMU(ctx, check)
 	if err := s.openOverlay(ctx); err != nil {
 		return err
 	}
 	if err := s.startFetcher(); err != nil {
 		return err
 	}
-	if err := s.mount(); err != nil {
+	if err := s.serve(); err != nil {
 		return err
 	}
 	if err := check.wait(); err != nil {
@@ -73,7 +78,7 @@ func (s *runner) run(ctx context.Context) error {
 			return err
 		}
 	}
-	if err := s.resume(ctx); err != nil {
+	if err := s.resume(ctx, qemu); err != nil {
 		return err
 	}
 	return s.loop(ctx)
@@ -210,14 +215,10 @@ func (s *runner) cacheConfig() cloudletfs.Config {
 	return cfg
 }
 
-// mount opens the cache and mounts it where QEMU (as whichever user it runs) can reach it.
+// mount mounts the session's images where QEMU (as whichever user it runs) can reach them,
+// before the index that says what is in them: their names and sizes are the base's (an
+// overlay for other sizes is refused when its index is read), and their reads wait for serve.
 func (s *runner) mount() error {
-	fsys, err := cloudletfs.Open(s.cacheConfig())
-	if err != nil {
-		return err
-	}
-	s.fsys = fsys
-	s.onClose(func() { fsys.Close() })
 	var user *cloudletfs.User
 	if u := s.o.VM.RunAs; u != nil {
 		user = &cloudletfs.User{UID: uint32(u.UID), GID: uint32(u.GID)}
@@ -227,16 +228,36 @@ func (s *runner) mount() error {
 		return err
 	}
 	s.onClose(removeMountDir)
-	mnt, err := fsys.Mount(mountDir, cloudletfs.MountOptions{User: user})
+	var layout []cloudletfs.Layout
+	for _, im := range ExpectFor(s.o.Base).Images {
+		layout = append(layout, cloudletfs.Layout{Name: im.Name, Size: im.Size})
+	}
+	mnt, err := cloudletfs.MountPending(mountDir, layout, cloudletfs.MountOptions{User: user})
 	if err != nil {
 		return err
 	}
 	s.mnt = mnt
-	s.onClose(func() { mnt.Unmount() })
+	// The FS goes after the mount that serves it, whenever serve opened it.
+	s.onClose(func() {
+		mnt.Unmount()
+		if s.fsys != nil {
+			s.fsys.Close()
+		}
+	})
 	if s.o.OnMount != nil {
 		return s.o.OnMount(mnt.Dir)
 	}
 	return nil
+}
+
+// serve opens the cache under the overlay's plans and serves it on the mount.
+func (s *runner) serve() error {
+	fsys, err := cloudletfs.Open(s.cacheConfig())
+	if err != nil {
+		return err
+	}
+	s.fsys = fsys
+	return s.mnt.Serve(fsys)
 }
 
 // waitComplete waits for the whole overlay: the baseline without early start.

@@ -12,30 +12,79 @@ import (
 	"github.com/cloudlet/cloudlet/vm"
 )
 
-// resume starts QEMU on the mounted images, with the base's VM and the overlay's device state.
-func (s *runner) resume(ctx context.Context) error {
+// vmStart is QEMU starting in the background, on the mounted images, before the device state
+// is in: the process, its machine and its monitor are most of a resume's time.
+type vmStart struct {
+	done    chan struct{}
+	release context.CancelFunc // ends the VM's context, and so QEMU
+	// Set before done is closed.
+	v    *vm.VM
+	err  error
+	took time.Duration
+}
+
+// startQEMU starts QEMU once the host check has passed, and registers its end.
+func (s *runner) startQEMU(ctx context.Context, check *hostCheck) *vmStart {
 	opts := s.o.VM
 	bo := s.o.Base.VMOptions()
 	opts.Config, opts.Kernel, opts.Initrd = bo.Config, bo.Kernel, bo.Initrd
 	opts.Disk = vm.Disk{Path: filepath.Join(s.mnt.Dir, "disk/image")}
 	opts.Memory = vm.Memory{Path: filepath.Join(s.mnt.Dir, "memory/image"), Share: false}
 	opts.ServedByCaller = true
-	v, release, err := resumeUnlessFailed(ctx, opts, s.devPath, s.fetcher)
+	vmCtx, cancel := context.WithCancel(ctx)
+	st := &vmStart{done: make(chan struct{}), release: cancel}
+	go func() {
+		defer close(st.done)
+		if st.err = check.wait(); st.err != nil {
+			return
+		}
+		start := time.Now()
+		st.v, st.err = vm.StartIncoming(vmCtx, opts)
+		st.took = time.Since(start)
+	}()
+	s.onClose(st.stop)
+	return st
+}
+
+// wait returns the started VM, or why it did not start.
+func (st *vmStart) wait(ctx context.Context) (*vm.VM, error) {
+	select {
+	case <-st.done:
+		return st.v, st.err
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+// stop ends QEMU, started or starting, and waits for it: no VM outlives its session.
+func (st *vmStart) stop() {
+	st.release() // kills QEMU, unless the session stopped it already
+	<-st.done
+	if st.v != nil {
+		<-st.v.Done()
+		st.v.Stop(context.Background()) // releases what QEMU held
+	}
+}
+
+// resume loads the overlay's device state into the started QEMU and runs the guest.
+func (s *runner) resume(ctx context.Context, st *vmStart) error {
+	v, err := st.wait(ctx)
 	if err != nil {
 		return err
 	}
+	if err := resumeUnlessFailed(ctx, v, s.devPath, s.fetcher, st.release); err != nil {
+		return err
+	}
 	s.vm = v
-	s.onClose(release)
 	s.onClose(func() { v.Stop(context.WithoutCancel(ctx)) })
-	s.emit("resumed", fmt.Sprintf("%s, %s", v, v.Accel()))
+	s.emit("resumed", fmt.Sprintf("%s, %s; QEMU started in %.3fs beside the index", v, v.Accel(), st.took.Seconds()))
 	return nil
 }
 
-// resumeUnlessFailed resumes the VM, and gives up, stopping QEMU, if the fetch fails meanwhile:
-// the resume may wait in a read of a chunk that will never come, and QEMU's monitor with it.
-// The VM lives until ctx ends or release is called.
-func resumeUnlessFailed(ctx context.Context, opts vm.Options, devPath string, f *Fetcher) (*vm.VM, context.CancelFunc, error) {
-	vmCtx, cancel := context.WithCancel(ctx)
+// resumeUnlessFailed resumes the VM, and gives up, stopping QEMU with stop, if the fetch fails
+// meanwhile: the resume may wait in a read of a chunk that will never come, and QEMU's monitor
+// with it.
+func resumeUnlessFailed(ctx context.Context, v *vm.VM, devPath string, f *Fetcher, stop context.CancelFunc) error {
 	resumed := make(chan struct{})
 	var wg sync.WaitGroup
 	wg.Add(1)
@@ -43,21 +92,20 @@ func resumeUnlessFailed(ctx context.Context, opts vm.Options, devPath string, f 
 		defer wg.Done()
 		select {
 		case <-f.Failed():
-			cancel()
+			stop()
 		case <-resumed:
 		}
 	}()
-	v, err := vm.Resume(vmCtx, opts, devPath)
+	err := v.ResumeFrom(ctx, devPath)
 	close(resumed)
 	wg.Wait()
 	if err != nil {
-		cancel()
 		if f.Err() != nil {
-			return nil, nil, fmt.Errorf("fetch overlay: %w; the VM was stopped while it resumed", f.Err())
+			return fmt.Errorf("fetch overlay: %w; the VM was stopped while it resumed", f.Err())
 		}
-		return nil, nil, err
+		return err
 	}
-	return v, cancel, nil
+	return nil
 }
 
 // loopState is what the event loop has seen so far.

@@ -174,15 +174,33 @@ func Boot(ctx context.Context, opts Options) (*VM, error) {
 // Resume starts a VM from a device-state snapshot whose RAM is already in opts.Memory.Path.
 // The guest runs when Resume returns.
 func Resume(ctx context.Context, opts Options, devstate string) (*VM, error) {
-	f, err := os.Open(devstate)
-	if err != nil {
-		return nil, fmt.Errorf("resume: device state: %w", err)
-	}
-	defer f.Close()
-	v, err := start(ctx, opts, true)
+	v, err := StartIncoming(ctx, opts)
 	if err != nil {
 		return nil, err
 	}
+	if err := v.ResumeFrom(ctx, devstate); err != nil {
+		return nil, err
+	}
+	return v, nil
+}
+
+// StartIncoming starts QEMU on opts's images, waiting for a device state (ResumeFrom). Starting
+// it is most of a resume's time (the process, its machine, its monitor), and needs only the
+// images' paths, not their bytes: a caller that gets the device state later starts QEMU first.
+// The VM lives until ctx ends or it is stopped.
+func StartIncoming(ctx context.Context, opts Options) (*VM, error) {
+	return start(ctx, opts, true)
+}
+
+// ResumeFrom loads the device state at path into a VM from StartIncoming and runs the guest.
+// On failure QEMU is gone.
+func (v *VM) ResumeFrom(ctx context.Context, devstate string) error {
+	f, err := os.Open(devstate)
+	if err != nil {
+		v.Kill()
+		return fmt.Errorf("resume: device state: %w", err)
+	}
+	defer f.Close()
 	steps := []func() error{
 		func() error { return v.setIgnoreShared(ctx) },
 		func() error { return v.proc.SendFD(ctx, "devstate", f) },
@@ -194,10 +212,10 @@ func Resume(ctx context.Context, opts Options, devstate string) (*VM, error) {
 	}
 	for _, step := range steps {
 		if err := step(); err != nil {
-			return nil, v.failed("resume from "+devstate, err)
+			return v.failed("resume from "+devstate, err)
 		}
 	}
-	return v, nil
+	return nil
 }
 
 // Snapshot pauses the guest, writes its device state to path and shuts QEMU down. RAM is not

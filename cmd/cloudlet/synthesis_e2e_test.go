@@ -10,6 +10,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -89,6 +91,7 @@ func testSynthesis(t *testing.T, ctx context.Context, home, id, file, applied st
 			t.Fatal("the VM resumed on a changed overlay")
 		}
 	})
+	t.Run("index stalls", func(t *testing.T) { testIndexStalls(t, ctx, home, id, data) })
 	t.Run("corrupt blob", func(t *testing.T) {
 		bad := bytes.Clone(data)
 		bad[len(bad)-50] ^= 0x01
@@ -338,4 +341,62 @@ func alive(pid int) bool {
 	}
 	i := bytes.LastIndexByte(b, ')')
 	return i > 0 && i+2 < len(b) && b[i+2] != 'Z'
+}
+
+// testIndexStalls: QEMU starts beside the index's fetch, on a mount whose reads wait for the
+// index, so it is up while the index has not come; a session stopped there takes QEMU and the
+// mount with it.
+func testIndexStalls(t *testing.T, ctx context.Context, home, id string, data []byte) {
+	s := origin.NewShapedServer(data)
+	defer s.Close()
+	s.StallNext(1000) // every answer hangs after its headers
+	port := testguest.FreePort(t)
+	cmd := exec.CommandContext(ctx, cloudletBin, "synthesis", id, s.URL(),
+		"--hostfwd", fmt.Sprintf("tcp:127.0.0.1:%d-:8080", port), "--probe", fmt.Sprintf("http://127.0.0.1:%d/", port))
+	cmd.Env = append(os.Environ(), "CLOUDLET_HOME="+home)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer cmd.Process.Kill()
+	qemu, mountDir := waitQEMUChild(t, cmd.Process.Pid)
+	if strings.Contains(stdout.String(), "index") {
+		t.Fatalf("the index came from a server whose answers all hang:\n%s", stdout.String())
+	}
+	cmd.Process.Signal(syscall.SIGINT)
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case <-done:
+	case <-time.After(30 * time.Second):
+		t.Fatalf("synthesis did not stop within 30 s of SIGINT\n%s", stderr.String())
+	}
+	if _, err := os.Stat(fmt.Sprintf("/proc/%d", qemu)); err == nil {
+		t.Fatalf("QEMU (pid %d) is left after its session stopped", qemu)
+	}
+	if mounts, err := os.ReadFile("/proc/self/mountinfo"); err != nil || strings.Contains(string(mounts), " "+mountDir+" ") {
+		t.Fatalf("the session's mount %s is left after it stopped (%v)", mountDir, err)
+	}
+}
+
+// waitQEMUChild waits up to a minute for a QEMU child of pid, and returns its pid and the
+// cloudletfs mount its disk is on.
+func waitQEMUChild(t *testing.T, pid int) (int, string) {
+	t.Helper()
+	disk := regexp.MustCompile(`file=([^,]+)/disk/image`)
+	for deadline := time.Now().Add(time.Minute); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+		out, _ := exec.Command("pgrep", "-P", strconv.Itoa(pid), "qemu-system").Output()
+		fields := strings.Fields(string(out))
+		if len(fields) == 0 {
+			continue
+		}
+		qemu, _ := strconv.Atoi(fields[0])
+		cmdline, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", qemu))
+		if m := disk.FindSubmatch(bytes.ReplaceAll(cmdline, []byte{0}, []byte{' '})); m != nil {
+			return qemu, string(m[1])
+		}
+	}
+	t.Fatal("no QEMU with its disk on a mount a minute into a synthesis whose index has not come")
+	return 0, ""
 }
