@@ -257,6 +257,10 @@ func toErrno(l *log.Logger, err error) syscall.Errno {
 		return 0
 	case errors.Is(err, context.Canceled):
 		return syscall.EINTR
+	case errors.Is(err, errUnmounted):
+		// The session ended before its index came, and says why itself: QEMU's reads
+		// during its start are no news.
+		return syscall.EIO
 	}
 	if l != nil {
 		l.Printf("cloudletfs: %v", err)
