@@ -24,7 +24,7 @@ type Reader struct {
 	Index     *Index
 
 	// blobs caches decoded blobs. On the demand path, faults on neighbouring chunks land in
-	// the same ~1 MiB blob; fetching and decoding it again for each (about a millisecond of
+	// the same blob; fetching and decoding it again for each (about a millisecond of
 	// zstd, far more for xz, plus a round trip) would serialise a VM's first faults. Its cost
 	// is the raw size, so it holds about blobCacheBytes of decoded data.
 	blobs *ristretto.Cache[uint32, []byte]

@@ -59,7 +59,7 @@ func TestUnprofiledStreamsAtOnce(t *testing.T) {
 		t.Fatal(err)
 	}
 	b := base.CommitTiny(t, store, "tiny")
-	const n = 4096 // 16 MiB of incompressible chunks in 1 MiB blobs
+	const n = 4096 // 16 MiB of incompressible chunks, in 1 MiB blobs after the working set
 	for _, tc := range []struct {
 		name    string
 		ws      int           // chunks in the working set
@@ -123,7 +123,7 @@ func TestUnprofiledStreamsAtOnce(t *testing.T) {
 
 			// The fetcher's requests: those past the window's stream (probe, index, device
 			// state and working set), in the order asked.
-			firstBg := tc.ws / 256 // the first blob after the working set
+			firstBg := int(ix.WorkingSetBlobs) // the first blob after the working set
 			bgStart, _ := r.reader.BlobRange(firstBg)
 			lastOff, lastLen := r.reader.BlobRange(lastBlob)
 			var demand *askedRange
