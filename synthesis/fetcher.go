@@ -84,7 +84,8 @@ type Fetcher struct {
 	// requests, decoding blobs (blob digest and decompression), checking chunk digests, and
 	// writing chunks into cloudletfs.
 	requests, requestNs, decodeNs, verifyNs, writeNs atomic.Int64
-	st                                               storeState // the chunk store's part
+	outside                                          atomic.Int64 // see FetchStats.OutsideProfile
+	st                                               storeState   // the chunk store's part
 
 	mu       sync.Mutex
 	state    []uint8  // guarded by mu: per blob
@@ -247,13 +248,18 @@ type FetchStats struct {
 	FromStoreBytes int64   `json:"from_store_bytes,omitempty"`
 	StoreSec       float64 `json:"store_s,omitempty"`
 	StoreMissBlobs int64   `json:"store_miss_blobs,omitempty"`
+	// OutsideProfile counts the chunks the VM waited for that the overlay's working set does
+	// not hold (every one, for an overlay with no working set): what its profile missed. A
+	// VM that outruns its link also waits for working-set chunks still on their way; those
+	// are not counted here.
+	OutsideProfile int64 `json:"outside_profile"`
 }
 
 // Stats is where the fetcher's time went so far.
 func (f *Fetcher) Stats() FetchStats {
 	sec := func(a *atomic.Int64) float64 { return time.Duration(a.Load()).Seconds() }
 	st := FetchStats{Requests: f.requests.Load(), RequestSec: sec(&f.requestNs), DecodeSec: sec(&f.decodeNs),
-		VerifySec: sec(&f.verifyNs), WriteSec: sec(&f.writeNs)}
+		VerifySec: sec(&f.verifyNs), WriteSec: sec(&f.writeNs), OutsideProfile: f.outside.Load()}
 	f.storeStats(&st)
 	return st
 }
@@ -271,6 +277,9 @@ func (f *Fetcher) Demand(image string, c int64, prio cloudletfs.Priority) {
 	}
 	if ch.Kind != overlay.KindBlob {
 		return // base references are delivered from local disk right at the start
+	}
+	if ch.Blob >= f.r.Index.WorkingSetBlobs {
+		f.outside.Add(1)
 	}
 	f.mu.Lock()
 	if !f.demandStoreLocked(int(ch.Blob)) && f.state[ch.Blob] == blobWaiting {

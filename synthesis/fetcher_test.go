@@ -90,7 +90,7 @@ func TestWorkingSetStreams(t *testing.T) {
 		t.Fatal(err)
 	}
 	b := base.CommitTiny(t, store, "tiny")
-	const ws = 1024                   // 4 MiB in 4 blobs
+	const ws = 1024                   // 4 MiB
 	path := testOverlay(t, b, ws, ws) // all of it the working set: no background request
 	s := origin.NewShapedServer(mustRead(t, path))
 	defer s.Close()
@@ -164,5 +164,38 @@ func TestStoredOverlaySecondSynthesis(t *testing.T) {
 	}
 	if lied := fetch(&lyingStore{}); lied < size {
 		t.Errorf("with a lying store, %d bytes fetched, want the whole overlay (%d) from the origin", lied, size)
+	}
+}
+
+// TestOutsideProfile: the chunks the VM waits for are counted as the profile's misses only
+// when the working set does not hold them.
+func TestOutsideProfile(t *testing.T) {
+	store, err := base.Open(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := base.CommitTiny(t, store, "tiny")
+	path := testOverlay(t, b, 64, 16) // chunks 0-15 are the working set
+	for _, tc := range []struct {
+		name   string
+		chunks []int64
+		want   int64
+	}{
+		{"in the working set", []int64{0, 15}, 0},
+		{"after it", []int64{16, 40, 63}, 3},
+		{"both", []int64{3, 50}, 1},
+		{"not the overlay's", []int64{1000}, 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			r, _ := startFetch(t, ctx, b, path, Options{EarlyStart: true})
+			for _, c := range tc.chunks {
+				r.fetcher.Demand("memory", c, cloudletfs.PriorityDemand)
+			}
+			if got := r.fetcher.Stats().OutsideProfile; got != tc.want {
+				t.Fatalf("outside the profile: got %d, want %d", got, tc.want)
+			}
+		})
 	}
 }

@@ -75,6 +75,9 @@ type sample struct {
 	// were not local at their first touch (summed over the images).
 	Touched int64 `json:"overlay_touched"`
 	Missed  int64 `json:"overlay_missed"`
+	// Outside counts those the VM waited for that the working set did not hold (see
+	// synthesis.FetchStats.OutsideProfile).
+	Outside int64 `json:"outside_profile"`
 	// Where the fetcher's time went until the first answer.
 	Fetch synthesis.FetchStats `json:"fetch_before_first_answer"`
 	// The cloudlet process alone (see usage), and with its children (QEMU).

@@ -34,6 +34,7 @@ type row struct {
 	// The overlay chunks touched before the first answer, and those not local then, by run.
 	Touched []int64 `json:"overlay_touched"`
 	Missed  []int64 `json:"overlay_missed"`
+	Outside []int64 `json:"outside_profile"`
 	PeakRSS stat    `json:"peak_rss_bytes"` // the cloudlet process alone
 	CPU     stat    `json:"cpu_s"`
 	Limit   float64 `json:"physical_limit_s"`
@@ -109,7 +110,7 @@ func summariseRow(mode string, bits int64, rtt float64, samples []sample, lt lim
 		sd = append(sd, s.StallDisk)
 		rss = append(rss, float64(s.PeakRSS))
 		cpu = append(cpu, s.CPU)
-		r.Touched, r.Missed = append(r.Touched, s.Touched), append(r.Missed, s.Missed)
+		r.Touched, r.Missed, r.Outside = append(r.Touched, s.Touched), append(r.Missed, s.Missed), append(r.Outside, s.Outside)
 		idx = append(idx, s.Index)
 		res = append(res, s.Resumed-s.Index)
 		nreq = append(nreq, float64(s.Fetch.Requests))
@@ -142,21 +143,26 @@ func sameRTT(a, b float64) bool { return math.Abs(a-b) < 1e-6 }
 const (
 	goalLimit     = 1.15 // profiled TTFR ÷ the physical limit, at most
 	goalEager     = 1.05 // early start's TTFR ÷ download-first's, at most
-	goalLocal     = 0.95 // of the overlay chunks touched before the answer, local when touched
+	goalHeld      = 0.95 // of the overlay chunks touched before the answer, held by the profile
 	goalRTTGrowth = 3.0  // profiled TTFR's growth over the RTT sweep, in RTTs, at most
 )
 
-// hitRate is the share of the overlay chunks touched before the first answer that were local
-// when first touched, over all runs; 1 when none were touched.
-func (r row) hitRate() float64 {
-	var touched, missed int64
+// hitRates are the shares of the overlay chunks touched before the first answer that were
+// local when first touched, and that the profile held (they were local, or in the working set
+// on their way: the VM outran the link, not the profile), over all runs; 1 when none were
+// touched.
+func (r row) hitRates() (local, held float64) {
+	var touched, missed, outside int64
 	for i := range r.Touched {
 		touched, missed = touched+r.Touched[i], missed+r.Missed[i]
+		if i < len(r.Outside) {
+			outside += r.Outside[i]
+		}
 	}
 	if touched == 0 {
-		return 1
+		return 1, 1
 	}
-	return float64(touched-missed) / float64(touched)
+	return float64(touched-missed) / float64(touched), float64(touched-outside) / float64(touched)
 }
 
 // growth is how a mode's TTFR changes from the lowest RTT to the highest at one link: seconds,

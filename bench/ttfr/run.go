@@ -113,7 +113,7 @@ func readTimeline(out io.Reader, s *sample, servedSince func() int64) []string {
 				s.Missed += n
 			}
 			if e.Fetch != nil {
-				s.Fetch = *e.Fetch
+				s.Fetch, s.Outside = *e.Fetch, e.Fetch.OutsideProfile
 			}
 		case "complete":
 			s.Complete = e.Seconds
