@@ -1,0 +1,1 @@
+bench/ttfr.sh realistic 1 slow
