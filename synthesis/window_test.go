@@ -14,22 +14,9 @@ import (
 // arrive; the buffer is dropped once every byte was read out of it, and later reads, like
 // reads outside it, go to the origin.
 func TestWindow(t *testing.T) {
-	data := make([]byte, 1<<20)
-	for i := range data {
-		data[i] = byte(i * 7)
-	}
-	s := origin.NewShapedServer(data)
-	defer s.Close()
-	s.Shape(0, 8<<20)
-	ctx := context.Background()
-	o, err := origin.Open(ctx, s.URL(), origin.HTTPOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	w := newWindow(ctx, o, func(p overlay.Plan) int64 { return p.ResumeEnd })
-	defer w.Close()
 	const start, end = 16 << 10, 512 << 10
-	w.prefetch(overlay.Plan{First: start, IndexEnd: start, ResumeEnd: end})
+	data, s, w := prefetchingWindow(t, 1<<20, 0, 8<<20, start, end)
+	ctx := context.Background()
 
 	read := func(off, n int64) {
 		t.Helper()
@@ -74,23 +61,10 @@ func TestWindow(t *testing.T) {
 // its own instead of waiting for the stream to come to it; one just ahead waits for the
 // stream. Either way each byte is read once, so the buffer is still dropped at the end.
 func TestWindowDemandAhead(t *testing.T) {
-	data := make([]byte, 4<<20)
-	for i := range data {
-		data[i] = byte(i * 13)
-	}
-	s := origin.NewShapedServer(data)
-	defer s.Close()
-	// 1 MB/s: the stream reaches the far read only after about 3.5 s.
-	s.Shape(10*time.Millisecond, 1<<20)
-	ctx := context.Background()
-	o, err := origin.Open(ctx, s.URL(), origin.HTTPOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	w := newWindow(ctx, o, func(p overlay.Plan) int64 { return p.ResumeEnd })
-	defer w.Close()
 	const start, end = 16 << 10, 4 << 20
-	w.prefetch(overlay.Plan{First: start, IndexEnd: start, ResumeEnd: end})
+	// 1 MB/s: the stream reaches the far read only after about 3.5 s.
+	data, s, w := prefetchingWindow(t, 4<<20, 10*time.Millisecond, 1<<20, start, end)
+	ctx := context.Background()
 
 	read := func(off, n int64, demand bool) time.Duration {
 		t.Helper()
@@ -152,4 +126,26 @@ func TestWindowDemandAhead(t *testing.T) {
 	if !released {
 		t.Fatal("the window kept its buffer after every byte was read once, some by a demand of their own")
 	}
+}
+
+// prefetchingWindow serves size bytes of a pattern over a shaped link and returns them, the
+// server, and a window that streams [start, end) of them; both end with the test.
+func prefetchingWindow(t *testing.T, size int, latency time.Duration, bytesPerSecond int64, start, end int64) ([]byte, *origin.ShapedServer, *window) {
+	t.Helper()
+	data := make([]byte, size)
+	for i := range data {
+		data[i] = byte(i * 7)
+	}
+	s := origin.NewShapedServer(data)
+	t.Cleanup(s.Close)
+	s.Shape(latency, bytesPerSecond)
+	ctx := context.Background()
+	o, err := origin.Open(ctx, s.URL(), origin.HTTPOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := newWindow(ctx, o, func(p overlay.Plan) int64 { return p.ResumeEnd })
+	t.Cleanup(func() { w.Close() })
+	w.prefetch(overlay.Plan{First: start, IndexEnd: start, ResumeEnd: end})
+	return data, s, w
 }
