@@ -361,16 +361,19 @@ func testIndexStalls(t *testing.T, ctx context.Context, home, id string, data []
 	}
 	defer cmd.Process.Kill()
 	qemu, mountDir := waitQEMUChild(t, cmd.Process.Pid)
-	if strings.Contains(stdout.String(), "index") {
-		t.Fatalf("the index came from a server whose answers all hang:\n%s", stdout.String())
-	}
 	cmd.Process.Signal(syscall.SIGINT)
 	done := make(chan error, 1)
 	go func() { done <- cmd.Wait() }()
 	select {
 	case <-done:
 	case <-time.After(30 * time.Second):
+		cmd.Process.Kill()
+		<-done // the output is complete, and ours to read, once Wait has returned
 		t.Fatalf("synthesis did not stop within 30 s of SIGINT\n%s", stderr.String())
+	}
+	// Read only now: the command's output is written by exec's goroutines until Wait returns.
+	if strings.Contains(stdout.String(), "index") {
+		t.Fatalf("the index came from a server whose answers all hang:\n%s", stdout.String())
 	}
 	if _, err := os.Stat(fmt.Sprintf("/proc/%d", qemu)); err == nil {
 		t.Fatalf("QEMU (pid %d) is left after its session stopped", qemu)
