@@ -118,6 +118,9 @@ func mark(v float64, ok bool) string {
 
 // percentMark renders a share of chunks the profile held, with whether it meets its goal.
 func percentMark(held float64) string {
+	if math.IsNaN(held) {
+		return "–"
+	}
 	return strings.Replace(mark(100*held, held >= goalHeld), " ", " % ", 1)
 }
 

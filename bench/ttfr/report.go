@@ -150,17 +150,21 @@ const (
 // hitRates are the shares of the overlay chunks touched before the first answer that were
 // local when first touched, and that the profile held (they were local, or in the working set
 // on their way: the VM outran the link, not the profile), over all runs; 1 when none were
-// touched.
+// touched. held is NaN for runs that did not count what the profile missed (a report from
+// before the count, rendered again with -report): unknown, not 100 %.
 func (r row) hitRates() (local, held float64) {
 	var touched, missed, outside int64
 	for i := range r.Touched {
 		touched, missed = touched+r.Touched[i], missed+r.Missed[i]
-		if i < len(r.Outside) {
-			outside += r.Outside[i]
-		}
 	}
-	if touched == 0 {
+	for _, n := range r.Outside {
+		outside += n
+	}
+	switch {
+	case touched == 0:
 		return 1, 1
+	case len(r.Outside) != len(r.Touched):
+		return float64(touched-missed) / float64(touched), math.NaN()
 	}
 	return float64(touched-missed) / float64(touched), float64(touched-outside) / float64(touched)
 }

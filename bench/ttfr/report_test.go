@@ -236,3 +236,28 @@ func TestProcParsing(t *testing.T) {
 		t.Error("vmHWM of a zombie's status (no VmHWM line): ok")
 	}
 }
+
+// TestHitRates: the profile's share is unknown, not 100 %, for runs that did not count what
+// it missed (a report rendered again from JSON written before the count).
+func TestHitRates(t *testing.T) {
+	for _, tc := range []struct {
+		name                string
+		r                   row
+		wantLocal, wantHeld float64 // wantHeld NaN: unknown
+	}{
+		{"counted", row{Touched: []int64{100, 100}, Missed: []int64{50, 30}, Outside: []int64{2, 0}}, 0.6, 0.99},
+		{"not counted", row{Touched: []int64{100, 100}, Missed: []int64{50, 30}}, 0.6, math.NaN()},
+		{"nothing touched", row{Touched: []int64{0}, Missed: []int64{0}}, 1, 1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			local, held := tc.r.hitRates()
+			if math.Abs(local-tc.wantLocal) > 1e-9 || math.IsNaN(tc.wantHeld) != math.IsNaN(held) ||
+				!math.IsNaN(held) && math.Abs(held-tc.wantHeld) > 1e-9 {
+				t.Fatalf("local %v, held %v; want %v, %v", local, held, tc.wantLocal, tc.wantHeld)
+			}
+			if math.IsNaN(held) && percentMark(held) != "–" {
+				t.Fatalf("an unknown share renders as %q, want –", percentMark(held))
+			}
+		})
+	}
+}
