@@ -157,6 +157,12 @@ func main() {
 	if o.home == "" || o.base == "" || o.overlay == "" || o.profiled == "" {
 		fail(fmt.Errorf("-home, -base, -overlay and -profiled are required"))
 	}
+	if o.timelines != "" {
+		// Made before the first run, so that a bad directory fails now, not after minutes.
+		if err := os.MkdirAll(o.timelines, 0o755); err != nil {
+			fail(fmt.Errorf("-timelines: %w", err))
+		}
+	}
 	var err error
 	if o.needed, err = neededBytes(o.profiled); err != nil {
 		fail(err)
