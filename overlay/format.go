@@ -7,13 +7,14 @@
 //	header    96 bytes, fixed
 //	index     zstd-compressed; holds everything but chunk bytes
 //	devstate  QEMU device state, compressed with the overlay's codec
-//	blobs     chunk data, about BlobRaw bytes each before compression, in prefetch order
+//	blobs     chunk data, about BlobRaw bytes each before compression, in prefetch order;
+//	          after the working set's blobs, the chunk digest table
 //
 // A reader fetches FirstRead bytes first, then everything up to the header's resume end (the
 // rest of the index, the device state, the working set) as one stream when its ReaderAt can
 // prefetch, else the rest of the index in runs of a few MiB. The SHA-256 of the uncompressed index
-// is the overlay's identity; the index pins every blob's and chunk's SHA-256, so every byte a
-// reader uses is verified. The file is attacker input: every length it claims is bounded (see
+// is the overlay's identity; the index pins every blob's SHA-256 and the digest table's, which
+// holds every stored chunk's, so every byte a reader uses is verified. The file is attacker input: every length it claims is bounded (see
 // limits.go) before anything is allocated for it.
 package overlay
 
@@ -27,8 +28,9 @@ import (
 const Magic = "CLOUDOVL"
 
 // Version is the format version this package writes and reads. Version 2 added the resume end
-// to the header.
-const Version = 2
+// to the header; version 3 moved the stored chunks' digests out of the index into a table
+// after the working set, so that a resume waits for an index a third of the size.
+const Version = 3
 
 // HeaderSize is the fixed size of the header.
 const HeaderSize = 96
@@ -156,7 +158,10 @@ type Chunk struct {
 	Self      uint32 // KindSelf: entry number of the blob chunk with the same bytes
 	Blob      uint32 // KindBlob
 	Offset    int64  // KindBlob: raw offset within the blob, a multiple of the chunk size
-	Digest    chunk.Digest
+	// Digest is the chunk's SHA-256. The index holds it for base references only; a stored
+	// chunk's (and so a self reference's) comes from the digest table, and stays zero in a
+	// Reader from OpenIndex (see Reader.LoadDigests and Reader.ChunkDigest).
+	Digest chunk.Digest
 }
 
 // Index is everything in an overlay but the data.
@@ -169,6 +174,10 @@ type Index struct {
 	Config   []byte
 	Devstate Blob
 	Blobs    []Blob
+	// Digests is the chunk digest table: the SHA-256 of each stored (KindBlob) chunk, in
+	// entry order, stored as is (Raw = Length) right after the working set's blobs, or after
+	// the device state if there is no working set.
+	Digests Blob
 	// Chunks are sorted by image, then index.
 	Chunks []Chunk
 	// Prefetch lists blob-chunk entries in the order a resuming VM is expected to need them;

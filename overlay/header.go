@@ -16,7 +16,7 @@ import (
 //	12  8  index length, compressed
 //	20  8  index length, uncompressed
 //	28 32  SHA-256 of the uncompressed index: the overlay's ID
-//	60  8  resume end: the offset where the working set ends (version 2)
+//	60  8  resume end: where the working set and the digest table after it end (version 2 on)
 //	68 24  reserved, zero
 //	92  4  CRC-32 (IEEE) of bytes 0-91
 //

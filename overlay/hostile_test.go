@@ -78,7 +78,7 @@ func headerOnly(indexLen, indexRaw int64) []byte {
 func manyZeroChunks(n int) *Index {
 	ix := &Index{ChunkSize: chunk.Size, Codec: CodecZstd, Config: []byte(`{}`),
 		Images:   []Image{{Name: "disk", Size: MaxImageSize}},
-		Devstate: Blob{Length: 10, Raw: 20}}
+		Devstate: Blob{Length: 10, Raw: 20}, Digests: Blob{Offset: 10}}
 	ix.BaseID[0] = 1
 	ix.Chunks = make([]Chunk, n)
 	for i := range ix.Chunks {
@@ -213,14 +213,16 @@ func TestBlobReadInRuns(t *testing.T) {
 	ix := &Index{ChunkSize: chunk.Size, Codec: CodecZstd, Config: []byte(`{}`),
 		Images:   []Image{{Name: "disk", Size: 64 << 20}},
 		Devstate: Blob{Length: int64(len(devZ)), Raw: int64(len(dev)), Digest: sum(devZ)},
-		Blobs:    []Blob{{Offset: int64(len(devZ)), Length: 60 << 20, Raw: 60 << 20}},
 		Prefetch: []uint32{0},
 	}
-	for i := range int64(60 << 20 / chunk.Size) { // the chunks the blob claims to hold
+	const chunks = 60 << 20 / chunk.Size // the chunks the blob claims to hold
+	for i := range int64(chunks) {
 		ix.Chunks = append(ix.Chunks, Chunk{Index: i, Kind: KindBlob, Offset: i * chunk.Size})
 	}
+	ix.Digests = Blob{Offset: int64(len(devZ)), Length: chunks * chunk.DigestSize, Raw: chunks * chunk.DigestSize}
+	ix.Blobs = []Blob{{Offset: ix.Digests.Offset + ix.Digests.Length, Length: 60 << 20, Raw: 60 << 20}}
 	f := &claimedFile{b: fileOf(t, ix, devZ), size: 1 << 30}
-	r, err := Open(f, f.size, Expect{})
+	r, err := OpenIndex(f, f.size, Expect{}) // the digest table is not in the file either
 	if err != nil {
 		t.Fatal(err)
 	}

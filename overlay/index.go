@@ -48,6 +48,7 @@ func encodeIndex(ix *Index) []byte {
 	for _, bl := range ix.Blobs {
 		blob(bl)
 	}
+	blob(ix.Digests)
 	uv(uint64(len(ix.Chunks)))
 	for _, c := range ix.Chunks {
 		b = append(b, c.Image)
@@ -63,7 +64,7 @@ func encodeIndex(ix *Index) []byte {
 			uv(uint64(c.Blob))
 			uv(uint64(c.Offset))
 		}
-		if c.Kind != KindZero {
+		if c.Kind == KindBase {
 			b = append(b, c.Digest[:]...)
 		}
 	}
@@ -229,6 +230,12 @@ func (d *decoder) entries(ix *Index) {
 	for i := range ix.Blobs {
 		ix.Blobs[i] = d.blob("blob")
 	}
+	ix.Digests = Blob{
+		Offset: int64(d.uvarint("digest table offset", 1<<62)),
+		Length: int64(d.uvarint("digest table length", chunk.DigestSize*MaxChunks)),
+		Raw:    int64(d.uvarint("digest table raw size", chunk.DigestSize*MaxChunks)),
+		Digest: d.digest("digest table digest"),
+	}
 	ix.Chunks = make([]Chunk, d.countWithin("chunk", MaxChunks, capacity, "the chunks the images hold", 3))
 	for i := range ix.Chunks {
 		d.chunk(&ix.Chunks[i])
@@ -257,7 +264,7 @@ func (d *decoder) chunk(c *Chunk) {
 		c.Blob = uint32(d.uvarint("blob number", MaxBlobs))
 		c.Offset = int64(d.uvarint("blob offset", MaxBlobRaw))
 	}
-	if c.Kind != KindZero {
+	if c.Kind == KindBase {
 		c.Digest = d.digest("chunk digest")
 	}
 }
@@ -296,13 +303,33 @@ func (ix *Index) validateHead() error {
 }
 
 // validateBlobs checks each blob's and the device state's lengths against their raw lengths
-// and the format's limits, and that blobs follow each other.
+// and the format's limits, and that they follow each other, the digest table right after the
+// working set's blobs.
 func (ix *Index) validateBlobs() error {
 	if err := checkBlobSize("device state", ix.Devstate, MaxDevstateRaw); err != nil {
 		return err
 	}
+	if int(ix.WorkingSetBlobs) > len(ix.Blobs) {
+		return fmt.Errorf("working set of %d blobs, but %d blobs", ix.WorkingSetBlobs, len(ix.Blobs))
+	}
 	end := ix.Devstate.Offset + ix.Devstate.Length
+	table := func() error {
+		t := ix.Digests
+		if t.Raw != t.Length || t.Raw%chunk.DigestSize != 0 {
+			return fmt.Errorf("digest table of %d bytes (%d raw): want a whole number of digests, stored as is", t.Length, t.Raw)
+		}
+		if t.Offset != end {
+			return fmt.Errorf("digest table at %d does not follow the working set (ends at %d)", t.Offset, end)
+		}
+		end += t.Length
+		return nil
+	}
 	for i, bl := range ix.Blobs {
+		if i == int(ix.WorkingSetBlobs) {
+			if err := table(); err != nil {
+				return err
+			}
+		}
 		if err := checkBlobSize(fmt.Sprintf("blob %d", i), bl, MaxBlobRaw); err != nil {
 			return err
 		}
@@ -310,6 +337,9 @@ func (ix *Index) validateBlobs() error {
 			return fmt.Errorf("blob %d at %d+%d does not follow the previous one (ends at %d)", i, bl.Offset, bl.Length, end)
 		}
 		end = bl.Offset + bl.Length
+	}
+	if int(ix.WorkingSetBlobs) == len(ix.Blobs) {
+		return table()
 	}
 	return nil
 }
@@ -376,13 +406,24 @@ func (ix *Index) validateChunks() error {
 			return fmt.Errorf("blob %d holds %d bytes of chunks, but its raw size is %d", i, n, ix.Blobs[i].Raw)
 		}
 	}
+	if stored := int64(ix.storedChunks()); ix.Digests.Raw != stored*chunk.DigestSize {
+		return fmt.Errorf("digest table of %d bytes for %d stored chunks", ix.Digests.Raw, stored)
+	}
 	for i, p := range ix.Prefetch {
 		if int(p) >= len(ix.Chunks) || ix.Chunks[p].Kind != KindBlob {
 			return fmt.Errorf("prefetch entry %d: %d is not a stored chunk", i, p)
 		}
 	}
-	if int(ix.WorkingSetBlobs) > len(ix.Blobs) {
-		return fmt.Errorf("working set of %d blobs, but %d blobs", ix.WorkingSetBlobs, len(ix.Blobs))
-	}
 	return nil
+}
+
+// storedChunks counts the stored (KindBlob) chunk entries: the digest table's rows.
+func (ix *Index) storedChunks() int {
+	n := 0
+	for _, c := range ix.Chunks {
+		if c.Kind == KindBlob {
+			n++
+		}
+	}
+	return n
 }

@@ -15,6 +15,7 @@ func sampleIndex() *Index {
 		Images:   []Image{{Name: "disk", Size: 10 * chunk.Size}, {Name: "memory", Size: 8 * chunk.Size}},
 		Devstate: Blob{Offset: 0, Length: 10, Raw: 20},
 		Blobs:    []Blob{{Offset: 10, Length: 100, Raw: 2 * chunk.Size}},
+		Digests:  Blob{Offset: 110, Length: 2 * chunk.DigestSize, Raw: 2 * chunk.DigestSize},
 		Chunks: []Chunk{
 			{Image: 0, Index: 1, Kind: KindZero},
 			{Image: 0, Index: 2, Kind: KindBlob, Blob: 0, Offset: 0},
@@ -55,8 +56,8 @@ func TestAbsurdCounts(t *testing.T) {
 	full := encodeIndex(ix)
 	ix.Images[0].Size = MaxImageSize
 	fullBig := encodeIndex(ix)
-	// full ends with four zero counts (blobs, chunks, prefetch, working set): keep the blob
-	// count and put an absurd chunk count after it.
+	// full ends with three zero counts (chunks, prefetch, working set): keep what comes before
+	// (the blob count and the digest table) and put an absurd chunk count after it.
 	withChunks := func(full []byte, n uint64) []byte {
 		return binary.AppendUvarint(bytes.Clone(full[:len(full)-3]), n)
 	}

@@ -33,7 +33,7 @@ const (
 	maxBlobEntry  = 3*maxVarint + chunk.DigestSize
 	maxChunkEntry = 1 + maxVarint + 1 + 2*maxVarint + chunk.DigestSize
 	maxIndexHead  = 32 + 2*maxVarint + 1 + MaxImages*(2*maxVarint+MaxNameLen) + maxVarint + MaxConfigLen +
-		maxBlobEntry + 4*maxVarint
+		2*maxBlobEntry + 4*maxVarint
 )
 
 // chunkCapacity is how many chunks the images hold: no index lists more chunk entries, and,

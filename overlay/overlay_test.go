@@ -185,6 +185,8 @@ func TestCorruption(t *testing.T) {
 		t.Fatal(err)
 	}
 	blobOff, _ := r.BlobRange(1)
+	ws, _ := r.BlobRange(int(r.Index.WorkingSetBlobs) - 1)
+	tableOff := ws + r.Index.Blobs[r.Index.WorkingSetBlobs-1].Length
 	r.Close()
 	flip := func(off int64) []byte {
 		b := append([]byte(nil), tc.file...)
@@ -197,11 +199,13 @@ func TestCorruption(t *testing.T) {
 		want string
 	}{
 		{"flipped byte in a blob", flip(blobOff + 10), "blob 1: digest"},
+		{"flipped byte in the digest table", flip(tableOff + 5), "digest table"},
 		{"flipped byte in the index", flip(overlay.HeaderSize + 20), "index"},
 		{"flipped byte in the header", flip(15), "header: checksum"},
 		{"not an overlay", []byte("SSH-2.0-" + strings.Repeat("x", 200)), "not an overlay"},
 		{"unknown version", withVersion(tc.file, 9), "format version 9"},
-		{"version 1", withVersion(tc.file, 1), "format version 1; this cloudlet reads version 2"},
+		{"version 1", withVersion(tc.file, 1), "format version 1; this cloudlet reads version 3"},
+		{"version 2", withVersion(tc.file, 2), "format version 2; this cloudlet reads version 3"},
 		{"resume end past the file", withResumeEnd(tc.file, int64(len(tc.file))+1), "resume end"},
 		{"resume end inside the index", withResumeEnd(tc.file, overlay.HeaderSize), "resume end"},
 		{"empty", nil, "header"},
@@ -287,7 +291,8 @@ type prefetchRecorder struct {
 func (p *prefetchRecorder) Prefetch(plan overlay.Plan) { p.plans = append(p.plans, plan) }
 
 // TestResumeEnd: a reader that can prefetch is told, right after the header, where the index
-// and what a resume needs end: the device state and the working-set blobs, and nothing more.
+// and what a resume streams first end: the device state, the working-set blobs and the digest
+// table after them, and nothing more.
 func TestResumeEnd(t *testing.T) {
 	tc := newCase(t, overlay.CodecZstd, 6)
 	ra := &prefetchRecorder{Reader: bytes.NewReader(tc.file)}
@@ -301,12 +306,85 @@ func TestResumeEnd(t *testing.T) {
 		t.Fatalf("the test case has %d working-set blobs of %d: want some, not all", ws, len(r.Index.Blobs))
 	}
 	off, n := r.BlobRange(ws - 1)
-	want := overlay.Plan{ID: r.ID(), First: overlay.FirstRead, ResumeEnd: off + n}
+	want := overlay.Plan{ID: r.ID(), First: overlay.FirstRead, ResumeEnd: off + n + r.Index.Digests.Length}
 	if len(ra.plans) != 1 {
 		t.Fatalf("%d prefetch plans, want 1", len(ra.plans))
 	}
 	got := ra.plans[0]
 	if got.ID != want.ID || got.First != want.First || got.ResumeEnd != want.ResumeEnd || got.IndexEnd <= overlay.HeaderSize || got.IndexEnd >= got.ResumeEnd {
 		t.Fatalf("plan %+v, want %+v with the index end between the header and the resume end", got, want)
+	}
+}
+
+// limitedReader serves the file's first n bytes and fails beyond them, counting reads there.
+type limitedReader struct {
+	b      []byte
+	n      int64
+	beyond int
+}
+
+func (l *limitedReader) ReadAt(p []byte, off int64) (int, error) {
+	if off+int64(len(p)) > l.n {
+		l.beyond++
+		return 0, errors.New("not arrived yet")
+	}
+	return copy(p, l.b[off:]), nil
+}
+
+// TestOpenIndexBeforeDigests: OpenIndex reads nothing past the working set, whose blobs then
+// decode and verify on their own digests; the chunk digests come once the table is loaded.
+func TestOpenIndexBeforeDigests(t *testing.T) {
+	tc := newCase(t, overlay.CodecZstd, 4)
+	full, err := overlay.Open(bytes.NewReader(tc.file), int64(len(tc.file)), overlay.Expect{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer full.Close()
+	ws := int(full.Index.WorkingSetBlobs)
+	off, n := full.BlobRange(ws - 1)
+	lr := &limitedReader{b: tc.file, n: off + n}
+	r, err := overlay.OpenIndex(lr, int64(len(tc.file)), overlay.Expect{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	if _, err := r.Devstate(); err != nil {
+		t.Fatal(err)
+	}
+	stored := 0
+	for e, c := range r.Index.Chunks {
+		if c.Kind != overlay.KindBlob || int(c.Blob) >= ws {
+			continue
+		}
+		if _, ok := r.ChunkDigest(e); ok {
+			t.Fatalf("chunk entry %d has a digest before the table was loaded", e)
+		}
+		data, err := r.ChunkData(e)
+		if err != nil {
+			t.Fatalf("working-set chunk entry %d: %v", e, err)
+		}
+		if want := full.Index.Chunks[e].Digest; chunk.Sum(data) != want {
+			t.Fatalf("working-set chunk entry %d has other bytes than the full reader's", e)
+		}
+		stored++
+	}
+	if stored == 0 || lr.beyond != 0 {
+		t.Fatalf("%d working-set chunks read, %d reads past the working set: want some and none", stored, lr.beyond)
+	}
+	if err := r.LoadDigests(); err == nil || !strings.Contains(err.Error(), "digest table") {
+		t.Fatalf("LoadDigests with the table not there: %v, want an error naming the digest table", err)
+	}
+	lr.n = int64(len(tc.file))
+	if err := r.LoadDigests(); err != nil {
+		t.Fatal(err)
+	}
+	for e, c := range full.Index.Chunks {
+		got, ok := r.ChunkDigest(e)
+		if ok != (c.Kind != overlay.KindZero) || ok && got != c.Digest {
+			t.Fatalf("chunk entry %d: digest %x (%v), want %x", e, got[:4], ok, c.Digest[:4])
+		}
+	}
+	if !bytes.Equal(r.DigestTable(), full.DigestTable()) || len(r.DigestTable()) == 0 {
+		t.Fatal("the loaded digest table differs from the full reader's")
 	}
 }

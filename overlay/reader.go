@@ -7,6 +7,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"sync"
+	"sync/atomic"
 
 	"github.com/dgraph-io/ristretto/v2"
 	"github.com/klauspost/compress/zstd"
@@ -28,6 +30,11 @@ type Reader struct {
 	// zstd, far more for xz, plus a round trip) would serialise a VM's first faults. Its cost
 	// is the raw size, so it holds about blobCacheBytes of decoded data.
 	blobs *ristretto.Cache[uint32, []byte]
+
+	// digests holds each chunk entry's digest once the digest table is in (see LoadDigests);
+	// loadMu makes one caller load it while others wait.
+	loadMu  sync.Mutex
+	digests atomic.Pointer[[]chunk.Digest]
 }
 
 // blobCacheBytes bounds the decoded-blob cache.
@@ -49,13 +56,35 @@ type Plan struct {
 	ResumeEnd int64  // where the device state and the working set end
 }
 
-// Open reads and checks the header and index. It reads FirstRead bytes first; then, if ra is a
+// Open reads and checks the header, the index and the chunk digest table: every chunk's
+// digest is in the Index. See OpenIndex.
+func Open(ra io.ReaderAt, size int64, want Expect) (*Reader, error) {
+	r, err := OpenIndex(ra, size, want)
+	if err != nil {
+		return nil, err
+	}
+	if err := r.LoadDigests(); err != nil {
+		r.Close()
+		return nil, err
+	}
+	ds := *r.digests.Load()
+	for e := range r.Index.Chunks {
+		r.Index.Chunks[e].Digest = ds[e]
+	}
+	return r, nil
+}
+
+// OpenIndex reads and checks the header and index. It reads FirstRead bytes first; then, if ra is a
 // Prefetcher, it asks for everything up to the header's resume end in one go; the rest of the
-// index is read in runs of a few MiB as the decompressor needs them. want is the base at hand: an overlay for another base is refused as
-// soon as the index head is decoded. size is the file's size as its origin claims it; every
+// index is read in runs of a few MiB as the decompressor needs them. want is the base at hand:
+// an overlay for another base is refused as soon as the index head is decoded. size is the file's size as its origin claims it; every
 // length in the file is checked against the format's limits before anything is allocated for
 // it, since size alone bounds nothing (a sparse file, a lying server).
-func Open(ra io.ReaderAt, size int64, want Expect) (*Reader, error) {
+//
+// The stored chunks' digests are not loaded: they come after the working set, which a resume
+// need not wait for (each blob is checked against its own digest, which the index holds).
+// LoadDigests loads them; until then Chunk.Digest of a stored chunk is zero.
+func OpenIndex(ra io.ReaderAt, size int64, want Expect) (*Reader, error) {
 	first := make([]byte, min(max(size, 0), FirstRead))
 	n, err := ra.ReadAt(first, 0)
 	if err != nil && !errors.Is(err, io.EOF) {
@@ -129,11 +158,89 @@ func (r *Reader) BaseID() string { return hex.EncodeToString(r.Index.BaseID[:]) 
 func (r *Reader) Size() int64 { return r.size }
 
 func (r *Reader) dataEnd() int64 {
-	end := r.dataStart + r.Index.Devstate.Offset + r.Index.Devstate.Length
-	if n := len(r.Index.Blobs); n > 0 {
-		end = r.dataStart + r.Index.Blobs[n-1].Offset + r.Index.Blobs[n-1].Length
+	ix := r.Index
+	end := max(ix.Devstate.Offset+ix.Devstate.Length, ix.Digests.Offset+ix.Digests.Length)
+	if n := len(ix.Blobs); n > 0 {
+		end = max(end, ix.Blobs[n-1].Offset+ix.Blobs[n-1].Length)
 	}
-	return end
+	return r.dataStart + end
+}
+
+// LoadDigests reads and checks the chunk digest table, once: from what Open read first if it
+// holds it, else from the file (through a Prefetcher, as its stream brings it).
+func (r *Reader) LoadDigests() error {
+	r.loadMu.Lock()
+	defer r.loadMu.Unlock()
+	if r.digests.Load() != nil {
+		return nil
+	}
+	b, err := r.readAt(r.DigestTableRange())
+	if err != nil {
+		return fmt.Errorf("overlay: read the digest table: %w", err)
+	}
+	return r.setDigests(b)
+}
+
+// SetDigestTable loads the chunk digest table from b, a copy kept elsewhere (a chunk store),
+// if it is the one the index pins.
+func (r *Reader) SetDigestTable(b []byte) error {
+	r.loadMu.Lock()
+	defer r.loadMu.Unlock()
+	if r.digests.Load() != nil {
+		return nil
+	}
+	return r.setDigests(b)
+}
+
+func (r *Reader) setDigests(table []byte) error {
+	ix := r.Index
+	if int64(len(table)) != ix.Digests.Length || sum(table) != ix.Digests.Digest {
+		return corrupt("digest table", "%d bytes that do not match the index's digest", len(table))
+	}
+	ds := make([]chunk.Digest, len(ix.Chunks))
+	for e, c := range ix.Chunks {
+		switch c.Kind {
+		case KindBase:
+			ds[e] = c.Digest
+		case KindBlob:
+			table = table[copy(ds[e][:], table):]
+		}
+	}
+	for e, c := range ix.Chunks {
+		if c.Kind == KindSelf {
+			ds[e] = ds[c.Self]
+		}
+	}
+	r.digests.Store(&ds)
+	return nil
+}
+
+// ChunkDigest returns the digest the overlay pins for chunk entry e, and false for a zero
+// chunk or while the digest table is not loaded.
+func (r *Reader) ChunkDigest(e int) (chunk.Digest, bool) {
+	ds := r.digests.Load()
+	if ds == nil || r.Index.Chunks[e].Kind == KindZero {
+		return chunk.Digest{}, false
+	}
+	return (*ds)[e], true
+}
+
+// DigestsLoaded says whether the chunk digest table is in.
+func (r *Reader) DigestsLoaded() bool { return r.digests.Load() != nil }
+
+// DigestTable returns the loaded chunk digest table as the file holds it, or nil.
+func (r *Reader) DigestTable() []byte {
+	ds := r.digests.Load()
+	if ds == nil {
+		return nil
+	}
+	b := make([]byte, 0, r.Index.Digests.Length)
+	for e, c := range r.Index.Chunks {
+		if c.Kind == KindBlob {
+			b = append(b, (*ds)[e][:]...)
+		}
+	}
+	return b
 }
 
 // Prefix returns the bytes at [off, off+n) if Open's first read already holds them: the first
@@ -157,6 +264,11 @@ func (r *Reader) PrefixLen() int64 { return int64(len(r.prefix)) }
 func (r *Reader) BlobRange(i int) (off, n int64) {
 	b := r.Index.Blobs[i]
 	return r.dataStart + b.Offset, b.Length
+}
+
+// DigestTableRange is where the chunk digest table lies in the file.
+func (r *Reader) DigestTableRange() (off, n int64) {
+	return r.dataStart + r.Index.Digests.Offset, r.Index.Digests.Length
 }
 
 // CheckBase fails unless the overlay was made on the base with this ID.
@@ -198,15 +310,26 @@ func (r *Reader) DecodeBlob(i uint32, z []byte) ([]byte, error) {
 }
 
 func (r *Reader) readBlob(what string, b Blob) ([]byte, error) {
-	off := r.dataStart + b.Offset
-	z, ok := r.Prefix(off, b.Length)
-	if !ok {
-		var err error
-		if z, err = readAtRuns(r.ra, off, b.Length); err != nil {
-			return nil, fmt.Errorf("overlay: read %s: %w", what, err)
-		}
+	z, err := r.readAt(r.dataStart+b.Offset, b.Length)
+	if err != nil {
+		return nil, fmt.Errorf("overlay: read %s: %w", what, err)
 	}
 	return r.decode(what, b, z)
+}
+
+// readAt reads n bytes at off: those that came with Open's first read from it, the rest from
+// the file in runs (so that a prefetching ReaderAt, which streams from the end of the first
+// read, serves them).
+func (r *Reader) readAt(off, n int64) ([]byte, error) {
+	head := max(0, min(int64(len(r.prefix))-off, n))
+	if head == n {
+		return r.prefix[off : off+n], nil
+	}
+	rest, err := readAtRuns(r.ra, off+head, n-head)
+	if err != nil || head == 0 {
+		return rest, err
+	}
+	return append(bytes.Clone(r.prefix[off:off+head]), rest...), nil
 }
 
 func (r *Reader) decode(what string, b Blob, z []byte) ([]byte, error) {
@@ -234,7 +357,8 @@ func (r *Reader) ChunkData(entry int) ([]byte, error) {
 		return nil, err
 	}
 	data := raw[c.Offset : c.Offset+r.Index.chunkLen(c.Image, c.Index)]
-	if sum(data) != c.Digest {
+	// The blob passed its digest; the chunk's, once the table is in, checks the table too.
+	if d, ok := r.ChunkDigest(entry); ok && sum(data) != d {
 		return nil, corrupt(r.chunkName(entry), "digest mismatch")
 	}
 	return data, nil
@@ -326,14 +450,10 @@ func (ix *Index) Counts() map[Kind]int {
 	return n
 }
 
-// resumeDataEnd is where, after the index, what a resume needs ends: the device state and the
-// working-set blobs.
+// resumeDataEnd is where, after the index, the stream a resume starts with ends: the device
+// state, the working-set blobs and the digest table after them.
 func (ix *Index) resumeDataEnd() int64 {
-	end := ix.Devstate.Offset + ix.Devstate.Length
-	if ws := ix.WorkingSetBlobs; ws > 0 {
-		end = max(end, ix.Blobs[ws-1].Offset+ix.Blobs[ws-1].Length)
-	}
-	return end
+	return ix.Digests.Offset + ix.Digests.Length
 }
 
 // WorkingSetBytes is the compressed size of the working-set blobs.

@@ -117,6 +117,7 @@ func Write(ctx context.Context, out io.Writer, tmpDir string, m Meta, devstate [
 	}
 
 	m.blobSizes(len(ix.Prefetch), m.WorkingSet)
+	m.WorkingSet = min(max(m.WorkingSet, 0), len(ix.Prefetch)) // the table's place depends on it
 
 	tmp, err := os.CreateTemp(tmpDir, "overlay-blobs-")
 	if err != nil {
@@ -131,6 +132,21 @@ func Write(ctx context.Context, out io.Writer, tmpDir string, m Meta, devstate [
 	}
 	ix.Devstate = Blob{Offset: 0, Length: int64(len(devZ)), Raw: int64(len(devstate)), Digest: sum(devZ)}
 	next := ix.Devstate.Length
+	// The digest table comes right after the working set: a resume does not wait for it.
+	table := digestTable(ix)
+	writeTable := func() error {
+		if _, err := tmp.Write(table); err != nil {
+			return fmt.Errorf("overlay: %w", err)
+		}
+		ix.Digests = Blob{Offset: next, Length: int64(len(table)), Raw: int64(len(table)), Digest: sum(table)}
+		next += int64(len(table))
+		return nil
+	}
+	if m.WorkingSet == 0 {
+		if err := writeTable(); err != nil {
+			return s, err
+		}
+	}
 
 	var raw []byte
 	flush := func() error {
@@ -177,6 +193,9 @@ func Write(ctx context.Context, out io.Writer, tmpDir string, m Meta, devstate [
 			}
 			if n+1 == m.WorkingSet {
 				ix.WorkingSetBlobs = uint32(len(ix.Blobs))
+				if err := writeTable(); err != nil {
+					return s, err
+				}
 			}
 		}
 	}
@@ -214,4 +233,15 @@ func Write(ctx context.Context, out io.Writer, tmpDir string, m Meta, devstate [
 	s.Size = HeaderSize + int64(len(zIndex)) + next
 	s.Blobs = len(ix.Blobs)
 	return s, nil
+}
+
+// digestTable is the index's chunk digest table: each stored chunk's digest, in entry order.
+func digestTable(ix *Index) []byte {
+	b := make([]byte, 0, ix.storedChunks()*chunk.DigestSize)
+	for _, c := range ix.Chunks {
+		if c.Kind == KindBlob {
+			b = append(b, c.Digest[:]...)
+		}
+	}
+	return b
 }

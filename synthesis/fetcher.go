@@ -102,6 +102,8 @@ type Fetcher struct {
 	baseDone bool     // guarded by mu: base references delivered
 	wake     chan struct{}
 	complete chan struct{}
+	// digests is closed once the overlay's chunk digest table is loaded (see loadDigests).
+	digests chan struct{}
 
 	// errMu, not mu, guards the failure: a panic recovered in a goroutine that held mu (see
 	// goSafe) must still be able to fail the fetch.
@@ -122,7 +124,7 @@ func NewFetcher(r *overlay.Reader, src origin.Origin, base []io.ReaderAt, opts F
 	ix := r.Index
 	f := &Fetcher{r: r, origin: src, base: base, opts: opts, place: map[[2]int64]int{},
 		users: make([][]int, len(ix.Blobs)), state: make([]uint8, len(ix.Blobs)), left: len(ix.Blobs),
-		wake: make(chan struct{}, 1), complete: make(chan struct{}), failed: make(chan struct{}),
+		wake: make(chan struct{}, 1), complete: make(chan struct{}), failed: make(chan struct{}), digests: make(chan struct{}),
 		// With no working set recorded, nothing says which blobs the VM needs first: keep the
 		// link busy from the start rather than pay a round trip per demanded blob until the
 		// switch to bulk.
@@ -139,6 +141,9 @@ func NewFetcher(r *overlay.Reader, src origin.Origin, base []io.ReaderAt, opts F
 	}
 	if opts.BytesPerSecond > 0 {
 		f.limit = rate.NewLimiter(rate.Limit(opts.BytesPerSecond), 256<<10)
+	}
+	if r.DigestsLoaded() {
+		close(f.digests)
 	}
 	return f
 }
@@ -183,6 +188,13 @@ func (f *Fetcher) Start(ctx context.Context, fs *cloudletfs.FS) {
 	}
 	f.mu.Unlock()
 	ctx, f.cancel = context.WithCancel(ctx)
+	if !f.r.DigestsLoaded() {
+		f.goSafe(func() {
+			if err := f.loadDigests(ctx); err != nil && ctx.Err() == nil {
+				f.fail(err)
+			}
+		})
+	}
 	f.startStore(ctx)
 	f.goSafe(func() {
 		if err := f.deliverBaseRefs(ctx); err != nil {
@@ -195,6 +207,26 @@ func (f *Fetcher) Start(ctx context.Context, fs *cloudletfs.FS) {
 	for range f.opts.Concurrency {
 		f.goSafe(func() { f.worker(ctx) })
 	}
+}
+
+// loadDigests reads the chunk digest table. It follows the working set in the overlay, so it
+// comes through the window in the stream that brings the working set, right after it (or
+// with a request of its own when the window does not stream it). Until it is in, blobs are
+// checked against their own digests only, and the chunk store is not asked for chunks.
+func (f *Fetcher) loadDigests(ctx context.Context) error {
+	off, n := f.r.DigestTableRange()
+	// n is a digest per stored chunk entry of an index already decoded: bounded by it.
+	b := make([]byte, n)
+	if head := f.prefixHead(b, off); head < len(b) {
+		if err := f.origin.ReadAt(ctx, b[head:], off+int64(head)); err != nil {
+			return fmt.Errorf("overlay digest table: %w", err)
+		}
+	}
+	if err := f.r.SetDigestTable(b); err != nil {
+		return err
+	}
+	close(f.digests)
+	return nil
 }
 
 // goSafe runs fn in a goroutine that Close waits for. The fetcher decodes what strangers sent:
@@ -310,17 +342,20 @@ func (f *Fetcher) pickLocked() (first, end int, background, ok bool) {
 			return b, b + 1, false, true
 		}
 	}
-	if f.bgRuns > 1 || f.bgRuns == 1 && !f.bgTail || f.demands > 0 && !f.chain || f.storeBusyLocked() {
+	if f.bgRuns > 1 || f.bgRuns == 1 && !f.bgTail || f.demands > 0 && !f.chain {
 		// bgTail is set only by runs that stream (see worker): others run one at a time.
-		// While the store pass runs, a range request would fetch what the store has.
 		return 0, 0, false, false
 	}
-	for f.next < len(f.state) && f.state[f.next] != blobWaiting {
-		f.next++
+	next := f.next
+	for next < len(f.state) && f.state[next] != blobWaiting {
+		next++
 	}
-	if f.next == len(f.state) {
+	if next == len(f.state) || f.storeBusyLocked(next) {
+		// While the store pass runs, a range request would fetch what the store has (and
+		// next stays put: a blob the pass holds now may come back to wait).
 		return 0, 0, false, false
 	}
+	f.next = next
 	first, end = f.next, f.next+1
 	if off, n := f.r.BlobRange(first); off+n <= f.r.PrefixLen() {
 		// Blobs that came with the index: deliver them all now, no request needed.

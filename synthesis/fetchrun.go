@@ -32,8 +32,9 @@ func (f *Fetcher) fetchRun(ctx context.Context, first, end int, tail func(), dem
 		return f.deliverRun(first, end, off, buf)
 	}
 	buf := make([]byte, lastOff+lastLen-off)
+	head := f.prefixHead(buf, off)
 	if f.limit != nil {
-		for n := len(buf); n > 0; n -= f.limit.Burst() {
+		for n := len(buf) - head; n > 0; n -= f.limit.Burst() {
 			if err := f.limit.WaitN(ctx, min(n, f.limit.Burst())); err != nil {
 				return err
 			}
@@ -44,16 +45,16 @@ func (f *Fetcher) fetchRun(ctx context.Context, first, end int, tail func(), dem
 	s := runStream{f: f, next: first, end: end, off: off, buf: buf, tail: tail, start: time.Now()}
 	progress := func(n int) {
 		if s.err == nil {
-			if s.err = s.progress(n); s.err != nil {
+			if s.err = s.progress(head + n); s.err != nil {
 				cancel() // a corrupt blob ends the run at once
 			}
 		}
 	}
 	var err error
 	if dr, ok := f.origin.(demandReader); ok && demand {
-		err = dr.ReadDemand(ctx, buf, off, progress)
+		err = dr.ReadDemand(ctx, buf[head:], off+int64(head), progress)
 	} else {
-		err = origin.ReadProgress(ctx, f.origin, buf, off, progress)
+		err = origin.ReadProgress(ctx, f.origin, buf[head:], off+int64(head), progress)
 	}
 	f.requests.Add(1)
 	f.lap(&f.requestNs, s.start)
@@ -65,6 +66,18 @@ func (f *Fetcher) fetchRun(ctx context.Context, first, end int, tail func(), dem
 	}
 	s.measure()
 	return nil
+}
+
+// prefixHead copies into buf what of the file at off came with the index, in Open's first read
+// (the first blobs, after a small index), and returns its length: only the rest is asked for,
+// else the window, which streams from the end of that read, would send all of buf to the
+// origin again.
+func (f *Fetcher) prefixHead(buf []byte, off int64) int {
+	head := max(0, min(f.r.PrefixLen()-off, int64(len(buf))))
+	if p, ok := f.r.Prefix(off, head); ok {
+		copy(buf, p)
+	}
+	return int(head)
 }
 
 // runStream is one run's range as it arrives: the blobs before next are delivered.
@@ -154,7 +167,10 @@ func (f *Fetcher) deliverBlob(b uint32, raw []byte) error {
 	}
 	t := time.Now()
 	for _, e := range f.users[b] {
-		if c := ix.Chunks[e]; chunk.Sum(data(c)) != c.Digest {
+		// The blob passed its own digest; once the digest table is in, each chunk is
+		// checked against it too.
+		if want, ok := f.r.ChunkDigest(e); ok && chunk.Sum(data(ix.Chunks[e])) != want {
+			c := ix.Chunks[e]
 			return &overlay.CorruptError{Part: fmt.Sprintf("chunk %d of %s in blob %d", c.Index, ix.Images[c.Image].Name, b), Err: errors.New("digest mismatch")}
 		}
 	}

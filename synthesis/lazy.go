@@ -31,14 +31,22 @@ func openWindowed(ctx context.Context, src origin.Origin, b *base.Base, cacheDir
 	if store != nil {
 		w.stored = storedPrefix(store)
 	}
-	r, err := overlay.Open(w.readerAt(), w.Size(), ExpectFor(b))
+	// The chunk digests come after the working set, which the VM need not wait for; the
+	// fetcher loads them (see Fetcher.loadDigests).
+	r, err := overlay.OpenIndex(w.readerAt(), w.Size(), ExpectFor(b))
 	if err != nil && w.fromStore() {
 		// The store's index or device state did not check out (its pieces pass their digests,
 		// so its recipe was wrong): read them from the origin, as if it had none.
 		w = newWindow(ctx, src, prefetchUntil(cacheDir, store))
-		r, err = overlay.Open(w.readerAt(), w.Size(), ExpectFor(b))
+		r, err = overlay.OpenIndex(w.readerAt(), w.Size(), ExpectFor(b))
+	}
+	if err == nil {
+		err = loadDigestsAtOnce(r, w, cacheDir)
 	}
 	if err != nil {
+		if r != nil {
+			r.Close()
+		}
 		w.Close()
 		return nil, nil, fmt.Errorf("%s: %w", w, err)
 	}
@@ -51,6 +59,22 @@ func openWindowed(ctx context.Context, src origin.Origin, b *base.Base, cacheDir
 		return nil, nil, err
 	}
 	return w, r, nil
+}
+
+// loadDigestsAtOnce loads the chunk digest table before the fetch starts when it is at hand (the
+// chunk store kept it with the index) or needed at once: a kept cache's present chunks are
+// checked against it when the cache is opened. A stored table that does not check out is left
+// for the fetcher to read from the origin.
+func loadDigestsAtOnce(r *overlay.Reader, w *window, cacheDir string) error {
+	if t := w.storedTable(); t != nil {
+		if r.SetDigestTable(t) == nil {
+			return nil
+		}
+	}
+	if cloudletfs.Kept(cacheDir) {
+		return r.LoadDigests()
+	}
+	return nil
 }
 
 // prefetchUntil is how far the second request reads ahead once the header is in: through the
@@ -80,7 +104,7 @@ func CacheConfig(b *base.Base, r *overlay.Reader, dir string, d cloudletfs.Deman
 	}
 	// A reused cache's present chunks are checked against the index's digests when it is
 	// opened: a mismatch is fetched again, never served.
-	for i, expected := range ExpectedDigests(r.Index) {
+	for i, expected := range ExpectedDigests(r) {
 		cfg.Images[i].Expected = expected
 	}
 	return cfg

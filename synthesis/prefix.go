@@ -2,21 +2,21 @@ package synthesis
 
 import (
 	"bytes"
-	"context"
 	"encoding/binary"
 
 	"github.com/cloudlet/cloudlet/chunk"
 )
 
 // A synthesis of an overlay that the chunk store holds whole needs from the origin only what
-// the store cannot pin by digest: the overlay's index and device state. So the store keeps
-// those too, cut into chunk-sized pieces put like any chunk, with the pieces' digests (the
-// recipe) as the data of the overlay's tag. A later synthesis then fetches only the probe's
-// first bytes (the header, which pins the index, which pins the device state and every
-// chunk): nothing the store returns is used unverified.
+// the store cannot pin by digest: the overlay's index, device state and chunk digest table.
+// So the store keeps those too, cut into chunk-sized pieces put like any chunk, with the
+// pieces' digests (the recipe) as the data of the overlay's tag. A later synthesis then
+// fetches only the probe's first bytes (the header, which pins the index, which pins the
+// device state, the digest table and so every chunk): nothing the store returns is used
+// unverified.
 
-// maxStoredPrefix bounds the index and device state a recipe may rebuild: its digests fit in
-// a tag's data, and its bytes are held in memory.
+// maxStoredPrefix bounds the index and device state a recipe may rebuild, and the digest table
+// beside them: its digests fit in a tag's data, and its bytes are held in memory.
 const maxStoredPrefix = 8 << 20
 
 // keep marks where the overlay's index and device state end: the window keeps those bytes
@@ -75,14 +75,26 @@ func (w *window) fromStore() bool {
 	return w.fromStored
 }
 
-// prefix returns the overlay's bytes up to the kept end (header, index, device state), from
-// what the window read, or nil if it does not have them all.
-func (w *window) prefix(ctx context.Context) []byte {
+// storedTable is the digest table the chunk store gave with the index, or nil.
+func (w *window) storedTable() []byte {
 	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.table
+}
+
+// prefix returns the overlay's bytes up to the kept end (header, index, device state): head,
+// the bytes Open read first (the window streams from their end on), then what the window
+// read; or nil if it does not have them all.
+func (w *window) prefix(head []byte) []byte {
+	w.mu.Lock()
+	defer w.mu.Unlock()
 	end, start := w.keepEnd, w.start
-	if end <= start || end > maxStoredPrefix {
-		w.mu.Unlock()
+	if end <= 0 || end > maxStoredPrefix || int64(len(head)) < min(start, end) {
 		return nil
+	}
+	out := bytes.Clone(head[:min(int64(len(head)), end)])
+	if int64(len(out)) == end {
+		return out
 	}
 	var rest []byte
 	switch {
@@ -91,22 +103,22 @@ func (w *window) prefix(ctx context.Context) []byte {
 	case w.buf != nil:
 		rest = w.buf[:w.filled]
 	}
-	out := make([]byte, start, end)
-	out = append(out, rest[:min(int64(len(rest)), end-start)]...)
-	w.mu.Unlock()
-	if int64(len(out)) != end {
+	if int64(len(rest)) < end-start {
 		return nil
 	}
-	// The first bytes came with the probe: the origin has them at hand.
-	if err := w.Origin.ReadAt(ctx, out[:start], 0); err != nil {
-		return nil
-	}
-	return out
+	return append(out, rest[int64(len(out))-start:end-start]...)
 }
 
-// storePrefix puts b's pieces into store and returns the recipe that rebuilds it.
-func storePrefix(store ChunkStore, b []byte) []byte {
-	recipe := binary.LittleEndian.AppendUint64(nil, uint64(len(b)))
+// storePrefix puts the pieces of the overlay's prefix and its digest table (nil: not loaded)
+// into store and returns the recipe that rebuilds both: their lengths, then the digests of
+// the pieces of the two laid end to end.
+func storePrefix(store ChunkStore, prefix, table []byte) []byte {
+	if int64(len(prefix)+len(table)) > maxStoredPrefix {
+		return nil
+	}
+	b := append(bytes.Clone(prefix), table...)
+	recipe := binary.LittleEndian.AppendUint64(nil, uint64(len(prefix)))
+	recipe = binary.LittleEndian.AppendUint64(recipe, uint64(len(table)))
 	for off := 0; off < len(b); off += chunk.Size {
 		piece := b[off:min(off+chunk.Size, len(b))]
 		d := chunk.Sum(piece)
@@ -116,28 +128,32 @@ func storePrefix(store ChunkStore, b []byte) []byte {
 	return recipe
 }
 
-// storedPrefix returns a function that rebuilds an overlay's prefix from store by its tag's
-// recipe, or nil when anything is missing or out of bounds.
-func storedPrefix(store ChunkStore) func(id string) []byte {
-	return func(id string) []byte {
+// storedPrefix returns a function that rebuilds an overlay's prefix and digest table from
+// store by its tag's recipe, or nils when anything is missing or out of bounds.
+func storedPrefix(store ChunkStore) func(id string) (prefix, table []byte) {
+	return func(id string) ([]byte, []byte) {
 		recipe, ok := store.TagData(id)
-		if !ok || len(recipe) < 8 {
-			return nil
+		if !ok || len(recipe) < 16 {
+			return nil, nil
 		}
-		n := binary.LittleEndian.Uint64(recipe)
+		np, nt := binary.LittleEndian.Uint64(recipe), binary.LittleEndian.Uint64(recipe[8:])
+		if np == 0 || np > maxStoredPrefix || nt > maxStoredPrefix-np {
+			return nil, nil
+		}
+		n := np + nt
 		pieces := (n + chunk.Size - 1) / chunk.Size
-		if n == 0 || n > maxStoredPrefix || uint64(len(recipe)-8) != pieces*32 {
-			return nil
+		if uint64(len(recipe)-16) != pieces*32 {
+			return nil, nil
 		}
 		b := make([]byte, n)
 		for i := range pieces {
 			var d chunk.Digest
-			copy(d[:], recipe[8+32*i:])
+			copy(d[:], recipe[16+32*i:])
 			piece := b[i*chunk.Size : min((i+1)*chunk.Size, n)]
 			if got, ok := store.Get(d, piece); !ok || got != len(piece) {
-				return nil
+				return nil, nil
 			}
 		}
-		return b
+		return b[:np:np], b[np:]
 	}
 }

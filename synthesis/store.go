@@ -34,8 +34,14 @@ type ChunkStore interface {
 // While it runs no background range request starts (it would fetch what the store has); demand
 // misses still go to the origin, unless their blob is still to be looked up in the store, which
 // the pass then does first.
+//
+// The store is asked by chunk digest, so the pass waits for the digest table. When the table
+// is not in at Start, it follows the working set in the stream: the pass then leaves the
+// working set to the stream (its bytes come anyway), and demands go to the origin until the
+// table is in.
 type storeState struct {
 	since   time.Time // fixed at Start: when the pass began
+	from    int       // fixed at Start: the first blob the pass looks up
 	running bool      // guarded by Fetcher.mu: the pass is going on
 	queue   []int     // guarded by Fetcher.mu: demanded blobs for the pass to look up first
 	// demanded, guarded by Fetcher.mu: blobs the pass will look up or holds now that a demand
@@ -54,6 +60,9 @@ func (f *Fetcher) startStore(ctx context.Context) {
 	}
 	f.mu.Lock()
 	f.st.since, f.st.running, f.st.demanded = time.Now(), true, map[int]bool{}
+	if !f.r.DigestsLoaded() {
+		f.st.from = int(f.r.Index.WorkingSetBlobs)
+	}
 	f.st.missed = make([]bool, len(f.state))
 	// Blobs a kept cache had already are neither read from the store nor put into it: then the
 	// store may lack them, and the overlay is not tagged as held.
@@ -80,9 +89,10 @@ func (f *Fetcher) tagWhenComplete(ctx context.Context) {
 	select {
 	case <-f.complete:
 		var recipe []byte
-		if p, ok := f.origin.(interface{ prefix(context.Context) []byte }); ok {
-			if b := p.prefix(ctx); b != nil {
-				recipe = storePrefix(f.opts.Store, b)
+		if p, ok := f.origin.(interface{ prefix([]byte) []byte }); ok {
+			head, _ := f.r.Prefix(0, f.r.PrefixLen())
+			if b := p.prefix(head); b != nil {
+				recipe = storePrefix(f.opts.Store, b, f.r.DigestTable())
 			}
 		}
 		f.opts.Store.Tag(f.r.ID(), f.st.since, recipe)
@@ -94,13 +104,14 @@ func (f *Fetcher) tagWhenComplete(ctx context.Context) {
 // as far as it knows: a synthesis then reads only the index before it asks the store.
 func HoldsOverlay(store ChunkStore, id string) bool { return store != nil && store.Tagged(id) }
 
-// storeBusyLocked says whether background fetching waits for the store pass.
-func (f *Fetcher) storeBusyLocked() bool { return f.st.running }
+// storeBusyLocked says whether a background run from blob next waits for the store pass: one
+// of the blobs the pass leaves to the stream does not.
+func (f *Fetcher) storeBusyLocked(next int) bool { return f.st.running && next >= f.st.from }
 
 // demandStoreLocked takes a demanded blob for the store pass, if the pass will look it up or
 // holds it now, and says whether it did; the blob is fetched from the origin otherwise.
 func (f *Fetcher) demandStoreLocked(b int) bool {
-	if !f.st.running {
+	if !f.st.running || b < f.st.from || !f.r.DigestsLoaded() {
 		return false
 	}
 	switch f.state[b] {
@@ -119,8 +130,13 @@ func (f *Fetcher) demandStoreLocked(b int) bool {
 
 // storePass delivers from the store every waiting blob it has whole, demanded blobs first.
 func (f *Fetcher) storePass(ctx context.Context) error {
+	select {
+	case <-f.digests:
+	case <-ctx.Done():
+		return nil
+	}
 	buf := make([]byte, chunk.Size)
-	next := 0
+	next := f.st.from
 	for ctx.Err() == nil {
 		f.mu.Lock()
 		b := f.nextStoredLocked(&next)
@@ -188,11 +204,15 @@ func (f *Fetcher) deliverStored(b int, buf []byte) (bool, error) {
 		c := ix.Chunks[e]
 		im := ix.Images[c.Image]
 		want := min(int64(ix.ChunkSize), im.Size-c.Index*int64(ix.ChunkSize))
-		n, ok := f.opts.Store.Get(c.Digest, buf)
+		d, ok := f.r.ChunkDigest(e)
 		if !ok {
 			return false, nil
 		}
-		if int64(n) != want || chunk.Sum(buf[:n]) != c.Digest {
+		n, ok := f.opts.Store.Get(d, buf)
+		if !ok {
+			return false, nil
+		}
+		if int64(n) != want || chunk.Sum(buf[:n]) != d {
 			log.Printf("synthesis: chunk store returned %d bytes for chunk %d of %s that do not match its digest: fetching it", n, c.Index, im.Name)
 			return false, nil
 		}
@@ -212,7 +232,11 @@ func (f *Fetcher) storePut(b uint32, data func(overlay.Chunk) []byte) {
 	}
 	for _, e := range f.users[b] {
 		if c := f.r.Index.Chunks[e]; c.Kind == overlay.KindBlob {
-			f.opts.Store.Put(c.Digest, data(c))
+			d, ok := f.r.ChunkDigest(e)
+			if !ok { // the table is not in yet: the bytes passed their blob's digest
+				d = chunk.Sum(data(c))
+			}
+			f.opts.Store.Put(d, data(c))
 		}
 	}
 }

@@ -8,13 +8,13 @@ import (
 	"github.com/cloudlet/cloudlet/overlay"
 )
 
-// ExpectedDigests returns, for each image of the index, the cloudletfs ImageConfig.Expected
+// ExpectedDigests returns, for each image of the overlay, the cloudletfs ImageConfig.Expected
 // hook: the digest the overlay pins for each chunk it supplies (stored in a blob, a copy of
 // another stored chunk, or a base chunk from another place), and false for the chunks it does
 // not supply (zero chunks, and chunks left as the base has them). With it, a reused cache's
-// present chunks are checked before they are served. The index must have been read by
-// overlay's reader, which checks that its chunks are in order.
-func ExpectedDigests(ix *overlay.Index) []func(c int64) (chunk.Digest, bool) {
+// present chunks are checked before they are served. r's digest table must be loaded.
+func ExpectedDigests(r *overlay.Reader) []func(c int64) (chunk.Digest, bool) {
+	ix := r.Index
 	hooks := make([]func(int64) (chunk.Digest, bool), len(ix.Images))
 	for i := range ix.Images {
 		im := uint8(i)
@@ -23,10 +23,10 @@ func ExpectedDigests(ix *overlay.Index) []func(c int64) (chunk.Digest, bool) {
 		entries := ix.Chunks[lo:hi]
 		hooks[i] = func(c int64) (chunk.Digest, bool) {
 			j, found := slices.BinarySearchFunc(entries, c, func(e overlay.Chunk, c int64) int { return cmp.Compare(e.Index, c) })
-			if !found || entries[j].Kind == overlay.KindZero {
+			if !found {
 				return chunk.Digest{}, false
 			}
-			return entries[j].Digest, true
+			return r.ChunkDigest(lo + j)
 		}
 	}
 	return hooks

@@ -24,9 +24,9 @@ type window struct {
 	ctx context.Context
 	// until decides how far to prefetch, given the header's plan (0: nothing).
 	until func(overlay.Plan) int64
-	// stored, if set, returns the overlay's index and device state as a chunk store holds
-	// them (see prefix.go), or nil.
-	stored func(id string) []byte
+	// stored, if set, returns the overlay's index and device state, and its digest table, as
+	// a chunk store holds them (see prefix.go), or nils.
+	stored func(id string) (prefix, table []byte)
 
 	mu     sync.Mutex
 	start  int64
@@ -40,6 +40,7 @@ type window struct {
 	keepEnd    int64  // guarded by mu
 	kept       []byte // guarded by mu
 	fromStored bool   // guarded by mu: buf came from the chunk store, not the origin
+	table      []byte // guarded by mu: the digest table the chunk store gave with buf
 	// The stream's pace, for demands ahead of it (see worthWaitingLocked): when it was asked
 	// for, and when and at what fill its first bytes came.
 	asked, firstAt time.Time // guarded by mu
@@ -83,16 +84,18 @@ func (r windowReaderAt) Prefetch(p overlay.Plan) { r.w.prefetch(p) }
 // prefetch starts the stream of [p.First, until(p)), unless the chunk store holds those bytes.
 func (w *window) prefetch(p overlay.Plan) {
 	end := min(w.until(p), p.First+maxWindow, w.Size())
-	if end <= p.First {
-		return
-	}
+	// The store's copy goes past the index, to the device state's end: it serves those reads
+	// too, even when the first read held the whole index.
 	if w.stored != nil {
-		if b := w.stored(p.ID); int64(len(b)) >= end {
+		if b, table := w.stored(p.ID); b != nil && int64(len(b)) >= end {
 			w.mu.Lock()
-			w.start, w.buf, w.filled, w.fromStored = 0, b, len(b), true
+			w.start, w.buf, w.filled, w.fromStored, w.table = 0, b, len(b), true, table
 			w.mu.Unlock()
 			return
 		}
+	}
+	if end <= p.First {
+		return
 	}
 	ctx, cancel := context.WithCancel(w.ctx)
 	w.mu.Lock()
