@@ -67,7 +67,8 @@ func (p Probe) String() string {
 }
 
 // Wait retries the probe until it succeeds or ctx ends; the error then gives ctx's cause and
-// what the last attempt saw.
+// what the last attempt saw (the one before, if ctx's end cut the last short: that says
+// nothing of the target).
 func (p Probe) Wait(ctx context.Context, console Text) error {
 	if p.kind == "serial" {
 		if err := console.WaitFor(ctx, p.target); err != nil {
@@ -78,9 +79,12 @@ func (p Probe) Wait(ctx context.Context, console Text) error {
 	client := &http.Client{Timeout: attemptTimeout}
 	var last error
 	for {
-		last = p.try(ctx, client)
-		if last == nil {
+		err := p.try(ctx, client)
+		if err == nil {
 			return nil
+		}
+		if last == nil || ctx.Err() == nil {
+			last = err
 		}
 		select {
 		case <-ctx.Done():

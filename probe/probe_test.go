@@ -74,6 +74,30 @@ func TestTimeoutSaysWhy(t *testing.T) {
 	}
 }
 
+// TestTimeoutKeepsLastAnswer: when ctx ends during an attempt, the error gives what the
+// attempt before it saw, not the cut-short attempt's own timeout.
+func TestTimeoutKeepsLastAnswer(t *testing.T) {
+	var calls atomic.Int32
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if calls.Add(1) == 1 {
+			w.WriteHeader(http.StatusServiceUnavailable)
+			return
+		}
+		<-r.Context().Done() // the next attempts hang until the probe gives up
+	}))
+	defer srv.Close()
+	p, err := probe.Parse(srv.URL + "/ready")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+	defer cancel()
+	err = p.Wait(ctx, nil)
+	if err == nil || !strings.Contains(err.Error(), "deadline") || !strings.Contains(err.Error(), "503") {
+		t.Fatalf("%v, want the deadline and the 503 the last complete attempt saw", err)
+	}
+}
+
 // TestTCPNeedsAnOpenConnection: a listener that accepts and closes at once (what QEMU's
 // user-net forward does when the guest refuses) is not ready; one that keeps it open is.
 func TestTCPNeedsAnOpenConnection(t *testing.T) {
