@@ -50,16 +50,15 @@ func (o *gatedOrigin) ReadAtProgress(ctx context.Context, p []byte, off int64, p
 	return nil
 }
 
-// TestWorkingSetBeforeDigests: the working set reaches the VM's images while the chunk digest
-// table after it has not arrived (each blob checked against its own digest); the table then
-// loads from the same stream, and the rest follows.
-func TestWorkingSetBeforeDigests(t *testing.T) {
+// overlayWithTable is a test overlay of n chunks, ws of them the working set, for a tiny base:
+// the base, the file, and where its digest table starts.
+func overlayWithTable(t *testing.T, n, ws int) (*base.Base, []byte, int64) {
+	t.Helper()
 	store, err := base.Open(t.TempDir())
 	if err != nil {
 		t.Fatal(err)
 	}
 	b := base.CommitTiny(t, store, "tiny")
-	const n, ws = 1024, 256
 	file, err := os.ReadFile(testOverlay(t, b, n, ws))
 	if err != nil {
 		t.Fatal(err)
@@ -68,8 +67,17 @@ func TestWorkingSetBeforeDigests(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	gate, _ := r.DigestTableRange()
-	r.Close()
+	defer r.Close()
+	off, _ := r.DigestTableRange()
+	return b, file, off
+}
+
+// TestWorkingSetBeforeDigests: the working set reaches the VM's images while the chunk digest
+// table after it has not arrived (each blob checked against its own digest); the table then
+// loads from the same stream, and the rest follows.
+func TestWorkingSetBeforeDigests(t *testing.T) {
+	const n, ws = 1024, 256
+	b, file, gate := overlayWithTable(t, n, ws)
 	o := &gatedOrigin{b: file, gate: gate, open: make(chan struct{})}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
@@ -105,21 +113,7 @@ func TestWorkingSetBeforeDigests(t *testing.T) {
 // TestCorruptDigestTable: a digest table that is not the one the index pins fails the fetch
 // with an error naming it, after the working set was delivered on its blobs' own digests.
 func TestCorruptDigestTable(t *testing.T) {
-	store, err := base.Open(t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	b := base.CommitTiny(t, store, "tiny")
-	file, err := os.ReadFile(testOverlay(t, b, 512, 128))
-	if err != nil {
-		t.Fatal(err)
-	}
-	r, err := overlay.Open(bytes.NewReader(file), int64(len(file)), overlay.Expect{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	off, _ := r.DigestTableRange()
-	r.Close()
+	b, file, off := overlayWithTable(t, 512, 128)
 	file[off+7] ^= 1
 	o := &gatedOrigin{b: file, gate: int64(len(file))}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
