@@ -45,6 +45,7 @@ type window struct {
 	// for, and when and at what fill its first bytes came.
 	asked, firstAt time.Time // guarded by mu
 	firstFilled    int       // guarded by mu
+	dup            int64     // guarded by mu: bytes of the window asked of the origin again
 
 	received atomic.Int64 // bytes that came from the origin, through the stream or not
 
@@ -175,6 +176,7 @@ func (w *window) read(ctx context.Context, p []byte, off int64, progress func(n 
 			// The stream's copy of these bytes will never be read out: count them as
 			// served, so that the buffer is still dropped once the rest has been.
 			w.served += len(p)
+			w.dup += int64(len(p))
 		}
 		if !inside || direct {
 			w.mu.Unlock()
@@ -206,13 +208,21 @@ func (w *window) read(ctx context.Context, p []byte, off int64, progress func(n 
 	return nil
 }
 
+// dupShare bounds the bytes that demands ahead of the stream ask of the origin again, which
+// the stream brings too: at most a 32nd of the window. A VM that touches its working set far
+// out of the profile's order then costs the link at most 3 % more than the overlay. (Measured
+// on the realistic guest at 1 Mbit/s, unbounded: 58.8 MB of its 53.4 MB overlay fetched
+// before the first answer, 470 s against 428 s downloading first.)
+const dupShare = 32
+
 // worthWaitingLocked says whether n bytes at off, inside the window, come sooner from the
 // stream than from a request of their own. The stream brings them once it has moved the gap
 // between its fill and off, at its pace; a request takes a round trip plus n bytes on the half
-// of the link it would share with the stream. Until the stream's pace is known, it waits.
+// of the link it would share with the stream. Until the stream's pace is known, or once the
+// bytes asked again reach their bound (dupShare), it waits.
 func (w *window) worthWaitingLocked(off, n int64) bool {
 	gap := off - (w.start + int64(w.filled))
-	if gap <= 0 || w.firstAt.IsZero() {
+	if gap <= 0 || w.firstAt.IsZero() || w.dup+n > int64(len(w.buf))/dupShare {
 		return true
 	}
 	elapsed := time.Since(w.firstAt).Seconds()

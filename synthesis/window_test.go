@@ -130,6 +130,32 @@ func TestWindowDemandAhead(t *testing.T) {
 
 // prefetchingWindow serves size bytes of a pattern over a shaped link and returns them, the
 // server, and a window that streams [start, end) of them; both end with the test.
+// TestWindowDemandAheadBounded: demands ahead of the stream ask the origin for bytes the stream
+// brings too, but no more than a 32nd of the window: past that, they wait for the stream.
+func TestWindowDemandAheadBounded(t *testing.T) {
+	const start, end = 16 << 10, 4 << 20 // a 32nd: 127.5 KiB
+	_, s, w := prefetchingWindow(t, 4<<20, 10*time.Millisecond, 1<<20, start, end)
+	ctx := context.Background()
+	if err := w.ReadAtProgress(ctx, make([]byte, 64<<10), start, func(int) {}); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(100 * time.Millisecond) // the stream's pace is known
+	demand := func(off int64) {
+		t.Helper()
+		if err := w.ReadDemand(ctx, make([]byte, 64<<10), off, func(int) {}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	demand(1 << 20) // 64 KiB asked again: within the bound
+	if got := s.Requests.Load(); got != 3 {
+		t.Fatalf("%d requests, want 3 (probe, window, the first far demand)", got)
+	}
+	demand(3 << 20) // 128 KiB would pass the bound: this one waits for the stream
+	if got := s.Requests.Load(); got != 3 {
+		t.Fatalf("%d requests after a second far demand, want still 3: it passes the bound on bytes asked twice", got)
+	}
+}
+
 func prefetchingWindow(t *testing.T, size int, latency time.Duration, bytesPerSecond int64, start, end int64) ([]byte, *origin.ShapedServer, *window) {
 	t.Helper()
 	data := make([]byte, size)
