@@ -10,7 +10,8 @@
 // header comes from -header), so that a script can put several pairs in one table
 // (bench/chunkcache.sh).
 //
-// What precedes the blobs (header, index, device state) no cache can spare. Bytes are counted
+// What precedes the blobs (header, index, device state) and the chunk digest table no cache can
+// spare. Bytes are counted
 // at the origin. Every byte delivered is verified by the fetcher as in a synthesis.
 package main
 
@@ -159,7 +160,7 @@ func coverage(ctx context.Context, b *base.Base, file string, chunks *chunkstore
 }
 
 type result struct {
-	size, fetched, head int64 // head: the bytes before the first blob
+	size, fetched, head int64 // head: the bytes before the first blob, and the digest table
 	stats               synthesis.FetchStats
 	took                time.Duration
 }
@@ -216,6 +217,9 @@ func fetch(ctx context.Context, b *base.Base, file string, store synthesis.Chunk
 		return result{}, fmt.Errorf("not complete after 10 minutes")
 	}
 	head, _ := r.BlobRange(0)
+	if off, n := r.DigestTableRange(); off >= head { // after the working set's blobs
+		head += n
+	}
 	return result{size: src.Size(), fetched: src.n.Load(), head: head, stats: f.Stats(), took: time.Since(start)}, nil
 }
 

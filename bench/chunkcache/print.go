@@ -7,7 +7,7 @@ import (
 
 // printDetail prints a table of every case and what the cache held of v2.
 func printDetail(w io.Writer, ms measures) {
-	fmt.Fprintln(w, "| case | overlay bytes | fetched | header, index, device state | fetched beyond them | from the chunk cache | fetch time |")
+	fmt.Fprintln(w, "| case | overlay bytes | fetched | header, index, device state, digest table | fetched beyond them | from the chunk cache | fetch time |")
 	fmt.Fprintln(w, "|---|---:|---:|---:|---:|---:|---:|")
 	for i, r := range ms.cases {
 		fmt.Fprintf(w, "| %s | %d | %d | %d | %d | %d | %.2f s |\n", caseNames[i], r.size, r.fetched, r.head,
@@ -22,7 +22,7 @@ func printDetail(w io.Writer, ms measures) {
 // fetched are the bytes fetched beyond the header, index and device state, which every fetch
 // of v2 reads (its own column) and no cache can spare.
 func printHeader(w io.Writer) {
-	fmt.Fprintln(w, "| pair | v1 bytes | v2 bytes | v2 − v1 | v2 header, index, device state | v2, no cache: blobs fetched | v2 with v1 cached: blobs fetched | v2 a second time: blobs fetched | with v1 cached ÷ (v2 − v1) | v2 blobs wholly in v1 |")
+	fmt.Fprintln(w, "| pair | v1 bytes | v2 bytes | v2 − v1 | v2 header, index, device state, digest table | v2, no cache: blobs fetched | v2 with v1 cached: blobs fetched | v2 a second time: blobs fetched | with v1 cached ÷ (v2 − v1) | v2 blobs wholly in v1 |")
 	fmt.Fprintln(w, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
 }
 
