@@ -19,8 +19,8 @@ func printDetail(w io.Writer, ms measures) {
 }
 
 // printHeader prints the header of the summary table whose rows printRow prints. Blobs
-// fetched are the bytes fetched beyond the header, index and device state, which every fetch
-// of v2 reads (its own column) and no cache can spare.
+// fetched are the bytes fetched beyond the header, index, device state and digest table, which
+// every fetch of v2 reads (their own column) and no cache can spare.
 func printHeader(w io.Writer) {
 	fmt.Fprintln(w, "| pair | v1 bytes | v2 bytes | v2 − v1 | v2 header, index, device state, digest table | v2, no cache: blobs fetched | v2 with v1 cached: blobs fetched | v2 a second time: blobs fetched | with v1 cached ÷ (v2 − v1) | v2 blobs wholly in v1 |")
 	fmt.Fprintln(w, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
