@@ -12,10 +12,11 @@
 //
 // A reader fetches FirstRead bytes first, then everything up to the header's resume end (the
 // rest of the index, the device state, the working set) as one stream when its ReaderAt can
-// prefetch, else the rest of the index in runs of a few MiB. The SHA-256 of the uncompressed index
-// is the overlay's identity; the index pins every blob's SHA-256 and the digest table's, which
-// holds every stored chunk's, so every byte a reader uses is verified. The file is attacker input: every length it claims is bounded (see
-// limits.go) before anything is allocated for it.
+// prefetch, else the rest of the index in runs of a few MiB. The SHA-256 of the uncompressed
+// index is the overlay's identity; the index pins every blob's SHA-256 and the digest table's,
+// which holds every stored chunk's, so every byte a reader uses is verified. The file is
+// attacker input: every length it claims is bounded (see limits.go) before anything is
+// allocated for it.
 package overlay
 
 import (

@@ -74,12 +74,13 @@ func Open(ra io.ReaderAt, size int64, want Expect) (*Reader, error) {
 	return r, nil
 }
 
-// OpenIndex reads and checks the header and index. It reads FirstRead bytes first; then, if ra is a
-// Prefetcher, it asks for everything up to the header's resume end in one go; the rest of the
-// index is read in runs of a few MiB as the decompressor needs them. want is the base at hand:
-// an overlay for another base is refused as soon as the index head is decoded. size is the file's size as its origin claims it; every
-// length in the file is checked against the format's limits before anything is allocated for
-// it, since size alone bounds nothing (a sparse file, a lying server).
+// OpenIndex reads and checks the header and index. It reads FirstRead bytes first; then, if ra
+// is a Prefetcher, it asks for everything up to the header's resume end in one go; the rest of
+// the index is read in runs of a few MiB as the decompressor needs them. want is the base at
+// hand: an overlay for another base is refused as soon as the index head is decoded. size is
+// the file's size as its origin claims it; every length in the file is checked against the
+// format's limits before anything is allocated for it, since size alone bounds nothing (a
+// sparse file, a lying server).
 //
 // The stored chunks' digests are not loaded: they come after the working set, which a resume
 // need not wait for (each blob is checked against its own digest, which the index holds).
