@@ -253,6 +253,17 @@ func (r *Reader) Prefix(off, n int64) ([]byte, bool) {
 	return r.prefix[off : off+n], true
 }
 
+// PrefixHead returns what of [off, off+n) Open's first read holds: its start, all of it, or
+// nothing. A reader that streams from the end of that read (a Prefetcher) is then asked only
+// for the rest, which it has.
+func (r *Reader) PrefixHead(off, n int64) []byte {
+	head := min(int64(len(r.prefix))-off, n)
+	if head <= 0 {
+		return nil
+	}
+	return r.prefix[off : off+head]
+}
+
 // DevstateEnd is where the device state ends: the file up to there is everything but blobs.
 func (r *Reader) DevstateEnd() int64 {
 	return r.dataStart + r.Index.Devstate.Offset + r.Index.Devstate.Length
@@ -322,15 +333,15 @@ func (r *Reader) readBlob(what string, b Blob) ([]byte, error) {
 // the file in runs (so that a prefetching ReaderAt, which streams from the end of the first
 // read, serves them).
 func (r *Reader) readAt(off, n int64) ([]byte, error) {
-	head := max(0, min(int64(len(r.prefix))-off, n))
-	if head == n {
-		return r.prefix[off : off+n], nil
+	head := r.PrefixHead(off, n)
+	if int64(len(head)) == n {
+		return head, nil
 	}
-	rest, err := readAtRuns(r.ra, off+head, n-head)
-	if err != nil || head == 0 {
+	rest, err := readAtRuns(r.ra, off+int64(len(head)), n-int64(len(head)))
+	if err != nil || len(head) == 0 {
 		return rest, err
 	}
-	return append(bytes.Clone(r.prefix[off:off+head]), rest...), nil
+	return append(bytes.Clone(head), rest...), nil
 }
 
 func (r *Reader) decode(what string, b Blob, z []byte) ([]byte, error) {

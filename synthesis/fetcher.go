@@ -217,7 +217,7 @@ func (f *Fetcher) loadDigests(ctx context.Context) error {
 	off, n := f.r.DigestTableRange()
 	// n is a digest per stored chunk entry of an index already decoded: bounded by it.
 	b := make([]byte, n)
-	if head := f.prefixHead(b, off); head < len(b) {
+	if head := copy(b, f.r.PrefixHead(off, n)); head < len(b) {
 		if err := f.origin.ReadAt(ctx, b[head:], off+int64(head)); err != nil {
 			return fmt.Errorf("overlay digest table: %w", err)
 		}

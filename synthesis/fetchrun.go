@@ -32,7 +32,10 @@ func (f *Fetcher) fetchRun(ctx context.Context, first, end int, tail func(), dem
 		return f.deliverRun(first, end, off, buf)
 	}
 	buf := make([]byte, lastOff+lastLen-off)
-	head := f.prefixHead(buf, off)
+	// The run's first bytes may have come with the index, in Open's first read (a small
+	// index): only the rest is asked for, else the window, which streams from the end of that
+	// read, would send all of buf to the origin again.
+	head := copy(buf, f.r.PrefixHead(off, int64(len(buf))))
 	if f.limit != nil {
 		for n := len(buf) - head; n > 0; n -= f.limit.Burst() {
 			if err := f.limit.WaitN(ctx, min(n, f.limit.Burst())); err != nil {
@@ -66,18 +69,6 @@ func (f *Fetcher) fetchRun(ctx context.Context, first, end int, tail func(), dem
 	}
 	s.measure()
 	return nil
-}
-
-// prefixHead copies into buf what of the file at off came with the index, in Open's first read
-// (the first blobs, after a small index), and returns its length: only the rest is asked for,
-// else the window, which streams from the end of that read, would send all of buf to the
-// origin again.
-func (f *Fetcher) prefixHead(buf []byte, off int64) int {
-	head := max(0, min(f.r.PrefixLen()-off, int64(len(buf))))
-	if p, ok := f.r.Prefix(off, head); ok {
-		copy(buf, p)
-	}
-	return int(head)
 }
 
 // runStream is one run's range as it arrives: the blobs before next are delivered.
