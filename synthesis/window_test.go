@@ -128,8 +128,6 @@ func TestWindowDemandAhead(t *testing.T) {
 	}
 }
 
-// prefetchingWindow serves size bytes of a pattern over a shaped link and returns them, the
-// server, and a window that streams [start, end) of them; both end with the test.
 // TestWindowDemandAheadBounded: demands ahead of the stream ask the origin for bytes the stream
 // brings too, but no more than a 32nd of the window: past that, they wait for the stream.
 func TestWindowDemandAheadBounded(t *testing.T) {
@@ -156,6 +154,8 @@ func TestWindowDemandAheadBounded(t *testing.T) {
 	}
 }
 
+// prefetchingWindow serves size bytes of a pattern over a shaped link and returns them, the
+// server, and a window that streams [start, end) of them; both end with the test.
 func prefetchingWindow(t *testing.T, size int, latency time.Duration, bytesPerSecond int64, start, end int64) ([]byte, *origin.ShapedServer, *window) {
 	t.Helper()
 	data := make([]byte, size)
