@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
+	"sync"
 	"time"
 )
 
@@ -25,10 +26,18 @@ type Probe struct {
 	target string // URL, host:port or text
 }
 
-// attemptTimeout bounds one try, so a guest that accepts but never answers is retried.
-const attemptTimeout = 2 * time.Second
+// A try that has had no answer for hedgeAfter gets a fresh one beside it, up to maxTries in
+// flight; past that the newest gives way to the next. A try is never closed for being slow:
+// a guest that serves one request at a time (a VM paging its working set in over a slow
+// link) would then work through the closed tries queued ahead of the live one before it
+// answered, a whole request late each (measured: 2 s of a 39 s first answer at 10 Mbit/s).
+// The fresh tries cover a request lost on its way (a guest whose network is not up yet).
+const (
+	hedgeAfter = 2 * time.Second
+	maxTries   = 16
+)
 
-// retryInterval is the pause between tries; short, since probes time first responses.
+// retryInterval is the pause after a try fails; short, since probes time first responses.
 const retryInterval = 20 * time.Millisecond
 
 // Parse reads http://HOST:PORT/PATH (first 2xx), tcp://HOST:PORT (connect) or serial:TEXT.
@@ -66,8 +75,8 @@ func (p Probe) String() string {
 	return p.target
 }
 
-// Wait retries the probe until it succeeds or ctx ends; the error then gives ctx's cause and
-// what the last attempt saw (the one before, if ctx's end cut the last short: that says
+// Wait tries the probe until a try succeeds or ctx ends; the error then gives ctx's cause and
+// what the last try that ended saw (the one before, if ctx's end cut the last short: that says
 // nothing of the target).
 func (p Probe) Wait(ctx context.Context, console Text) error {
 	if p.kind == "serial" {
@@ -76,22 +85,99 @@ func (p Probe) Wait(ctx context.Context, console Text) error {
 		}
 		return nil
 	}
-	client := &http.Client{Timeout: attemptTimeout}
+	t := newTries(ctx, p)
+	defer t.stop()
 	var last error
+	t.start()
+	next := time.NewTimer(hedgeAfter)
+	defer next.Stop()
 	for {
-		err := p.try(ctx, client)
-		if err == nil {
-			return nil
-		}
-		if last == nil || ctx.Err() == nil {
-			last = err
-		}
 		select {
+		case r := <-t.results:
+			if !t.end(r.id) {
+				continue // it gave way to a newer try
+			}
+			if r.err == nil {
+				return nil
+			}
+			if last == nil || ctx.Err() == nil {
+				last = r.err
+			}
+			next.Reset(retryInterval)
+		case <-next.C:
+			t.start()
+			next.Reset(hedgeAfter)
 		case <-ctx.Done():
+			if last == nil {
+				last = errors.New("no try has had an answer")
+			}
 			return fmt.Errorf("probe %s: %w (last attempt: %v)", p, context.Cause(ctx), last)
-		case <-time.After(retryInterval):
 		}
 	}
+}
+
+// tries are the probe's tries in flight, each in a goroutine of its own.
+type tries struct {
+	ctx     context.Context
+	cancel  context.CancelFunc
+	p       Probe
+	client  *http.Client
+	wg      sync.WaitGroup
+	results chan tryResult
+	live    map[int]context.CancelFunc
+	last    int // the newest try's number
+}
+
+type tryResult struct {
+	id  int
+	err error
+}
+
+func newTries(ctx context.Context, p Probe) *tries {
+	ctx, cancel := context.WithCancel(ctx)
+	// No keep-alive: each try is a connection of its own, closed when it ends.
+	client := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}}
+	return &tries{ctx: ctx, cancel: cancel, p: p, client: client, results: make(chan tryResult), live: map[int]context.CancelFunc{}}
+}
+
+// start begins a try; at maxTries in flight, the newest gives way to it.
+func (t *tries) start() {
+	if len(t.live) >= maxTries {
+		newest := -1
+		for id := range t.live {
+			newest = max(newest, id)
+		}
+		t.end(newest)
+	}
+	t.last++
+	id := t.last
+	ctx, cancel := context.WithCancel(t.ctx)
+	t.live[id] = cancel
+	t.wg.Add(1)
+	go func() {
+		defer t.wg.Done()
+		err := t.p.try(ctx, t.client)
+		select {
+		case t.results <- tryResult{id, err}:
+		case <-t.ctx.Done():
+		}
+	}()
+}
+
+// end cancels a try and forgets it; false if it had already ended.
+func (t *tries) end(id int) bool {
+	cancel, ok := t.live[id]
+	if ok {
+		cancel()
+		delete(t.live, id)
+	}
+	return ok
+}
+
+// stop ends every try and waits for them.
+func (t *tries) stop() {
+	t.cancel()
+	t.wg.Wait()
 }
 
 // tcpSettle is how long a TCP connection must stay open to count. Through QEMU's user-net
@@ -116,12 +202,10 @@ func (p Probe) tryTCP(ctx context.Context) error {
 }
 
 func (p Probe) try(ctx context.Context, client *http.Client) error {
-	actx, cancel := context.WithTimeout(ctx, attemptTimeout)
-	defer cancel()
 	if p.kind == "tcp" {
-		return p.tryTCP(actx)
+		return p.tryTCP(ctx)
 	}
-	req, err := http.NewRequestWithContext(actx, http.MethodGet, p.target, nil)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, p.target, nil)
 	if err != nil {
 		return err
 	}

@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -95,6 +96,66 @@ func TestTimeoutKeepsLastAnswer(t *testing.T) {
 	err = p.Wait(ctx, nil)
 	if err == nil || !strings.Contains(err.Error(), "deadline") || !strings.Contains(err.Error(), "503") {
 		t.Fatalf("%v, want the deadline and the 503 the last complete attempt saw", err)
+	}
+}
+
+// TestSlowAnswerNotAbandoned: a guest that serves one request at a time and is stalled for
+// longer than a try waits (a VM paging in its working set over a slow link) must answer the
+// probe's first request, not first work through requests whose clients have gone. A probe
+// that closes a slow try and sends another leaves a dead request ahead of the live one in the
+// guest's queue: its first answer comes a whole request late.
+func TestSlowAnswerNotAbandoned(t *testing.T) {
+	const stall, work = 2500 * time.Millisecond, 300 * time.Millisecond
+	start := time.Now()
+	var serial sync.Mutex
+	var answered, dead atomic.Int32
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		serial.Lock()
+		defer serial.Unlock()
+		time.Sleep(time.Until(start.Add(stall)))
+		time.Sleep(work)
+		if r.Context().Err() != nil {
+			if answered.Load() == 0 {
+				dead.Add(1)
+			}
+			return
+		}
+		answered.Add(1)
+	}))
+	defer srv.Close()
+	p, err := probe.Parse(srv.URL + "/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := p.Wait(ctx, nil); err != nil {
+		t.Fatal(err)
+	}
+	took := time.Since(start)
+	if n := dead.Load(); n > 0 || took > stall+work+time.Second/2 {
+		t.Errorf("answered after %v, %d requests served to clients that had gone first; want one request's work after the %v stall", took, n, stall)
+	}
+}
+
+// TestLostTryGetsAFreshOne: a request lost on its way (the guest's network not up yet) hangs
+// for good; a fresh try beside it answers.
+func TestLostTryGetsAFreshOne(t *testing.T) {
+	var calls atomic.Int32
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if calls.Add(1) == 1 {
+			<-r.Context().Done()
+		}
+	}))
+	defer srv.Close()
+	p, _ := probe.Parse(srv.URL + "/")
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := p.Wait(ctx, nil); err != nil {
+		t.Fatal(err)
+	}
+	if n := calls.Load(); n != 2 {
+		t.Errorf("%d requests, want the lost one and a fresh one", n)
 	}
 }
 
