@@ -1,1 +1,1 @@
-bench/chunkcache.sh 2
+bench/chunkcache.sh 3

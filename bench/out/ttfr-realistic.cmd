@@ -1,1 +1,1 @@
-bench/ttfr.sh realistic 2
+bench/ttfr.sh realistic 3

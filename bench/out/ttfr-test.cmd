@@ -1,1 +1,1 @@
-bench/ttfr.sh test 2
+bench/ttfr.sh test 3

@@ -1,1 +1,1 @@
-bench/ttfr.sh weights 2
+bench/ttfr.sh weights 3
