@@ -30,6 +30,7 @@ type Reader struct {
 	// zstd, far more for xz, plus a round trip) would serialise a VM's first faults. Its cost
 	// is the raw size, so it holds about blobCacheBytes of decoded data.
 	blobs *ristretto.Cache[uint32, []byte]
+	dec   *blobDecoder
 
 	// digests holds each chunk entry's digest once the digest table is in (see LoadDigests);
 	// loadMu makes one caller load it while others wait.
@@ -127,6 +128,10 @@ func OpenIndex(ra io.ReaderAt, size int64, want Expect) (*Reader, error) {
 	if err != nil {
 		return nil, fmt.Errorf("overlay: blob cache: %w", err)
 	}
+	if r.dec, err = newBlobDecoder(); err != nil {
+		r.blobs.Close()
+		return nil, fmt.Errorf("overlay: %w", err)
+	}
 	return r, nil
 }
 
@@ -146,8 +151,11 @@ func decompressIndex(z io.Reader, raw int64) ([]byte, error) {
 	return out, nil
 }
 
-// Close releases the blob cache.
-func (r *Reader) Close() { r.blobs.Close() }
+// Close releases the blob cache and the decoder.
+func (r *Reader) Close() {
+	r.blobs.Close()
+	r.dec.close()
+}
 
 // ID is the overlay's identity: the hex SHA-256 of its index.
 func (r *Reader) ID() string { return hex.EncodeToString(r.id[:]) }
@@ -348,7 +356,7 @@ func (r *Reader) decode(what string, b Blob, z []byte) ([]byte, error) {
 	if got := sum(z); got != b.Digest {
 		return nil, corrupt(what, "digest %x, index says %x", got[:8], b.Digest[:8])
 	}
-	raw, err := decompress(r.Index.Codec, z, b.Raw)
+	raw, err := r.dec.decode(r.Index.Codec, z, b.Raw)
 	if err != nil {
 		return nil, corrupt(what, "%w", err)
 	}
