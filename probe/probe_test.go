@@ -45,13 +45,7 @@ func TestHTTPWaitsForSuccess(t *testing.T) {
 		}
 	}))
 	defer srv.Close()
-	p, err := probe.Parse(srv.URL + "/ready")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	if err := p.Wait(ctx, nil); err != nil {
+	if err := wait(t, srv.URL+"/ready", 10*time.Second); err != nil {
 		t.Fatal(err)
 	}
 	if calls.Load() != 3 {
@@ -87,13 +81,7 @@ func TestTimeoutKeepsLastAnswer(t *testing.T) {
 		<-r.Context().Done() // the next attempts hang until the probe gives up
 	}))
 	defer srv.Close()
-	p, err := probe.Parse(srv.URL + "/ready")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
-	defer cancel()
-	err = p.Wait(ctx, nil)
+	err := wait(t, srv.URL+"/ready", 500*time.Millisecond)
 	if err == nil || !strings.Contains(err.Error(), "deadline") || !strings.Contains(err.Error(), "503") {
 		t.Fatalf("%v, want the deadline and the 503 the last complete attempt saw", err)
 	}
@@ -123,13 +111,7 @@ func TestSlowAnswerNotAbandoned(t *testing.T) {
 		answered.Add(1)
 	}))
 	defer srv.Close()
-	p, err := probe.Parse(srv.URL + "/")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	if err := p.Wait(ctx, nil); err != nil {
+	if err := wait(t, srv.URL+"/", 10*time.Second); err != nil {
 		t.Fatal(err)
 	}
 	took := time.Since(start)
@@ -148,10 +130,7 @@ func TestLostTryGetsAFreshOne(t *testing.T) {
 		}
 	}))
 	defer srv.Close()
-	p, _ := probe.Parse(srv.URL + "/")
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	if err := p.Wait(ctx, nil); err != nil {
+	if err := wait(t, srv.URL+"/", 5*time.Second); err != nil {
 		t.Fatal(err)
 	}
 	if n := calls.Load(); n != 2 {
@@ -195,6 +174,18 @@ func TestTCPNeedsAnOpenConnection(t *testing.T) {
 			}
 		})
 	}
+}
+
+// wait parses target and waits for it, for at most timeout.
+func wait(t *testing.T, target string, timeout time.Duration) error {
+	t.Helper()
+	p, err := probe.Parse(target)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	return p.Wait(ctx, nil)
 }
 
 type fakeConsole struct{ text string }
