@@ -56,6 +56,7 @@ for ((run = 1; run <= runs; run++)); do
 done
 echo
 echo "v2 = v1 + a file of 4,000,000 random bytes; base: the test guest with 128M of memory. Blobs"
-echo "fetched: bytes read from the overlay beyond its header, index, device state and digest table, which every"
-echo "fetch reads and no cache can spare. \"With v1 cached\" had v1's chunks in the chunk cache; \"a"
-echo "second time\" had v2's own. The ratio is what v2 fetched with v1 cached over the change."
+echo "fetched: bytes read from the overlay beyond its header, index, device state and digest table,"
+echo "which every fetch reads and no cache can spare. \"With v1 cached\" had v1's chunks in the chunk"
+echo "cache; \"a second time\" had v2's own. The ratio is what v2 fetched with v1 cached over the"
+echo "change."

@@ -11,8 +11,8 @@
 // (bench/chunkcache.sh).
 //
 // What precedes the blobs (header, index, device state) and the chunk digest table no cache can
-// spare. Bytes are counted
-// at the origin. Every byte delivered is verified by the fetcher as in a synthesis.
+// spare. Bytes are counted at the origin. Every byte delivered is verified by the fetcher as in
+// a synthesis.
 package main
 
 import (
