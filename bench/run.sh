@@ -3,8 +3,8 @@
 # commands and the machine. Raw outputs stay in bench/out/.
 # usage: bench/run.sh [RUNS] [STEP...]   RUNS per TTFR mode and link, and pairs of overlays
 # captured by chunkcache (default 3); STEPs limit the run to some of: ttfr-test ttfr-realistic
-# ttfr-weights ttfr-realistic-1mbit sequential random dirty overlay chunkcache; 'report' runs
-# none and only rewrites RESULTS.md. The report covers every step that has an output.
+# ttfr-weights ttfr-realistic-1mbit sequential random dirty overlay decode chunkcache; 'report'
+# runs none and only rewrites RESULTS.md. The report covers every step that has an output.
 # ttfr-realistic-1mbit is one run whatever RUNS says: it takes over ten minutes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -24,6 +24,7 @@ steps=(
 	"random|cloudletfs: random 4 KiB first-touch latency and demand misses|go test ./bench -run ^\$ -bench Random|Demand -benchtime 4000x -count 3"
 	"dirty|cloudletfs: dirtying memory through a shared mapping (capture)|go test ./bench -run ^\$ -bench SharedMmapDirty -benchtime 3x -count 2"
 	"overlay|Overlays: size against qcow2+xz, codecs, build throughput|go test ./bench -run ^\$ -bench Overlay -benchtime 1x"
+	"decode|Overlay blobs: zstd decoding in one call against a decoder per blob|go test ./overlay -run ^\$ -bench BlobDecode -count 3"
 	"chunkcache|Shared chunk cache: what a next version of an app fetches|bench/chunkcache.sh $runs"
 )
 

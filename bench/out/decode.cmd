@@ -1,0 +1,1 @@
+go test ./overlay -run '^$' -bench BlobDecode -count 3
