@@ -169,8 +169,9 @@ func (f *FS) Image(name string) *Image { return f.byName[name] }
 // Images returns the images in configuration order.
 func (f *FS) Images() []*Image { return append([]*Image(nil), f.images...) }
 
-// Deliver stores a verified chunk of an image. The caller has checked its digest: cloudletfs
-// trusts what it is given and only checks its place and size.
+// Deliver stores verified chunks of an image: data holds whole chunks from chunk c on (see
+// Image.Deliver). The caller has checked their digests: cloudletfs trusts what it is given
+// and only checks its place and size.
 func (f *FS) Deliver(image string, c int64, data []byte) error {
 	img := f.byName[image]
 	if img == nil {

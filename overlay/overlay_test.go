@@ -8,6 +8,7 @@ import (
 	"errors"
 	"io"
 	"math/rand"
+	"slices"
 	"strings"
 	"testing"
 
@@ -386,5 +387,50 @@ func TestOpenIndexBeforeDigests(t *testing.T) {
 	}
 	if !bytes.Equal(r.DigestTable(), full.DigestTable()) || len(r.DigestTable()) == 0 {
 		t.Fatal("the loaded digest table differs from the full reader's")
+	}
+}
+
+// TestBaseRun: base references side by side in their image and in the base are read as one
+// run, and each chunk of it is still checked against its own digest.
+func TestBaseRun(t *testing.T) {
+	tc := randomBase(rand.New(rand.NewSource(9)))
+	baseChunks := func(i, n int64) []byte { return tc.base[1][i*chunk.Size : (i+n)*chunk.Size] }
+	// disk chunk -> memory base chunk: runs of 4, 2 and 1 (17 is not next to 15).
+	refs := [][2]int64{{10, 20}, {11, 21}, {12, 22}, {13, 23}, {14, 30}, {15, 31}, {17, 32}}
+	var entries []overlay.Entry
+	for _, r := range refs {
+		entries = append(entries, overlay.Entry{Image: 0, Index: r[0], Kind: overlay.KindBase,
+			BaseImage: 1, BaseIndex: r[1], Digest: chunk.Sum(baseChunks(r[1], 1))})
+	}
+	var out bytes.Buffer
+	_, err := overlay.Write(t.Context(), &out, t.TempDir(), overlay.Meta{
+		BaseID: tc.baseID, Images: images, Config: []byte(`{}`), Codec: overlay.CodecZstd,
+	}, []byte("device state"), entries, nil, func(uint8, int64) ([]byte, error) { return nil, errors.New("no stored chunks") })
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := overlay.Open(bytes.NewReader(out.Bytes()), int64(out.Len()), tc.expect())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	var runs []int
+	for e := 0; e < len(r.Index.Chunks); e += runs[len(runs)-1] {
+		runs = append(runs, r.BaseRefRun(e))
+	}
+	if want := []int{4, 2, 1}; !slices.Equal(runs, want) {
+		t.Fatalf("runs %v, want %v", runs, want)
+	}
+	base := []io.ReaderAt{bytes.NewReader(tc.base[0]), bytes.NewReader(tc.base[1])}
+	got, err := r.BaseRun(base, 0, 4)
+	if err != nil || !bytes.Equal(got, baseChunks(20, 4)) {
+		t.Fatalf("run of 4: %d bytes, %v", len(got), err)
+	}
+	if _, err := r.BaseRun(base, 4, 3); err == nil || !strings.Contains(err.Error(), "not the start of 3 base references") {
+		t.Errorf("a run of 3 where 2 lie side by side: %v", err)
+	}
+	tc.base[1][22*chunk.Size] ^= 1
+	if _, err := r.BaseRun(base, 0, 4); err == nil || !strings.Contains(err.Error(), "base chunk 22 of memory has another digest") {
+		t.Errorf("a run over a changed base chunk: %v", err)
 	}
 }

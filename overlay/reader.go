@@ -389,15 +389,49 @@ func (r *Reader) chunkName(entry int) string {
 	return fmt.Sprintf("chunk %d of %s (entry %d)", c.Index, r.Index.Images[c.Image].Name, entry)
 }
 
-// BaseChunk reads chunk i of base image im and checks it against digest: a base on this
-// cloudlet that differs from the one the overlay was made on is caught here.
-func (r *Reader) baseChunk(base []io.ReaderAt, im uint8, i int64, digest chunk.Digest, entry int) ([]byte, error) {
-	buf := make([]byte, r.Index.chunkLen(im, i))
-	if _, err := base[im].ReadAt(buf, i*int64(r.Index.ChunkSize)); err != nil {
-		return nil, fmt.Errorf("overlay: %s: read base chunk %d of %s: %w", r.chunkName(entry), i, r.Index.Images[im].Name, err)
+// BaseRefRun is how many base references from entry e on lie side by side both in their image
+// and in the base, so BaseRun reads them at once (0 if entry e is not a base reference).
+func (r *Reader) BaseRefRun(e int) int {
+	cs := r.Index.Chunks
+	n := 0
+	for e+n < len(cs) && cs[e+n].Kind == KindBase {
+		if n > 0 {
+			a, b := cs[e+n-1], cs[e+n]
+			if b.Image != a.Image || b.Index != a.Index+1 || b.BaseImage != a.BaseImage || b.BaseIndex != a.BaseIndex+1 {
+				break
+			}
+		}
+		n++
 	}
-	if sum(buf) != digest {
-		return nil, fmt.Errorf("overlay: %s: base chunk %d of %s has another digest: the base differs from the overlay's", r.chunkName(entry), i, r.Index.Images[im].Name)
+	return n
+}
+
+// BaseRun reads the n base references from entry e on, which BaseRefRun says lie side by
+// side, with one read of the base, and checks each against its digest.
+func (r *Reader) BaseRun(base []io.ReaderAt, e, n int) ([]byte, error) {
+	if n < 1 || r.BaseRefRun(e) < n {
+		return nil, fmt.Errorf("overlay: %s: not the start of %d base references side by side", r.chunkName(e), n)
+	}
+	return r.baseRun(base, e, n)
+}
+
+// baseRun reads the base chunks behind n base references from entry e on, side by side, and
+// checks each against its digest: a base on this cloudlet that differs from the one the
+// overlay was made on is caught here.
+func (r *Reader) baseRun(base []io.ReaderAt, e, n int) ([]byte, error) {
+	ix := r.Index
+	first, last := ix.Chunks[e], ix.Chunks[e+n-1]
+	size := ix.chunkBytes()
+	buf := make([]byte, (last.BaseIndex-first.BaseIndex)*size+ix.chunkLen(last.BaseImage, last.BaseIndex))
+	if _, err := base[first.BaseImage].ReadAt(buf, first.BaseIndex*size); err != nil {
+		return nil, fmt.Errorf("overlay: %s: read base chunks %d-%d of %s: %w", r.chunkName(e), first.BaseIndex, last.BaseIndex, ix.Images[first.BaseImage].Name, err)
+	}
+	for i := range n {
+		c := ix.Chunks[e+i]
+		lo := int64(i) * size
+		if sum(buf[lo:min(lo+size, int64(len(buf)))]) != c.Digest {
+			return nil, fmt.Errorf("overlay: %s: base chunk %d of %s has another digest: the base differs from the overlay's", r.chunkName(e+i), c.BaseIndex, ix.Images[c.BaseImage].Name)
+		}
 	}
 	return buf, nil
 }
@@ -409,7 +443,7 @@ func (r *Reader) Resolve(base []io.ReaderAt, e int) ([]byte, error) {
 	case KindZero:
 		return make([]byte, r.Index.chunkLen(c.Image, c.Index)), nil
 	case KindBase:
-		return r.baseChunk(base, c.BaseImage, c.BaseIndex, c.Digest, e)
+		return r.baseRun(base, e, 1)
 	}
 	return r.ChunkData(e)
 }

@@ -463,23 +463,27 @@ func (f *Fetcher) lap(counter *atomic.Int64, t time.Time) time.Time {
 }
 
 // deliverBaseRefs delivers every chunk that equals a base chunk elsewhere, read from the local
-// base and checked against its digest.
+// base and checked against its digest: a run of them side by side at once.
 func (f *Fetcher) deliverBaseRefs(ctx context.Context) error {
 	ix := f.r.Index
-	for e, c := range ix.Chunks {
-		if c.Kind != overlay.KindBase {
+	for e := 0; e < len(ix.Chunks); {
+		n := f.r.BaseRefRun(e)
+		if n == 0 {
+			e++
 			continue
 		}
 		if err := ctx.Err(); err != nil {
 			return nil
 		}
-		data, err := f.r.Resolve(f.base, e)
+		data, err := f.r.BaseRun(f.base, e, n)
 		if err != nil {
 			return err
 		}
+		c := ix.Chunks[e]
 		if err := f.fs.Deliver(ix.Images[c.Image].Name, c.Index, data); err != nil {
 			return err
 		}
+		e += n
 	}
 	f.mu.Lock()
 	f.baseDone = true

@@ -149,29 +149,30 @@ func (f *Fetcher) deliverRun(first, end int, off int64, buf []byte) error {
 // delivers none. Both passes are timed whole, not per chunk, to keep the clock out of the loop.
 func (f *Fetcher) deliverBlob(b uint32, raw []byte) error {
 	ix := f.r.Index
-	data := func(c overlay.Chunk) []byte {
-		if c.Kind == overlay.KindSelf {
-			c = ix.Chunks[c.Self]
-		}
-		n := min(int64(ix.ChunkSize), ix.Images[c.Image].Size-c.Index*int64(ix.ChunkSize))
-		return raw[c.Offset : c.Offset+n]
-	}
 	t := time.Now()
 	for _, e := range f.users[b] {
 		// The blob passed its own digest; once the digest table is in, each chunk is
 		// checked against it too.
-		if want, ok := f.r.ChunkDigest(e); ok && chunk.Sum(data(ix.Chunks[e])) != want {
+		if want, ok := f.r.ChunkDigest(e); ok && chunk.Sum(f.rawChunk(raw, e)) != want {
 			c := ix.Chunks[e]
 			return &overlay.CorruptError{Part: fmt.Sprintf("chunk %d of %s in blob %d", c.Index, ix.Images[c.Image].Name, b), Err: errors.New("digest mismatch")}
 		}
 	}
 	t = f.lap(&f.verifyNs, t)
-	f.storePut(b, data)
-	for _, e := range f.users[b] {
-		c := ix.Chunks[e]
-		if err := f.fs.Deliver(ix.Images[c.Image].Name, c.Index, data(c)); err != nil {
+	f.storePut(b, raw)
+	users := f.users[b]
+	for i := 0; i < len(users); {
+		j := i + 1
+		for j < len(users) && f.sideBySide(users[j-1], users[j]) {
+			j++
+		}
+		c := ix.Chunks[users[i]]
+		lo := f.rawOffset(users[i])
+		hi := f.rawOffset(users[j-1]) + int64(len(f.rawChunk(raw, users[j-1])))
+		if err := f.fs.Deliver(ix.Images[c.Image].Name, c.Index, raw[lo:hi]); err != nil {
 			return err
 		}
+		i = j
 	}
 	f.lap(&f.writeNs, t)
 	f.mu.Lock()
@@ -180,4 +181,30 @@ func (f *Fetcher) deliverBlob(b uint32, raw []byte) error {
 	f.mu.Unlock()
 	f.finishIfDone()
 	return nil
+}
+
+// rawOffset is where entry e's bytes start in its blob's raw data (a self reference's are its
+// source's).
+func (f *Fetcher) rawOffset(e int) int64 {
+	c := f.r.Index.Chunks[e]
+	if c.Kind == overlay.KindSelf {
+		c = f.r.Index.Chunks[c.Self]
+	}
+	return c.Offset
+}
+
+// rawChunk is entry e's bytes in raw, its blob's raw data.
+func (f *Fetcher) rawChunk(raw []byte, e int) []byte {
+	ix := f.r.Index
+	c := ix.Chunks[e]
+	off := f.rawOffset(e)
+	return raw[off : off+min(int64(ix.ChunkSize), ix.Images[c.Image].Size-c.Index*int64(ix.ChunkSize))]
+}
+
+// sideBySide says whether entry b follows entry a both in their image and in the blob's raw
+// data, so the two are delivered with one write. A blob holds its chunks in the order the VM
+// touched them, which is mostly the image's order: the working set's runs average 7 chunks.
+func (f *Fetcher) sideBySide(a, b int) bool {
+	ca, cb := f.r.Index.Chunks[a], f.r.Index.Chunks[b]
+	return ca.Image == cb.Image && cb.Index == ca.Index+1 && f.rawOffset(b) == f.rawOffset(a)+int64(f.r.Index.ChunkSize)
 }

@@ -226,7 +226,7 @@ func (f *Fetcher) deliverStored(b int, buf []byte) (bool, error) {
 
 // storePut puts the chunks of a fetched and verified blob into the store. Self references are
 // the same bytes as a chunk of the blob, put already.
-func (f *Fetcher) storePut(b uint32, data func(overlay.Chunk) []byte) {
+func (f *Fetcher) storePut(b uint32, raw []byte) {
 	if f.opts.Store == nil {
 		return
 	}
@@ -234,9 +234,9 @@ func (f *Fetcher) storePut(b uint32, data func(overlay.Chunk) []byte) {
 		if c := f.r.Index.Chunks[e]; c.Kind == overlay.KindBlob {
 			d, ok := f.r.ChunkDigest(e)
 			if !ok { // the table is not in yet: the bytes passed their blob's digest
-				d = chunk.Sum(data(c))
+				d = chunk.Sum(f.rawChunk(raw, e))
 			}
-			f.opts.Store.Put(d, data(c))
+			f.opts.Store.Put(d, f.rawChunk(raw, e))
 		}
 	}
 }
