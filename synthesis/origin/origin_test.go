@@ -109,22 +109,35 @@ func TestHTTPOriginErrors(t *testing.T) {
 	})
 }
 
+// TestShapedServerPaces: the shaped server keeps to its rate, on a slow link and on a fast one
+// whose bucket holds more than one write.
 func TestShapedServerPaces(t *testing.T) {
-	// The shaped server paces writes: 1 MB at 4 MB/s takes about a quarter second.
-	data := testData(1 << 20)
-	s := NewShapedServer(data)
-	defer s.Close()
-	s.Shape(0, 4<<20)
-	o, err := Open(context.Background(), s.URL(), HTTPOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	start := time.Now()
-	if err := o.ReadAt(context.Background(), make([]byte, len(data)), 0); err != nil {
-		t.Fatal(err)
-	}
-	if d := time.Since(start); d < 200*time.Millisecond {
-		t.Fatalf("1 MiB at 4 MiB/s took %v", d)
+	for _, tc := range []struct {
+		name    string
+		size    int
+		rate    int64
+		atLeast time.Duration
+	}{
+		{"1 MiB at 4 MiB/s", 1 << 20, 4 << 20, 200 * time.Millisecond},
+		{"32 MiB at 128 MiB/s", 32 << 20, 128 << 20, 200 * time.Millisecond},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			data := testData(tc.size)
+			s := NewShapedServer(data)
+			defer s.Close()
+			s.Shape(0, tc.rate)
+			o, err := Open(t.Context(), s.URL(), HTTPOptions{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			start := time.Now()
+			if err := o.ReadAt(t.Context(), make([]byte, len(data)), 0); err != nil {
+				t.Fatal(err)
+			}
+			if d := time.Since(start); d < tc.atLeast {
+				t.Fatalf("took %v, want at least %v", d, tc.atLeast)
+			}
+		})
 	}
 }
 

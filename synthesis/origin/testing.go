@@ -68,7 +68,10 @@ func (s *ShapedServer) Shape(latency time.Duration, bytesPerSecond int64) {
 	s.latency, s.bytesPerS = latency, bytesPerSecond
 	s.link = nil
 	if bytesPerSecond > 0 {
-		s.link = rate.NewLimiter(rate.Limit(bytesPerSecond), 16<<10)
+		// The bucket holds a millisecond of the link (16 KiB at least), as a kernel shaper's
+		// does: a smaller one wakes the server for every 16 KiB write at 1 Gbit/s, CPU the
+		// cloudlet under test shares on one machine and a remote origin would not take.
+		s.link = rate.NewLimiter(rate.Limit(bytesPerSecond), int(max(16<<10, bytesPerSecond/1000)))
 	}
 }
 
