@@ -395,8 +395,12 @@ func TestOpenIndexBeforeDigests(t *testing.T) {
 func TestBaseRun(t *testing.T) {
 	tc := randomBase(rand.New(rand.NewSource(9)))
 	baseChunks := func(i, n int64) []byte { return tc.base[1][i*chunk.Size : (i+n)*chunk.Size] }
-	// disk chunk -> memory base chunk: runs of 4, 2 and 1 (17 is not next to 15).
+	// disk chunk -> memory base chunk: runs of 4, 2 and 1 (17 is not next to 15), then one
+	// longer than a read may be.
 	refs := [][2]int64{{10, 20}, {11, 21}, {12, 22}, {13, 23}, {14, 30}, {15, 31}, {17, 32}}
+	for i := range int64(overlay.MaxBaseRun + 22) {
+		refs = append(refs, [2]int64{20 + i, 40 + i})
+	}
 	var entries []overlay.Entry
 	for _, r := range refs {
 		entries = append(entries, overlay.Entry{Image: 0, Index: r[0], Kind: overlay.KindBase,
@@ -418,7 +422,7 @@ func TestBaseRun(t *testing.T) {
 	for e := 0; e < len(r.Index.Chunks); e += runs[len(runs)-1] {
 		runs = append(runs, r.BaseRefRun(e))
 	}
-	if want := []int{4, 2, 1}; !slices.Equal(runs, want) {
+	if want := []int{4, 2, 1, overlay.MaxBaseRun, 22}; !slices.Equal(runs, want) {
 		t.Fatalf("runs %v, want %v", runs, want)
 	}
 	base := []io.ReaderAt{bytes.NewReader(tc.base[0]), bytes.NewReader(tc.base[1])}

@@ -389,12 +389,18 @@ func (r *Reader) chunkName(entry int) string {
 	return fmt.Sprintf("chunk %d of %s (entry %d)", c.Index, r.Index.Images[c.Image].Name, entry)
 }
 
+// MaxBaseRun is the most base references BaseRun reads at once: 512 KiB of 4 KiB chunks, a
+// read large enough that its cost is the bytes, and a bound on its buffer whatever the index
+// says.
+const MaxBaseRun = 128
+
 // BaseRefRun is how many base references from entry e on lie side by side both in their image
-// and in the base, so BaseRun reads them at once (0 if entry e is not a base reference).
+// and in the base, at most MaxBaseRun, so BaseRun reads them at once (0 if entry e is not a
+// base reference).
 func (r *Reader) BaseRefRun(e int) int {
 	cs := r.Index.Chunks
 	n := 0
-	for e+n < len(cs) && cs[e+n].Kind == KindBase {
+	for e+n < len(cs) && cs[e+n].Kind == KindBase && n < MaxBaseRun {
 		if n > 0 {
 			a, b := cs[e+n-1], cs[e+n]
 			if b.Image != a.Image || b.Index != a.Index+1 || b.BaseImage != a.BaseImage || b.BaseIndex != a.BaseIndex+1 {
