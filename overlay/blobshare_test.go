@@ -29,21 +29,8 @@ func (v *version) add(im uint8, i int64, b []byte) {
 // write writes v as an overlay of shareImages and opens it.
 func (v *version) write(t *testing.T, baseID [32]byte) *overlay.Reader {
 	t.Helper()
-	var out bytes.Buffer
-	_, err := overlay.Write(context.Background(), &out, t.TempDir(), overlay.Meta{
-		BaseID: baseID, Images: shareImages, Codec: overlay.CodecZstd,
-	}, []byte("device state"), v.entries, v.order, func(im uint8, i int64) ([]byte, error) {
-		return v.data[[2]int64{int64(im), i}], nil
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	r, err := overlay.Open(bytes.NewReader(out.Bytes()), int64(out.Len()), overlay.Expect{BaseID: hex.EncodeToString(baseID[:]), Images: shareImages})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { r.Close() })
-	return r
+	return writeAndOpen(t, overlay.Meta{BaseID: baseID, Images: shareImages, Codec: overlay.CodecZstd}, v.entries, v.order,
+		func(im uint8, i int64) ([]byte, error) { return v.data[[2]int64{int64(im), i}], nil })
 }
 
 var shareImages = []overlay.Image{{Name: "disk", Size: 4096 * chunk.Size}, {Name: "memory", Size: 1024 * chunk.Size}}

@@ -406,18 +406,8 @@ func TestBaseRun(t *testing.T) {
 		entries = append(entries, overlay.Entry{Image: 0, Index: r[0], Kind: overlay.KindBase,
 			BaseImage: 1, BaseIndex: r[1], Digest: chunk.Sum(baseChunks(r[1], 1))})
 	}
-	var out bytes.Buffer
-	_, err := overlay.Write(t.Context(), &out, t.TempDir(), overlay.Meta{
-		BaseID: tc.baseID, Images: images, Config: []byte(`{}`), Codec: overlay.CodecZstd,
-	}, []byte("device state"), entries, nil, func(uint8, int64) ([]byte, error) { return nil, errors.New("no stored chunks") })
-	if err != nil {
-		t.Fatal(err)
-	}
-	r, err := overlay.Open(bytes.NewReader(out.Bytes()), int64(out.Len()), tc.expect())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer r.Close()
+	r := writeAndOpen(t, overlay.Meta{BaseID: tc.baseID, Images: images, Codec: overlay.CodecZstd}, entries, nil,
+		func(uint8, int64) ([]byte, error) { return nil, errors.New("no stored chunks") })
 	var runs []int
 	for e := 0; e < len(r.Index.Chunks); e += runs[len(runs)-1] {
 		runs = append(runs, r.BaseRefRun(e))
@@ -437,4 +427,20 @@ func TestBaseRun(t *testing.T) {
 	if _, err := r.BaseRun(base, 0, 4); err == nil || !strings.Contains(err.Error(), "base chunk 22 of memory has another digest") {
 		t.Errorf("a run over a changed base chunk: %v", err)
 	}
+}
+
+// writeAndOpen writes an overlay of entries (stored chunks read by read) in prefetch order,
+// and opens it expecting m's base and images; the reader closes with the test.
+func writeAndOpen(t *testing.T, m overlay.Meta, entries []overlay.Entry, order []int, read overlay.ReadChunk) *overlay.Reader {
+	t.Helper()
+	var out bytes.Buffer
+	if _, err := overlay.Write(t.Context(), &out, t.TempDir(), m, []byte("device state"), entries, order, read); err != nil {
+		t.Fatal(err)
+	}
+	r, err := overlay.Open(bytes.NewReader(out.Bytes()), int64(out.Len()), overlay.Expect{BaseID: hex.EncodeToString(m.BaseID[:]), Images: m.Images})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { r.Close() })
+	return r
 }
