@@ -376,12 +376,24 @@ func (r *Reader) ChunkData(entry int) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	data := raw[c.Offset : c.Offset+r.Index.chunkLen(c.Image, c.Index)]
+	off, n := r.InBlob(entry)
+	data := raw[off : off+n]
 	// The blob passed its digest; the chunk's, once the table is in, checks the table too.
 	if d, ok := r.ChunkDigest(entry); ok && sum(data) != d {
 		return nil, corrupt(r.chunkName(entry), "digest mismatch")
 	}
 	return data, nil
+}
+
+// InBlob is where the bytes of stored chunk entry e (or of the chunk a self reference copies)
+// lie in its blob's decoded data: offset and length, which the index has checked against the
+// blob's size.
+func (r *Reader) InBlob(e int) (off, n int64) {
+	c := r.Index.Chunks[e]
+	if c.Kind == KindSelf {
+		c = r.Index.Chunks[c.Self]
+	}
+	return c.Offset, r.Index.chunkLen(c.Image, c.Index)
 }
 
 func (r *Reader) chunkName(entry int) string {

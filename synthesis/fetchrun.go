@@ -167,8 +167,9 @@ func (f *Fetcher) deliverBlob(b uint32, raw []byte) error {
 			j++
 		}
 		c := ix.Chunks[users[i]]
-		lo := f.rawOffset(users[i])
-		hi := f.rawOffset(users[j-1]) + int64(len(f.rawChunk(raw, users[j-1])))
+		lo, _ := f.r.InBlob(users[i])
+		off, n := f.r.InBlob(users[j-1])
+		hi := off + n
 		if err := f.fs.Deliver(ix.Images[c.Image].Name, c.Index, raw[lo:hi]); err != nil {
 			return err
 		}
@@ -183,22 +184,10 @@ func (f *Fetcher) deliverBlob(b uint32, raw []byte) error {
 	return nil
 }
 
-// rawOffset is where entry e's bytes start in its blob's raw data (a self reference's are its
-// source's).
-func (f *Fetcher) rawOffset(e int) int64 {
-	c := f.r.Index.Chunks[e]
-	if c.Kind == overlay.KindSelf {
-		c = f.r.Index.Chunks[c.Self]
-	}
-	return c.Offset
-}
-
-// rawChunk is entry e's bytes in raw, its blob's raw data.
+// rawChunk is entry e's bytes in raw, its blob's decoded data.
 func (f *Fetcher) rawChunk(raw []byte, e int) []byte {
-	ix := f.r.Index
-	c := ix.Chunks[e]
-	off := f.rawOffset(e)
-	return raw[off : off+min(int64(ix.ChunkSize), ix.Images[c.Image].Size-c.Index*int64(ix.ChunkSize))]
+	off, n := f.r.InBlob(e)
+	return raw[off : off+n]
 }
 
 // sideBySide says whether entry b follows entry a both in their image and in the blob's raw
@@ -206,5 +195,7 @@ func (f *Fetcher) rawChunk(raw []byte, e int) []byte {
 // touched them, which is mostly the image's order: the working set's runs average 7 chunks.
 func (f *Fetcher) sideBySide(a, b int) bool {
 	ca, cb := f.r.Index.Chunks[a], f.r.Index.Chunks[b]
-	return ca.Image == cb.Image && cb.Index == ca.Index+1 && f.rawOffset(b) == f.rawOffset(a)+int64(f.r.Index.ChunkSize)
+	offA, nA := f.r.InBlob(a)
+	offB, _ := f.r.InBlob(b)
+	return ca.Image == cb.Image && cb.Index == ca.Index+1 && offB == offA+nA
 }

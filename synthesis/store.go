@@ -232,11 +232,12 @@ func (f *Fetcher) storePut(b uint32, raw []byte) {
 	}
 	for _, e := range f.users[b] {
 		if c := f.r.Index.Chunks[e]; c.Kind == overlay.KindBlob {
+			data := f.rawChunk(raw, e)
 			d, ok := f.r.ChunkDigest(e)
 			if !ok { // the table is not in yet: the bytes passed their blob's digest
-				d = chunk.Sum(f.rawChunk(raw, e))
+				d = chunk.Sum(data)
 			}
-			f.opts.Store.Put(d, f.rawChunk(raw, e))
+			f.opts.Store.Put(d, data)
 		}
 	}
 }
