@@ -13,11 +13,7 @@ import (
 // every other chunk as it was: base, zero, and one the VM wrote before the delivery came.
 func TestDeliverRun(t *testing.T) {
 	f := newFixture(t, t.TempDir(), 41) // chunk i: base (i%4==0), zero (1), overlay (2, 3)
-	fsys, err := cloudletfs.Open(cloudletfs.Config{Dir: t.TempDir(), Images: f.configs, Identity: "fixture"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer fsys.Close()
+	fsys := f.open(t)
 	img := fsys.Image("disk")
 	want := bytes.Clone(f.want["disk"])
 	vmWrite := bytes.Repeat([]byte{0x5a}, chunk.Size)
@@ -82,11 +78,7 @@ func firstDiff(a, b []byte) int {
 // stored.
 func TestDeliverRefusesPartialChunks(t *testing.T) {
 	f := newFixture(t, t.TempDir(), 43)
-	fsys, err := cloudletfs.Open(cloudletfs.Config{Dir: t.TempDir(), Images: f.configs, Identity: "fixture"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer fsys.Close()
+	fsys := f.open(t)
 	last := int64(96) // the disk's short last chunk: 1000 bytes
 	cases := []struct {
 		name  string

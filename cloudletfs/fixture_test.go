@@ -69,6 +69,18 @@ func buildFixture(dir string, seed int64) (*fixture, error) {
 	return f, nil
 }
 
+// open opens the fixture's images over a fresh cache, with no source for pending chunks; the
+// FS closes with the test.
+func (f *fixture) open(t testing.TB) *cloudletfs.FS {
+	t.Helper()
+	fsys, err := cloudletfs.Open(cloudletfs.Config{Dir: t.TempDir(), Images: f.configs, Identity: "fixture"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { fsys.Close() })
+	return fsys
+}
+
 // mounted is a live test mount.
 type mounted struct {
 	fs    *cloudletfs.FS

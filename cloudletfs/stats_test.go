@@ -12,11 +12,7 @@ import (
 // however often they are delivered or written; chunks_pending those still to come.
 func TestStatsPresent(t *testing.T) {
 	f := newFixture(t, t.TempDir(), 31)
-	fsys, err := cloudletfs.Open(cloudletfs.Config{Dir: t.TempDir(), Images: f.configs, Identity: "fixture"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer fsys.Close()
+	fsys := f.open(t)
 	img := fsys.Image("memory")
 	data := bytes.Repeat([]byte{7}, chunk.Size)
 	pending := int64(64) // chunks 2 and 3 of every 4
