@@ -87,21 +87,22 @@ type Fetcher struct {
 	outside                                          atomic.Int64 // see FetchStats.OutsideProfile
 	st                                               storeState   // the chunk store's part
 
-	mu       sync.Mutex
-	state    []uint8  // guarded by mu: per blob
-	urgent   []uint32 // guarded by mu: demanded blobs, oldest first
-	next     int      // guarded by mu: next blob in background order
-	bgRuns   int      // guarded by mu: background runs in flight (two while one ends)
-	bgTail   bool     // guarded by mu: the background run in flight is about to end
-	chain    bool     // guarded by mu: background runs chain without a gap and do not pause for demands
-	bulk     bool     // guarded by mu: chained, and stream ranges (4 MiB) rather than one blob
-	perRTT   int64    // guarded by mu: bytes the link moves in a round trip, as the last range saw
-	demanded int64    // guarded by mu: raw bytes of the blobs fetched on demand so far
-	demands  int      // guarded by mu: demand fetches in flight
-	left     int      // guarded by mu: blobs not done
-	baseDone bool     // guarded by mu: base references delivered
-	wake     chan struct{}
-	complete chan struct{}
+	mu         sync.Mutex
+	state      []uint8  // guarded by mu: per blob
+	urgent     []uint32 // guarded by mu: demanded blobs, oldest first
+	next       int      // guarded by mu: next blob in background order
+	bgRuns     int      // guarded by mu: background runs in flight (two while one ends)
+	bgTail     bool     // guarded by mu: the background run in flight is about to end
+	chain      bool     // guarded by mu: background runs chain without a gap and do not pause for demands
+	bulk       bool     // guarded by mu: chained, and stream ranges (4 MiB) rather than one blob
+	perRTT     int64    // guarded by mu: bytes the link moves in a round trip, as the last range saw
+	demanded   int64    // guarded by mu: raw bytes of the blobs fetched on demand so far
+	demands    int      // guarded by mu: demand fetches in flight
+	left       int      // guarded by mu: blobs not done
+	baseDone   bool     // guarded by mu: base references delivered
+	urgentBase []int    // guarded by mu: demanded base references (entries), oldest first
+	wake       chan struct{}
+	complete   chan struct{}
 	// digests is closed once the overlay's chunk digest table is loaded (see loadDigests).
 	digests chan struct{}
 
@@ -296,7 +297,8 @@ func (f *Fetcher) Stats() FetchStats {
 	return st
 }
 
-// Demand puts the blob holding a demanded chunk at the front of the queue.
+// Demand puts the blob holding a demanded chunk at the front of the queue; a demanded base
+// reference is read from the base before any other.
 func (f *Fetcher) Demand(image string, c int64, prio cloudletfs.Priority) {
 	im := f.r.Index.ImageIndex(image)
 	e, ok := f.place[[2]int64{int64(im), c}]
@@ -307,8 +309,12 @@ func (f *Fetcher) Demand(image string, c int64, prio cloudletfs.Priority) {
 	if ch.Kind == overlay.KindSelf {
 		ch = f.r.Index.Chunks[ch.Self]
 	}
+	if ch.Kind == overlay.KindBase {
+		f.demandBase(e)
+		return
+	}
 	if ch.Kind != overlay.KindBlob {
-		return // base references are delivered from local disk right at the start
+		return
 	}
 	if ch.Blob >= f.r.Index.WorkingSetBlobs {
 		f.outside.Add(1)
@@ -460,36 +466,6 @@ func (f *Fetcher) lap(counter *atomic.Int64, t time.Time) time.Time {
 	now := time.Now()
 	counter.Add(int64(now.Sub(t)))
 	return now
-}
-
-// deliverBaseRefs delivers every chunk that equals a base chunk elsewhere, read from the local
-// base and checked against its digest: a run of them side by side at once.
-func (f *Fetcher) deliverBaseRefs(ctx context.Context) error {
-	ix := f.r.Index
-	for e := 0; e < len(ix.Chunks); {
-		n := f.r.BaseRefRun(e)
-		if n == 0 {
-			e++
-			continue
-		}
-		if err := ctx.Err(); err != nil {
-			return nil
-		}
-		data, err := f.r.BaseRun(f.base, e, n)
-		if err != nil {
-			return err
-		}
-		c := ix.Chunks[e]
-		if err := f.fs.Deliver(ix.Images[c.Image].Name, c.Index, data); err != nil {
-			return err
-		}
-		e += n
-	}
-	f.mu.Lock()
-	f.baseDone = true
-	f.mu.Unlock()
-	f.finishIfDone()
-	return nil
 }
 
 func (f *Fetcher) finishIfDone() {

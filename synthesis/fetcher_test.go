@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/hex"
 	"encoding/json"
+	"io"
 	"math/rand"
 	"os"
 	"path/filepath"
@@ -61,6 +62,13 @@ func testOverlayBlobs(t testing.TB, b *base.Base, n, ws, restBlobRaw int) string
 // fresh cache; it returns the cache's memory image.
 func startFetch(t *testing.T, ctx context.Context, b *base.Base, src string, o Options) (*runner, *cloudletfs.Image) {
 	t.Helper()
+	return startFetchOver(t, ctx, b, src, o, nil)
+}
+
+// startFetchOver is startFetch with the fetcher reading the base's images through wrap, if
+// not nil.
+func startFetchOver(t *testing.T, ctx context.Context, b *base.Base, src string, o Options, wrap func([]io.ReaderAt) []io.ReaderAt) (*runner, *cloudletfs.Image) {
+	t.Helper()
 	o.Base, o.Source, o.CacheDir = b, src, t.TempDir()
 	r := newRunner(o)
 	t.Cleanup(r.close)
@@ -69,6 +77,9 @@ func startFetch(t *testing.T, ctx context.Context, b *base.Base, src string, o O
 	}
 	if err := r.startFetcher(); err != nil {
 		t.Fatal(err)
+	}
+	if f := r.fetcher; wrap != nil {
+		r.fetcher = NewFetcher(f.r, f.origin, wrap(f.base), f.opts)
 	}
 	fsys, err := cloudletfs.Open(r.cacheConfig())
 	if err != nil {
