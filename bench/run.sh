@@ -5,7 +5,9 @@
 # captured by chunkcache (default 3); STEPs limit the run to some of: ttfr-test ttfr-realistic
 # ttfr-weights ttfr-realistic-1mbit sequential random dirty overlay decode chunkcache; 'report'
 # runs none and only rewrites RESULTS.md. The report covers every step that has an output.
-# ttfr-realistic-1mbit is one run whatever RUNS says: it takes over ten minutes.
+# ttfr-realistic-1mbit is one run whatever RUNS says: it takes over ten minutes. ttfr-test takes
+# 5 runs for 3: its guest answers in about 0.4 s, and one run spreads by as much as the goal's
+# margin (0.35-0.78 s), so a median of 3 misses the goal by chance now and then.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 runs=${1:-3}
@@ -16,7 +18,7 @@ mkdir -p "$out"
 
 # name|title|command, in report order.
 steps=(
-	"ttfr-test|Time to first response: the test guest|bench/ttfr.sh test $runs"
+	"ttfr-test|Time to first response: the test guest|bench/ttfr.sh test $((runs * 5 / 3))"
 	"ttfr-realistic|Time to first response: the realistic guest|bench/ttfr.sh realistic $runs"
 	"ttfr-weights|Time to first response: a model server that reads over 90 % of its overlay first|bench/ttfr.sh weights $runs"
 	"ttfr-realistic-1mbit|Time to first response: the realistic guest at 1 Mbit/s|bench/ttfr.sh realistic 1 slow"
