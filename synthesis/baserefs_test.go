@@ -3,8 +3,6 @@ package synthesis
 import (
 	"bytes"
 	"context"
-	"encoding/hex"
-	"encoding/json"
 	"io"
 	"math/rand"
 	"slices"
@@ -36,17 +34,8 @@ func baseRefOverlay(t *testing.T, b *base.Base, mem []byte) (string, map[int64]i
 		entries = append(entries, overlay.Entry{Image: 1, Index: c, Kind: overlay.KindBase, BaseImage: 1, BaseIndex: bc,
 			Digest: chunk.Sum(mem[bc*chunk.Size : (bc+1)*chunk.Size])})
 	}
-	var id [32]byte
-	if _, err := hex.Decode(id[:], []byte(b.ID)); err != nil {
-		t.Fatal(err)
-	}
-	cfg, err := json.Marshal(b.Manifest.VM)
-	if err != nil {
-		t.Fatal(err)
-	}
-	m := overlay.Meta{BaseID: id, Images: ExpectFor(b).Images, Config: cfg, Codec: overlay.CodecZstd, WorkingSet: 1}
 	path := t.TempDir() + "/refs.overlay"
-	_, err = overlay.WriteFile(context.Background(), path, t.TempDir(), m, []byte("devstate"), entries, []int{0},
+	_, err := overlay.WriteFile(context.Background(), path, t.TempDir(), testMeta(t, b, 1), []byte("devstate"), entries, []int{0},
 		func(uint8, int64) ([]byte, error) { return stored, nil })
 	if err != nil {
 		t.Fatal(err)

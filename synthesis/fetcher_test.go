@@ -40,6 +40,21 @@ func testOverlayBlobs(t testing.TB, b *base.Base, n, ws, restBlobRaw int) string
 		entries[i] = overlay.Entry{Image: 1, Index: int64(i), Kind: overlay.KindBlob, Digest: chunk.Sum(data[i])}
 		order[i] = i
 	}
+	m := testMeta(t, b, ws)
+	m.RestBlobRaw = restBlobRaw
+	path := filepath.Join(t.TempDir(), "test.overlay")
+	_, err := overlay.WriteFile(context.Background(), path, t.TempDir(), m, []byte("devstate"), entries, order,
+		func(image uint8, index int64) ([]byte, error) { return data[index], nil })
+	if err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+// testMeta is the Meta of a zstd overlay over b whose first ws prefetch entries are the
+// working set.
+func testMeta(t testing.TB, b *base.Base, ws int) overlay.Meta {
+	t.Helper()
 	var id [32]byte
 	if _, err := hex.Decode(id[:], []byte(b.ID)); err != nil {
 		t.Fatal(err)
@@ -48,14 +63,7 @@ func testOverlayBlobs(t testing.TB, b *base.Base, n, ws, restBlobRaw int) string
 	if err != nil {
 		t.Fatal(err)
 	}
-	m := overlay.Meta{BaseID: id, Images: ExpectFor(b).Images, Config: cfg, Codec: overlay.CodecZstd, WorkingSet: ws, RestBlobRaw: restBlobRaw}
-	path := filepath.Join(t.TempDir(), "test.overlay")
-	_, err = overlay.WriteFile(context.Background(), path, t.TempDir(), m, []byte("devstate"), entries, order,
-		func(image uint8, index int64) ([]byte, error) { return data[index], nil })
-	if err != nil {
-		t.Fatal(err)
-	}
-	return path
+	return overlay.Meta{BaseID: id, Images: ExpectFor(b).Images, Config: cfg, Codec: overlay.CodecZstd, WorkingSet: ws}
 }
 
 // startFetch runs a session's fetch, as a synthesis does but with no mount and no VM, into a
