@@ -1,1 +1,1 @@
-bench/ttfr.sh test 3
+bench/ttfr.sh test 5
