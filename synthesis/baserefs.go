@@ -10,7 +10,7 @@ import (
 
 // A base reference is a chunk equal to a base chunk elsewhere: the fetcher reads it from the
 // local base, checks its digest and delivers it, with no byte from the origin. There are
-// thousands of them (6,701 on the realistic overlay), and a VM that resumes touches some at
+// thousands of them (6,701 on one realistic overlay), and a VM that resumes touches some at
 // once. In index order, the realistic guest's first read after the resume (128 KiB of memory
 // at 374 MiB, 16 of its chunks base references) waited 45-80 ms for the pass to get there:
 // those were all 16-17 misses of every profiled run. So the references next to the working
@@ -36,8 +36,9 @@ func baseRunOrder(r *overlay.Reader) []baseRun {
 		if c.Blob >= ix.WorkingSetBlobs {
 			break // blobs hold chunks in prefetch order: the working set is a prefix
 		}
-		if _, ok := firstTouch[window{int64(c.Image), c.Index / nearWindow}]; !ok {
-			firstTouch[window{int64(c.Image), c.Index / nearWindow}] = i
+		w := window{int64(c.Image), c.Index / nearWindow}
+		if _, seen := firstTouch[w]; !seen {
+			firstTouch[w] = i
 		}
 	}
 	type ranked struct {
@@ -51,19 +52,19 @@ func baseRunOrder(r *overlay.Reader) []baseRun {
 			e++
 			continue
 		}
-		r := ranked{baseRun{e, n}, len(ix.Prefetch)}
+		run := ranked{baseRun{e, n}, len(ix.Prefetch)}
 		for _, c := range ix.Chunks[e : e+n] {
 			if i, ok := firstTouch[window{int64(c.Image), c.Index / nearWindow}]; ok {
-				r.rank = min(r.rank, i)
+				run.rank = min(run.rank, i)
 			}
 		}
-		runs = append(runs, r)
+		runs = append(runs, run)
 		e += n
 	}
 	sort.SliceStable(runs, func(a, b int) bool { return runs[a].rank < runs[b].rank })
 	out := make([]baseRun, len(runs))
-	for i, r := range runs {
-		out[i] = r.baseRun
+	for i, run := range runs {
+		out[i] = run.baseRun
 	}
 	return out
 }
