@@ -91,7 +91,11 @@ func TestBaseRefsOrder(t *testing.T) {
 				g.ReaderAt = imgs[1]
 				return []io.ReaderAt{imgs[0], g}
 			})
-			<-g.started
+			select {
+			case <-g.started:
+			case <-time.After(10 * time.Second):
+				t.Fatal("the fetcher read no base reference within 10 s")
+			}
 			if tc.demand >= 0 {
 				r.fetcher.Demand("memory", tc.demand, cloudletfs.PriorityDemand)
 			}
